@@ -1,0 +1,21 @@
+#!/usr/bin/env bash
+# Installs the system packages hookstream's local stack and tests need, only when missing:
+# Java + Maven (Kafka), PostgreSQL server binaries, Chromium (console browser test).
+# Debian/Ubuntu only (apt-get); on other systems install the equivalents by hand.
+set -euo pipefail
+missing=()
+command -v java >/dev/null 2>&1 || missing+=(default-jre-headless)
+command -v mvn >/dev/null 2>&1 || missing+=(maven)
+ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
+command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+if ((${#missing[@]})); then
+    if ! command -v apt-get >/dev/null 2>&1; then
+        echo "[deps] missing: ${missing[*]} and no apt-get here: install them by hand" >&2
+        exit 1
+    fi
+    echo "[deps] installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -qq
+    apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi

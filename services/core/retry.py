@@ -1,0 +1,70 @@
+"""Retry policy as data: one place decides whether and when a failed attempt is tried again.
+
+Pure: the caller passes the random draw, so the policy is exhaustively unit-testable.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import random
+from dataclasses import dataclass
+from email.utils import parsedate_to_datetime
+
+# 410 Gone means "never again"; 429 and 503 may say when to come back.
+GONE_STATUS = 410
+RETRY_AFTER_STATUSES = frozenset({429, 503})
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    delays_s: tuple[float, ...]
+    jitter_ratio: float = 0.2
+
+    @property
+    def max_retries(self) -> int:
+        return len(self.delays_s)
+
+    def next_delay_s(
+        self,
+        retry_index: int,
+        *,
+        retryable: bool,
+        retry_after_s: float | None = None,
+        rand: float | None = None,
+    ) -> float | None:
+        """Seconds to wait before the next automatic attempt, or None when the delivery is finished.
+
+        ``retry_index`` counts the automatic retries already made (0 after the first attempt).
+        ``rand`` is a uniform draw in [0, 1) for the ±jitter; ``retry_after_s`` comes from a
+        ``Retry-After`` header on 429/503 and is honoured up to the scheduled delay's upper bound
+        (the receiver may ask for a shorter or longer wait, never longer than we would wait anyway).
+        """
+        if not retryable or retry_index >= len(self.delays_s):
+            return None
+        base = self.delays_s[retry_index]
+        cap = base * (1 + self.jitter_ratio)
+        if retry_after_s is not None:
+            return max(0.0, min(retry_after_s, cap))
+        draw = random.random() if rand is None else rand
+        return base * (1 - self.jitter_ratio + 2 * self.jitter_ratio * draw)
+
+
+def parse_retry_after_s(value: str | None) -> float | None:
+    """Seconds from a ``Retry-After`` header (delta-seconds only; HTTP dates are rare for webhooks)."""
+    if value is None:
+        return None
+    value = value.strip()
+    if value.isdigit():
+        return float(value)
+    try:
+        when = parsedate_to_datetime(value)
+    except (TypeError, ValueError):
+        return None
+    if when.tzinfo is None:
+        return None
+    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+
+
+def is_retryable_status(status: int) -> bool:
+    """Every non-2xx answer is retried except 410 Gone."""
+    return status != GONE_STATUS

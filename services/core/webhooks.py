@@ -1,0 +1,169 @@
+"""The in-memory view of webhooks that routers match against and senders sign with.
+
+Loaded from PostgreSQL at start, then kept fresh by ``LISTEN hookstream_webhooks`` (a trigger
+announces every insert, update and delete) with a periodic full reload as a safety net, so a change
+made through the API reaches every router and sender replica within a second, without a restart.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+from collections import defaultdict
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+import asyncpg
+
+from services.core.signing import decode_secret
+
+log = logging.getLogger(__name__)
+
+NOTIFY_CHANNEL = "hookstream_webhooks"
+FULL_RELOAD_INTERVAL_S = 30.0
+_RECONNECT_DELAY_S = 1.0
+
+_SELECT = (
+    "SELECT id, organization_id, url, event_types, store_ids, enabled, secret,"
+    " previous_secret, previous_secret_expires_at FROM webhooks"
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Webhook:
+    id: str
+    organization_id: str
+    url: str
+    event_types: frozenset[str]
+    store_ids: frozenset[str]
+    enabled: bool
+    secret: str
+    previous_secret: str | None
+    previous_secret_expires_at: dt.datetime | None
+
+    def signing_keys(self, now: dt.datetime) -> list[bytes]:
+        """The current key, then the previous one while its rotation grace period lasts."""
+        keys = [decode_secret(self.secret)]
+        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
+            keys.append(decode_secret(self.previous_secret))
+        return keys
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Webhook:
+        return cls(
+            id=row["id"],
+            organization_id=row["organization_id"],
+            url=row["url"],
+            event_types=frozenset(row["event_types"]),
+            store_ids=frozenset(row["store_ids"]),
+            enabled=row["enabled"],
+            secret=row["secret"],
+            previous_secret=row["previous_secret"],
+            previous_secret_expires_at=row["previous_secret_expires_at"],
+        )
+
+
+def match_subscriptions(
+    index: dict[tuple[str, str, str], list[Webhook]], organization_id: str, event_type: str, store_id: str
+) -> list[Webhook]:
+    """Enabled webhooks of the organization subscribed to this event type and store."""
+    return index.get((organization_id, event_type, store_id), [])
+
+
+def build_index(webhooks: Iterable[Webhook]) -> dict[tuple[str, str, str], list[Webhook]]:
+    index: dict[tuple[str, str, str], list[Webhook]] = defaultdict(list)
+    for hook in webhooks:
+        if not hook.enabled:
+            continue
+        for event_type in hook.event_types:
+            for store_id in hook.store_ids:
+                index[(hook.organization_id, event_type, store_id)].append(hook)
+    return dict(index)
+
+
+class WebhookDirectory:
+    """Use as ``async with WebhookDirectory(database_url) as directory``; ``match`` and ``get`` never do I/O."""
+
+    def __init__(self, database_url: str) -> None:
+        self._database_url = database_url
+        self._by_id: dict[str, Webhook] = {}
+        self._index: dict[tuple[str, str, str], list[Webhook]] = {}
+        self._changed: set[str] = set()
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task | None = None
+        self.ready = asyncio.Event()
+
+    async def __aenter__(self) -> WebhookDirectory:
+        self._task = asyncio.create_task(self._run(), name="webhook-directory")
+        ready = asyncio.create_task(self.ready.wait())
+        done, _ = await asyncio.wait({ready, self._task}, return_when=asyncio.FIRST_COMPLETED)
+        if self._task in done:
+            ready.cancel()
+            self._task.result()  # surfaces the start-up error
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def get(self, webhook_id: str) -> Webhook | None:
+        return self._by_id.get(webhook_id)
+
+    def match(self, organization_id: str, event_type: str, store_id: str) -> list[Webhook]:
+        return match_subscriptions(self._index, organization_id, event_type, store_id)
+
+    def __len__(self) -> int:
+        return len(self._by_id)
+
+    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+        self._changed.add(payload)
+        self._wake.set()
+
+    async def _run(self) -> None:
+        first = True
+        while True:
+            conn = None
+            try:
+                conn = await asyncpg.connect(self._database_url)
+                await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
+                # Listen first, then load: nothing that changes in between is missed.
+                await self._reload_all(conn)
+                self.ready.set()
+                while not conn.is_closed():
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(self._wake.wait(), FULL_RELOAD_INTERVAL_S)
+                    if self._wake.is_set():
+                        self._wake.clear()
+                        changed, self._changed = self._changed, set()
+                        await self._reload_some(conn, changed)
+                    else:
+                        await self._reload_all(conn)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                if first and not self.ready.is_set():
+                    raise
+                log.warning("webhook directory lost PostgreSQL (%s); reconnecting", exc)
+            finally:
+                first = False
+                if conn is not None:
+                    with contextlib.suppress(Exception):
+                        await conn.close()
+            await asyncio.sleep(_RECONNECT_DELAY_S)
+
+    async def _reload_all(self, conn: asyncpg.Connection) -> None:
+        rows = await conn.fetch(_SELECT)
+        self._by_id = {row["id"]: Webhook.from_row(row) for row in rows}
+        self._index = build_index(self._by_id.values())
+
+    async def _reload_some(self, conn: asyncpg.Connection, ids: set[str]) -> None:
+        rows = await conn.fetch(_SELECT + " WHERE id = ANY($1::text[])", list(ids))
+        by_id = dict(self._by_id)
+        for webhook_id in ids:
+            by_id.pop(webhook_id, None)
+        for row in rows:
+            by_id[row["id"]] = Webhook.from_row(row)
+        self._by_id = by_id
+        self._index = build_index(by_id.values())

@@ -1,0 +1,288 @@
+"""The router: domain events in, one delivery per matched webhook out.
+
+consume_batches -> route_batch -> validate (services.core.validation) -> dead_letter | store_events
+-> match (WebhookDirectory) -> store_deliveries -> enqueue_deliveries -> commit.
+
+Offsets: a batch's source offsets are committed only after its events and deliveries are committed
+in PostgreSQL and every delivery task and dead-letter record is acknowledged by Kafka. A crash
+in between replays the batch; the events table remembers each event's source position, so a
+replay re-enqueues the still-pending deliveries (a possible duplicate, never a loss) while a second
+publish of the same event id at another position is dropped (routed once).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.core import metrics
+from services.core.kafka import ensure_topics, make_consumer, open_producer
+from services.core.model import DeliveryTask, parse_rfc3339
+from services.core.settings import Settings
+from services.core.validation import DomainEvent, Rejection, validate_event
+from services.core.webhooks import WebhookDirectory
+
+log = logging.getLogger(__name__)
+
+MAX_BATCH_RECORDS = 1000
+_BACKOFF_START_S = 0.2
+_BACKOFF_MAX_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class SourceRecord:
+    topic: str
+    partition: int
+    offset: int
+    key: bytes | None
+    value: bytes | None
+    headers: tuple[tuple[str, bytes], ...]
+
+
+def build_webhook_body(event: DomainEvent) -> str:
+    """The outbound payload (CONTRACT §3): compact JSON, created_at = the event's occurred_at."""
+    return orjson.dumps(
+        {
+            "id": event.id,
+            "type": event.type,
+            "created_at": event.occurred_at,
+            "organization_id": event.organization_id,
+            "store_id": event.store_id,
+            "data": event.data,
+        }
+    ).decode()
+
+
+def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tuple[str, bytes]]:
+    return [
+        ("hookstream-reason", rejection.reason.encode()),
+        ("hookstream-error", rejection.detail.encode()[:1000]),
+        ("hookstream-source-topic", record.topic.encode()),
+        ("hookstream-source-partition", str(record.partition).encode()),
+        ("hookstream-source-offset", str(record.offset).encode()),
+        *record.headers,
+    ]
+
+
+_STORE_EVENTS_SQL = """
+INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,
+                    source_topic, source_partition, source_offset)
+SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                     $7::text[], $8::int[], $9::bigint[])
+ON CONFLICT (organization_id, event_id) DO UPDATE SET source_offset = events.source_offset
+RETURNING seq, organization_id, event_id, source_topic, source_partition, source_offset
+"""
+
+_STORE_DELIVERIES_SQL = """
+INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id)
+SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])
+ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
+RETURNING id, webhook_id, event_id, status
+"""
+
+
+async def store_events(
+    conn: asyncpg.Connection, events: Sequence[tuple[SourceRecord, DomainEvent, str]]
+) -> dict[tuple[str, str], int]:
+    """Insert events idempotently; returns seq for each event that should be routed.
+
+    An event is routed when this record is the one that first carried its id (new, or a replay of
+    the same source position after a crash); a second publish of the id is left out.
+    """
+    rows = await conn.fetch(
+        _STORE_EVENTS_SQL,
+        [e.organization_id for _, e, _ in events],
+        [e.id for _, e, _ in events],
+        [e.type for _, e, _ in events],
+        [e.store_id for _, e, _ in events],
+        [parse_rfc3339(e.occurred_at) for _, e, _ in events],
+        [body for _, _, body in events],
+        [r.topic for r, _, _ in events],
+        [r.partition for r, _, _ in events],
+        [r.offset for r, _, _ in events],
+    )
+    positions = {(r.topic, r.partition, r.offset) for r, _, _ in events}
+    routable = {}
+    for row in rows:
+        if (row["source_topic"], row["source_partition"], row["source_offset"]) in positions:
+            routable[(row["organization_id"], row["event_id"])] = row["seq"]
+    return routable
+
+
+class Router:
+    """One router replica. ``run()`` until ``stop`` is set; then it finishes the batch in hand and commits."""
+
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
+                 producer: AIOKafkaProducer) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._directory = directory
+        self._producer = producer
+        self._batch_lock = asyncio.Lock()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group)
+        router = self
+
+        class CommitOnRevoke(ConsumerRebalanceListener):
+            async def on_partitions_revoked(self, revoked):
+                # Wait for the batch in hand: its offsets are committed before the partitions move on.
+                async with router._batch_lock:
+                    pass
+
+            async def on_partitions_assigned(self, assigned):
+                pass
+
+        consumer.subscribe(list(self._settings.source_topics), listener=CommitOnRevoke())
+        await consumer.start()
+        lag_task = asyncio.create_task(self._report_lag(consumer, stop), name="router-lag")
+        try:
+            while not stop.is_set():
+                batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
+                if not batches:
+                    continue
+                async with self._batch_lock:
+                    records = [
+                        SourceRecord(tp.topic, tp.partition, m.offset, m.key, m.value, tuple(m.headers or ()))
+                        for tp, messages in batches.items()
+                        for m in messages
+                    ]
+                    if not await self.route_batch(records, stop):
+                        break  # stopping while PostgreSQL or Kafka is down: the batch is replayed later
+                    offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
+                    await self._commit(consumer, offsets)
+        finally:
+            lag_task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await lag_task
+            await consumer.stop()
+
+    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            # The partitions moved to another replica, which replays from the last commit: the
+            # replay is recognised by source position, so this duplicates at worst.
+            log.warning("router offset commit failed (%s); the batch will be replayed", exc)
+
+    async def route_batch(self, records: Sequence[SourceRecord], stop: asyncio.Event) -> bool:
+        """Validate, store, match and enqueue one batch, retrying until it is durable (never skipped).
+
+        Returns False only when ``stop`` is set before that succeeded: the caller must not commit.
+        """
+        good: list[tuple[SourceRecord, DomainEvent, str]] = []
+        rejected: list[tuple[SourceRecord, Rejection]] = []
+        seen: set[tuple[str, str]] = set()
+        for record in records:
+            metrics.EVENTS_CONSUMED.labels(record.topic).inc()
+            result = validate_event(record.value, max_bytes=self._settings.max_event_bytes)
+            if isinstance(result, Rejection):
+                rejected.append((record, result))
+                continue
+            key = (result.organization_id, result.id)
+            if key in seen:  # the same id twice in one batch: the first one wins
+                metrics.EVENTS_DUPLICATE.inc()
+                continue
+            seen.add(key)
+            good.append((record, result, build_webhook_body(result)))
+
+        delay = _BACKOFF_START_S
+        while True:
+            try:
+                await self._deliver_batch(good, rejected)
+                return True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
+                log.warning("routing a batch of %d records failed (%s: %s); retrying in %.1fs",
+                            len(records), type(exc).__name__, exc, delay)
+            if stop.is_set():
+                return False
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)
+
+    async def _deliver_batch(
+        self, good: list[tuple[SourceRecord, DomainEvent, str]], rejected: list[tuple[SourceRecord, Rejection]]
+    ) -> None:
+        sends = [
+            await self._producer.send(
+                self._settings.dead_letter_topic, value=record.value, key=record.key,
+                headers=dead_letter_headers(record, rejection),
+            )
+            for record, rejection in rejected
+        ]
+        tasks: list[DeliveryTask] = []
+        if good:
+            async with self._pool.acquire() as conn, conn.transaction():
+                routable = await store_events(conn, good)
+                tasks = await self._store_deliveries(conn, good, routable)
+        for task in tasks:
+            sends.append(await self._producer.send(
+                self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
+        if sends:
+            await asyncio.gather(*sends)
+        for record, rejection in rejected:
+            metrics.EVENTS_REJECTED.labels(rejection.reason).inc()
+            log.info("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset,
+                     rejection.reason, rejection.detail)
+        for task in tasks:
+            metrics.DELIVERIES_SCHEDULED.labels(task.event_type).inc()
+
+    async def _store_deliveries(
+        self, conn: asyncpg.Connection, good: list[tuple[SourceRecord, DomainEvent, str]],
+        routable: dict[tuple[str, str], int],
+    ) -> list[DeliveryTask]:
+        planned: list[tuple[str, int, DomainEvent, str]] = []
+        for _record, event, body in good:
+            seq = routable.get((event.organization_id, event.id))
+            if seq is None:
+                metrics.EVENTS_DUPLICATE.inc()
+                continue
+            for hook in self._directory.match(event.organization_id, event.type, event.store_id):
+                planned.append((hook.id, seq, event, body))
+        if not planned:
+            return []
+        rows = await conn.fetch(
+            _STORE_DELIVERIES_SQL,
+            [p[0] for p in planned], [p[1] for p in planned], [p[2].id for p in planned],
+            [p[2].type for p in planned], [p[2].store_id for p in planned],
+        )
+        by_pair = {(p[0], p[2].id): p for p in planned}
+        tasks = []
+        for row in rows:
+            if row["status"] != "pending":
+                continue  # a replay of an event whose delivery already finished
+            _, _, event, body = by_pair[(row["webhook_id"], row["event_id"])]
+            tasks.append(DeliveryTask(
+                delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,
+                event_id=event.id, event_type=event.type, store_id=event.store_id,
+                occurred_at=event.occurred_at, attempt=1, retry_index=0, manual=False, body=body,
+            ))
+        return tasks
+
+    async def _report_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        while not stop.is_set():
+            await asyncio.sleep(5)
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                position = consumer.last_stable_offset(tp) if highwater is None else highwater
+                with contextlib.suppress(Exception):
+                    committed = await consumer.committed(tp)
+                    if position is not None and committed is not None:
+                        metrics.CONSUMER_LAG.labels(self._settings.router_group, tp.topic, tp.partition).set(
+                            max(0, position - committed))
+
+
+async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
+                     directory: WebhookDirectory) -> None:
+    """Run one router replica until ``stop`` is set."""
+    await ensure_topics(settings.kafka_bootstrap_servers,
+                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic])
+    async with open_producer(settings.kafka_bootstrap_servers) as producer:
+        await Router(settings, pool, directory, producer).run(stop)

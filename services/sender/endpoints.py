@@ -1,0 +1,106 @@
+"""Endpoint isolation: a concurrency cap, a bounded queue and a circuit breaker per webhook.
+
+A webhook that hangs or fails every time must not slow the others. While its breaker is open, or
+while too many of its deliveries are already waiting, a delivery is answered at once with a
+retryable failure and moves to its next retry without touching the network. After the open
+period one probe is let through: success closes the breaker, failure opens it again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+
+from services.core import metrics
+from services.core.model import AttemptResult, Failed, Succeeded
+
+CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+
+
+@dataclass(slots=True)
+class EndpointGate:
+    max_concurrency: int
+    semaphore: asyncio.Semaphore = field(init=False)
+    waiting: int = 0
+    consecutive_failures: int = 0
+    state: str = CLOSED
+    open_until: float = 0.0
+    probe_in_flight: bool = False
+
+    def __post_init__(self) -> None:
+        self.semaphore = asyncio.Semaphore(self.max_concurrency)
+
+
+class EndpointGates:
+    def __init__(self, *, max_concurrency: int, max_queued: int, failure_threshold: int, open_s: float,
+                 clock: Callable[[], float] = time.monotonic) -> None:
+        self._gates: dict[str, EndpointGate] = {}
+        self._max_concurrency = max_concurrency
+        self._max_queued = max_queued
+        self._failure_threshold = failure_threshold
+        self._open_s = open_s
+        self._clock = clock
+
+    def state_of(self, webhook_id: str) -> str:
+        gate = self._gates.get(webhook_id)
+        return gate.state if gate else CLOSED
+
+    def _set_state(self, gate: EndpointGate, state: str) -> None:
+        if gate.state != state:
+            gate.state = state
+            metrics.BREAKER_TRANSITIONS.labels(state).inc()
+
+    def _admit(self, gate: EndpointGate) -> Failed | None:
+        """None when the call may go ahead; else the immediate failure that defers it."""
+        if gate.state == OPEN:
+            if self._clock() < gate.open_until:
+                return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False)
+            self._set_state(gate, HALF_OPEN)
+        if gate.state == HALF_OPEN:
+            if gate.probe_in_flight:
+                return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False)
+            gate.probe_in_flight = True
+        return None
+
+    async def call(self, webhook_id: str, attempt: Callable[[], Awaitable[AttemptResult]]) -> AttemptResult:
+        gate = self._gates.get(webhook_id)
+        if gate is None:
+            gate = self._gates[webhook_id] = EndpointGate(self._max_concurrency)
+        if gate.waiting >= self._max_concurrency + self._max_queued:
+            return Failed(retryable=True, error="endpoint busy: too many deliveries in flight; not sent", sent=False)
+        gate.waiting += 1
+        try:
+            async with gate.semaphore:
+                refused = self._admit(gate)
+                if refused is not None:
+                    return refused
+                probing = gate.state == HALF_OPEN
+                try:
+                    result = await attempt()
+                finally:
+                    if probing:
+                        gate.probe_in_flight = False
+                self._observe(gate, result)
+                return result
+        finally:
+            gate.waiting -= 1
+
+    def _observe(self, gate: EndpointGate, result: AttemptResult) -> None:
+        if isinstance(result, Succeeded) or (isinstance(result, Failed) and not result.sent):
+            if isinstance(result, Succeeded):
+                gate.consecutive_failures = 0
+                self._set_state(gate, CLOSED)
+            return
+        # A 4xx other than 408/429 says the endpoint is up and answering: it does not trip the breaker.
+        status = result.http_status
+        if status is not None and 400 <= status < 500 and status not in (408, 429):
+            gate.consecutive_failures = 0
+            if gate.state == HALF_OPEN:
+                self._set_state(gate, CLOSED)
+            return
+        gate.consecutive_failures += 1
+        if gate.state == HALF_OPEN or gate.consecutive_failures >= self._failure_threshold:
+            gate.open_until = self._clock() + self._open_s
+            self._set_state(gate, OPEN)

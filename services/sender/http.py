@@ -1,0 +1,123 @@
+"""One HTTP attempt: sign, POST with a whole-attempt timeout, never follow redirects, read a capped excerpt.
+
+Every way an attempt can go wrong comes back as a :class:`Failed` value, never as an exception.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import ssl
+from urllib.parse import urlsplit
+
+import aiohttp
+
+from services.core.model import AttemptResult, DeliveryTask, Failed, Succeeded
+from services.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_connect_host
+from services.core.retry import RETRY_AFTER_STATUSES, is_retryable_status, parse_retry_after_s
+from services.core.signing import signature_header
+from services.core.webhooks import Webhook
+
+USER_AGENT = "hookstream/0.1.0"
+MAX_ERROR_CHARS = 500
+
+
+def make_session(*, allow_private_networks: bool) -> aiohttp.ClientSession:
+    """The one shared session: keep-alive pool, public-only resolver, no proxies from the environment.
+
+    No connection limits here: per-webhook concurrency is capped by the endpoint gates, and a
+    per-host cap would let one hanging webhook starve healthy webhooks on the same host.
+    """
+    connector = aiohttp.TCPConnector(
+        limit=0,
+        limit_per_host=0,
+        resolver=PublicOnlyResolver(allow_private_networks=allow_private_networks),
+        ttl_dns_cache=30,
+        enable_cleanup_closed=True,
+    )
+    return aiohttp.ClientSession(
+        connector=connector,
+        trust_env=False,
+        auto_decompress=False,
+        cookie_jar=aiohttp.DummyCookieJar(),
+        skip_auto_headers=("User-Agent",),
+    )
+
+
+def build_headers(task: DeliveryTask, webhook: Webhook, body: bytes, now: dt.datetime) -> dict[str, str]:
+    timestamp = int(now.timestamp())
+    return {
+        "content-type": "application/json",
+        "webhook-id": task.event_id,
+        "webhook-timestamp": str(timestamp),
+        "webhook-signature": signature_header(webhook.signing_keys(now), task.event_id, timestamp, body),
+        "user-agent": USER_AGENT,
+    }
+
+
+async def read_excerpt(response: aiohttp.ClientResponse, cap_bytes: int) -> tuple[str, bool]:
+    """Up to ``cap_bytes`` of the body as text, and whether the whole body was read."""
+    chunks: list[bytes] = []
+    remaining = cap_bytes
+    while remaining > 0:
+        chunk = await response.content.read(remaining)
+        if not chunk:
+            return b"".join(chunks).decode("utf-8", "replace"), True
+        chunks.append(chunk)
+        remaining -= len(chunk)
+    complete = response.content.at_eof()
+    return b"".join(chunks).decode("utf-8", "replace"), complete
+
+
+def _describe(exc: BaseException) -> str:
+    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
+    return text[:MAX_ERROR_CHARS]
+
+
+async def post_webhook(
+    session: aiohttp.ClientSession,
+    webhook: Webhook,
+    task: DeliveryTask,
+    *,
+    timeout_s: float,
+    excerpt_cap_bytes: int,
+    allow_private_networks: bool,
+) -> AttemptResult:
+    """Make one signed POST; any 2xx is success, everything else (3xx included) a failure."""
+    body = task.body.encode()
+    try:
+        check_connect_host(urlsplit(webhook.url).hostname or "", allow_private_networks=allow_private_networks)
+        headers = build_headers(task, webhook, body, dt.datetime.now(dt.UTC))
+        async with asyncio.timeout(timeout_s):
+            async with session.post(webhook.url, data=body, headers=headers, allow_redirects=False) as response:
+                excerpt, complete = await read_excerpt(response, excerpt_cap_bytes)
+                if not complete:
+                    response.close()  # an endless or oversized body: drop the connection, keep the excerpt
+                status = response.status
+                if 200 <= status < 300:
+                    return Succeeded(http_status=status, response_excerpt=excerpt or None)
+                retry_after = None
+                if status in RETRY_AFTER_STATUSES:
+                    retry_after = parse_retry_after_s(response.headers.get("Retry-After"))
+                error = f"HTTP {status}"
+                if 300 <= status < 400:
+                    error += " (redirects are not followed)"
+                return Failed(retryable=is_retryable_status(status), error=error, http_status=status,
+                              response_excerpt=excerpt or None, retry_after_s=retry_after)
+    except UnsafeEndpointError as exc:
+        return Failed(retryable=False, error=f"unsafe endpoint: {exc}"[:MAX_ERROR_CHARS], sent=False)
+    except TimeoutError:
+        return Failed(retryable=True, error=f"timeout after {timeout_s:g}s")
+    except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
+        return Failed(retryable=True, error="TLS error: " + _describe(exc))
+    except aiohttp.ClientConnectorError as exc:
+        cause = exc.os_error if isinstance(exc.os_error, UnsafeEndpointError) else None
+        if cause is not None:
+            return Failed(retryable=False, error=f"unsafe endpoint: {cause}"[:MAX_ERROR_CHARS], sent=False)
+        return Failed(retryable=True, error="connection error: " + _describe(exc))
+    except aiohttp.ServerDisconnectedError as exc:
+        return Failed(retryable=True, error="connection closed by endpoint: " + _describe(exc))
+    except aiohttp.ClientResponseError as exc:
+        return Failed(retryable=True, error="invalid HTTP response: " + _describe(exc))
+    except (aiohttp.ClientError, OSError, ValueError) as exc:
+        return Failed(retryable=True, error="request failed: " + _describe(exc))

@@ -1,0 +1,160 @@
+"""Recording outcomes: attempts in PostgreSQL and one record per attempt on the status topic, in batches.
+
+``record()`` returns once the outcome is durable in both places; the caller commits the delivery's
+offset only then. A batch is flushed when it reaches ``outcome_flush_max`` records or has waited
+``outcome_flush_interval_ms``. A failing flush is retried with backoff (nothing is dropped);
+meanwhile callers wait, in-flight work stays bounded and the consumer stops fetching.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+
+import asyncpg
+from aiokafka import AIOKafkaProducer
+from aiokafka.errors import KafkaError
+
+from services.core import metrics
+from services.core.model import AttemptRecord
+
+log = logging.getLogger(__name__)
+
+_BACKOFF_START_S = 0.2
+_BACKOFF_MAX_S = 5.0
+
+_UPDATE_DELIVERIES_SQL = """
+UPDATE deliveries AS d SET
+    status = u.status,
+    attempts = GREATEST(d.attempts, u.attempt),
+    last_attempt_at = u.started_at,
+    last_http_status = u.http_status,
+    last_error = u.error,
+    finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END,
+    next_attempt_at = u.next_attempt_at,
+    next_retry_index = u.next_retry_index,
+    next_manual = false
+FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::int[], $6::text[],
+            $7::timestamptz[], $8::int[])
+    AS u(id, status, attempt, started_at, http_status, error, next_attempt_at, next_retry_index)
+WHERE d.id = u.id AND d.attempts <= u.attempt
+"""
+
+_ATTEMPT_COLUMNS = ("delivery_id", "attempt", "started_at", "duration_ms", "http_status", "error",
+                    "response_excerpt", "outcome")
+
+DELIVERY_STATUS = {"succeeded": "succeeded", "retrying": "pending", "failed": "failed"}
+
+
+async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord]) -> None:
+    """One transaction: COPY the attempts, then update each delivery's summary and retry schedule."""
+    async with conn.transaction():
+        await conn.copy_records_to_table(
+            "attempts",
+            columns=_ATTEMPT_COLUMNS,
+            records=[
+                (r.task.delivery_id, r.task.attempt, r.started_at, r.duration_ms, r.http_status, r.error,
+                 r.result.response_excerpt, r.status)
+                for r in records
+            ],
+        )
+        await conn.execute(
+            _UPDATE_DELIVERIES_SQL,
+            [r.task.delivery_id for r in records],
+            [DELIVERY_STATUS[r.status] for r in records],
+            [r.task.attempt for r in records],
+            [r.started_at for r in records],
+            [r.http_status for r in records],
+            [r.error for r in records],
+            [r.next_attempt_at for r in records],
+            [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
+        )
+
+
+class OutcomeSink:
+    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, status_topic: str, *,
+                 flush_interval_ms: int, flush_max: int) -> None:
+        self._pool = pool
+        self._producer = producer
+        self._status_topic = status_topic
+        self._interval_s = flush_interval_ms / 1000
+        self._flush_max = flush_max
+        self._buffer: list[tuple[AttemptRecord, asyncio.Future]] = []
+        self._has_work = asyncio.Event()
+        self._full = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def __aenter__(self) -> OutcomeSink:
+        self._task = asyncio.create_task(self._run(), name="outcome-flusher")
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        """Flush whatever is buffered, then stop."""
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        while self._buffer:
+            await self._flush_once()
+
+    async def record(self, record: AttemptRecord) -> None:
+        future = asyncio.get_running_loop().create_future()
+        self._buffer.append((record, future))
+        self._has_work.set()
+        if len(self._buffer) >= self._flush_max:
+            self._full.set()
+        await asyncio.shield(future)
+
+    async def _run(self) -> None:
+        while True:
+            await self._has_work.wait()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._full.wait(), self._interval_s)
+            await self._flush_once()
+
+    async def _flush_once(self) -> None:
+        batch, self._buffer = self._buffer[: self._flush_max], self._buffer[self._flush_max:]
+        if not self._buffer:
+            self._has_work.clear()
+            self._full.clear()
+        if not batch:
+            return
+        records = [r for r, _ in batch]
+        started = time.perf_counter()
+        await self._make_durable(records)
+        metrics.FLUSH_BATCH_SIZE.observe(len(records))
+        metrics.FLUSH_DURATION.observe(time.perf_counter() - started)
+        for _, future in batch:
+            if not future.done():
+                future.set_result(None)
+
+    async def _make_durable(self, records: list[AttemptRecord]) -> None:
+        """Write to PostgreSQL while the status records are in flight to Kafka; retry what failed."""
+        in_db = in_kafka = False
+        delay = _BACKOFF_START_S
+        while True:
+            sends: list[asyncio.Future] = []
+            try:
+                if not in_kafka:
+                    for r in records:
+                        sends.append(await self._producer.send(
+                            self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
+                if not in_db:
+                    async with self._pool.acquire() as conn:
+                        await write_outcomes(conn, records)
+                    in_db = True
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
+                log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",
+                            len(records), type(exc).__name__, exc, delay)
+            if sends:
+                results = await asyncio.gather(*sends, return_exceptions=True)
+                failed = [r for r in results if isinstance(r, BaseException)]
+                in_kafka = not failed and len(sends) == len(records)
+                if failed:
+                    log.warning("publishing %d status records failed (%s); retrying", len(failed), failed[0])
+            if in_db and in_kafka:
+                return
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, _BACKOFF_MAX_S)

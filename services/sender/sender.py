@@ -1,0 +1,247 @@
+"""The sender: deliveries in, HTTP attempts out, outcomes recorded.
+
+consume (delivery topic) -> dispatch_task -> EndpointGates.call -> post_webhook -> decide_outcome
+-> OutcomeSink.record (PostgreSQL + status topic) -> OffsetTracker.finished -> commit.
+
+Offset-commit design: many attempts run at once, within a partition too, so a partition's offsets
+finish out of order. The tracker keeps each partition's in-flight offsets; the committable offset
+is the lowest one still in flight (or one past the last fetched). An offset leaves the in-flight
+set only after its outcome (and, on failure, its retry schedule) is durable in PostgreSQL and on
+the status topic. Commits run every ``COMMIT_INTERVAL_S`` and on partition revocation, after the
+revoked partitions' in-flight attempts finish. A crash replays from the last commit: attempts
+whose outcome was durable but not yet committed are made again (duplicates), none is lost.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import datetime as dt
+import logging
+import time
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+from aiokafka.errors import KafkaError
+
+from services.core import metrics
+from services.core.kafka import ensure_topics, make_consumer, open_producer
+from services.core.model import (
+    AttemptRecord,
+    AttemptResult,
+    BadTaskError,
+    DeliveryTask,
+    Failed,
+    Succeeded,
+    parse_rfc3339,
+)
+from services.core.retry import RetryPolicy
+from services.core.settings import Settings
+from services.core.webhooks import WebhookDirectory
+from services.sender.endpoints import EndpointGates
+from services.sender.http import make_session, post_webhook
+from services.sender.offsets import OffsetTracker
+from services.sender.outcomes import OutcomeSink
+from services.sender.retries import run_retry_pump
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.5
+FETCH_MAX_RECORDS = 500
+
+
+def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolicy, started_at: dt.datetime,
+                   duration_ms: float) -> AttemptRecord:
+    """Turn an attempt's result into its durable record: succeeded, retrying (with when) or failed."""
+    if isinstance(result, Succeeded):
+        return AttemptRecord(task, started_at, duration_ms, result, "succeeded")
+    delay_s = None if task.manual else policy.next_delay_s(
+        task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
+    if delay_s is None:
+        return AttemptRecord(task, started_at, duration_ms, result, "failed")
+    next_at = started_at + dt.timedelta(milliseconds=duration_ms) + dt.timedelta(seconds=delay_s)
+    return AttemptRecord(task, started_at, duration_ms, result, "retrying", next_attempt_at=next_at)
+
+
+class Sender:
+    def __init__(self, settings: Settings, directory: WebhookDirectory, session: aiohttp.ClientSession,
+                 sink: OutcomeSink) -> None:
+        self._settings = settings
+        self._directory = directory
+        self._session = session
+        self._sink = sink
+        self._policy = RetryPolicy(settings.retry_delays_s, settings.retry_jitter_ratio)
+        self._gates = EndpointGates(
+            max_concurrency=settings.endpoint_max_concurrency, max_queued=settings.endpoint_max_queued,
+            failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s)
+        self._tracker = OffsetTracker()
+        self._tasks: dict[asyncio.Task, TopicPartition] = {}
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._revoking: set[TopicPartition] = set()
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group,
+                                 fetch_max_wait_ms=20)
+        consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
+        await consumer.start()
+        committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")
+        try:
+            await self._consume(consumer, stop)
+            # Drain: no more fetching; let what is in flight finish and be recorded, then commit.
+            await self._wait_for_tasks(set(self._tasks), self._settings.request_timeout_s + 10)
+            await self._commit(consumer, None)
+        finally:
+            committer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await committer
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        limit = self._settings.sender_max_in_flight
+        while not stop.is_set():
+            room = limit - len(self._tasks)
+            if room <= 0:
+                self._capacity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), 0.5)
+                continue
+            batches = await consumer.getmany(timeout_ms=100, max_records=min(room, FETCH_MAX_RECORDS))
+            for tp, messages in batches.items():
+                for message in messages:
+                    self._tracker.started(tp, message.offset)
+                    try:
+                        task = DeliveryTask.decode(message.value)
+                    except BadTaskError as exc:
+                        log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
+                                  tp.topic, tp.partition, message.offset, exc)
+                        self._tracker.finished(tp, message.offset)
+                        continue
+                    job = asyncio.create_task(self._deliver(task, tp, message.offset))
+                    self._tasks[job] = tp
+                    job.add_done_callback(self._job_done)
+                    metrics.INFLIGHT.set(len(self._tasks))
+
+    def _job_done(self, job: asyncio.Task) -> None:
+        self._tasks.pop(job, None)
+        metrics.INFLIGHT.set(len(self._tasks))
+        if not job.cancelled() and job.exception() is not None:
+            log.error("delivery job crashed; its offset stays uncommitted", exc_info=job.exception())
+        self._capacity.set()
+
+    async def _deliver(self, task: DeliveryTask, tp: TopicPartition, offset: int) -> None:
+        record = await self.attempt(task)
+        if record is not None:
+            await self._sink.record(record)
+            self._observe(record)
+        self._tracker.finished(tp, offset)
+
+    async def attempt(self, task: DeliveryTask) -> AttemptRecord | None:
+        """Make one attempt of ``task``; None when its webhook no longer exists (nothing to record)."""
+        webhook = self._directory.get(task.webhook_id)
+        if webhook is None:
+            log.info("webhook deleted; dropping its delivery", extra={"webhook_id": task.webhook_id,
+                                                                      "event_id": task.event_id})
+            return None
+        started_at = dt.datetime.now(dt.UTC)
+        clock = time.perf_counter()
+        if not webhook.enabled:
+            result: AttemptResult = Failed(retryable=False, error="webhook is disabled; not sent", sent=False)
+        else:
+            result = await self._gates.call(webhook.id, lambda: post_webhook(
+                self._session, webhook, task, timeout_s=self._settings.request_timeout_s,
+                excerpt_cap_bytes=self._settings.max_response_excerpt_bytes,
+                allow_private_networks=self._settings.allow_private_networks))
+        duration_ms = (time.perf_counter() - clock) * 1000
+        return decide_outcome(task, result, self._policy, started_at, duration_ms)
+
+    def _observe(self, record: AttemptRecord) -> None:
+        metrics.DELIVERY_ATTEMPTS.labels(
+            "success" if record.status == "succeeded" else "failure", metrics.status_class(record.http_status)
+        ).inc()
+        metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
+        if record.status == "retrying":
+            metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()
+        else:
+            metrics.DELIVERIES_FINISHED.labels(record.status).inc()
+        if record.status == "succeeded" and record.task.event_type != "webhook.test":
+            with contextlib.suppress(ValueError):
+                occurred = parse_rfc3339(record.task.occurred_at)
+                metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))
+        log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
+                                                      "webhook_id": record.task.webhook_id,
+                                                      "attempt": record.task.attempt})
+
+    async def _wait_for_tasks(self, tasks: set[asyncio.Task], timeout_s: float) -> None:
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+    async def drain_partitions(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+        """On revocation: finish the revoked partitions' attempts, commit them, forget them."""
+        tasks = {t for t, tp in self._tasks.items() if tp in revoked}
+        await self._wait_for_tasks(tasks, self._settings.request_timeout_s + 10)
+        await self._commit(consumer, revoked)
+        self._tracker.forget(revoked)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, partitions) -> None:
+        offsets = self._tracker.committable(partitions)
+        if not offsets:
+            return
+        try:
+            await consumer.commit(offsets)
+        except KafkaError as exc:
+            log.warning("sender offset commit failed (%s); uncommitted deliveries will be replayed", exc)
+
+    async def _commit_periodically(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        last: dict[TopicPartition, int] = {}
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            offsets = self._tracker.committable(consumer.assignment())
+            if offsets and offsets != last:
+                try:
+                    await consumer.commit(offsets)
+                    last = offsets
+                except KafkaError as exc:
+                    log.warning("sender offset commit failed (%s); will retry", exc)
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is not None and tp in offsets:
+                    metrics.CONSUMER_LAG.labels(self._settings.sender_group, tp.topic, tp.partition).set(
+                        max(0, highwater - offsets[tp]))
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, sender: Sender, consumer: AIOKafkaConsumer) -> None:
+        self._sender = sender
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            await self._sender.drain_partitions(self._consumer, set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        pass
+
+
+async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
+                     directory: WebhookDirectory) -> None:
+    """Run one sender replica (attempts, outcome flusher, retry pump) until ``stop`` is set, then drain."""
+    await ensure_topics(settings.kafka_bootstrap_servers,
+                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic])
+    async with open_producer(settings.kafka_bootstrap_servers) as producer, \
+            make_session(allow_private_networks=settings.allow_private_networks) as session:
+        async with OutcomeSink(pool, producer, settings.status_topic,
+                               flush_interval_ms=settings.outcome_flush_interval_ms,
+                               flush_max=settings.outcome_flush_max) as sink:
+            pump = asyncio.create_task(run_retry_pump(pool, producer, settings.delivery_topic, stop),
+                                       name="retry-pump")
+            try:
+                await Sender(settings, directory, session, sink).run(stop)
+            finally:
+                pump.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await pump
