@@ -203,7 +203,9 @@ def spawn(tmp_path, hs_env) -> Iterator[Callable[..., HookstreamProcess]]:
 
     def _spawn(*args: str, env: dict[str, str] | None = None, name: str | None = None) -> HookstreamProcess:
         log_path = tmp_path / f"{name or args[0]}-{len(started)}.log"
-        process = HookstreamProcess(list(args), {**hs_env, **(env or {})}, log_path).start()
+        # Each process gets its own metrics port unless the test chose one.
+        process_env = {**hs_env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}", **(env or {})}
+        process = HookstreamProcess(list(args), process_env, log_path).start()
         started.append(process)
         return process
 

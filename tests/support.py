@@ -1,0 +1,78 @@
+"""Test helpers that act through the real database and broker: organizations, webhooks, events, topics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from services.core.orgs import create_organization
+from services.core.publish import make_event
+from services.core.signing import generate_secret
+from services.core.validation import EVENT_TYPES
+
+
+async def make_org(conn: asyncpg.Connection, name: str, stores: Iterable[str] = ("store_1", "store_2")) -> tuple[str, str]:
+    org_id, key = await create_organization(conn, name)
+    for store in stores:
+        await conn.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, $2, $3)", org_id, store, store)
+    return org_id, key
+
+
+async def make_webhook(conn: asyncpg.Connection, org_id: str, url: str, *, event_types: Iterable[str] = EVENT_TYPES,
+                       store_ids: Iterable[str] = ("store_1",), enabled: bool = True) -> tuple[str, str]:
+    """Insert a webhook directly (as the API would); returns (webhook id, secret)."""
+    webhook_id = f"wh_{uuid.uuid4().hex[:16]}"
+    secret = generate_secret()
+    await conn.execute(
+        "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
+        webhook_id, org_id, url, list(event_types), list(store_ids), enabled, secret)
+    return webhook_id, secret
+
+
+def sample_data(event_type: str, n: int = 1) -> dict:
+    if event_type.startswith("product."):
+        return {"product": {"id": f"prod_{n}", "title": f"Product {n}"}}
+    return {"order": {"id": f"ord_{n}", "total": "42.10", "currency": "USD"}}
+
+
+def sample_event(event_type: str, org_id: str, store_id: str, n: int = 1, event_id: str | None = None) -> dict:
+    return make_event(event_type, organization_id=org_id, store_id=store_id, data=sample_data(event_type, n),
+                      event_id=event_id)
+
+
+async def delivery_states(conn: asyncpg.Connection, webhook_id: str) -> dict[str, tuple[str, int]]:
+    rows = await conn.fetch("SELECT event_id, status, attempts FROM deliveries WHERE webhook_id = $1", webhook_id)
+    return {r["event_id"]: (r["status"], r["attempts"]) for r in rows}
+
+
+async def count_final(conn: asyncpg.Connection) -> int:
+    return await conn.fetchval("SELECT count(*) FROM deliveries WHERE status <> 'pending'")
+
+
+async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: float = 30.0) -> list:
+    """Read a topic from the beginning until ``expect`` records arrived (or the timeout); returns the records."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(timeout_s):
+                while len(records) < expect:
+                    batch = await consumer.getmany(timeout_ms=200)
+                    for messages in batch.values():
+                        records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+def status_records(records) -> list[dict]:
+    return [orjson.loads(r.value) for r in records]
