@@ -232,7 +232,9 @@ def _inspect_tree(root: dict[str, Any], raw: bytes) -> Rejection | None:
                 push((value, child_depth))
             elif kind is int:
                 if value > _INT_MAX or value < _INT_MIN:
-                    return Rejection("number_out_of_range", "an integer does not fit in a signed 64-bit integer")
+                    return Rejection(
+                        "number_out_of_range", "an integer does not fit in a signed 64-bit integer"
+                    )
             elif kind is float and not -_FLOAT_LIMIT < value < _FLOAT_LIMIT:
                 return Rejection("number_out_of_range", "a number's magnitude is 2**63 or more")
 
@@ -325,7 +327,8 @@ def _envelope_rejection(event: dict[str, Any], error: fastjsonschema.JsonSchemaV
         )
     if field == "type":
         return Rejection(
-            "unknown_type", f"type {_short_repr(error.value)} is not one of the {len(EVENT_TYPES)} supported events"
+            "unknown_type",
+            f"type {_short_repr(error.value)} is not one of the {len(EVENT_TYPES)} supported events",
         )
     return Rejection("schema", _clip(error.message))
 
@@ -334,7 +337,9 @@ def _envelope_rejection(event: dict[str, Any], error: fastjsonschema.JsonSchemaV
 # Public API.
 
 
-def validate_event(value: bytes | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES) -> DomainEvent | Rejection:
+def validate_event(
+    value: bytes | None, *, max_bytes: int = DEFAULT_MAX_EVENT_BYTES
+) -> DomainEvent | Rejection:
     """Validate one record value from aiq.products / aiq.orders.
 
     Returns a DomainEvent, or a Rejection whose reason is one of REJECTION_REASONS. Never raises,
@@ -365,7 +370,10 @@ def _validate_event(value: bytes | None, max_bytes: int) -> DomainEvent | Reject
         return _parse_rejection(value, exc)
 
     if type(event) is not dict:
-        return Rejection("not_object", f"top-level JSON value is {_JSON_TYPE_NAMES.get(type(event), 'unknown')}, not object")
+        return Rejection(
+            "not_object",
+            f"top-level JSON value is {_JSON_TYPE_NAMES.get(type(event), 'unknown')}, not object",
+        )
 
     problem = _inspect_tree(event, value)
     if problem is not None:

@@ -1,0 +1,11 @@
+"""Typed keys for what the application holds (aiohttp ``AppKey``; plain strings would warn)."""
+
+from __future__ import annotations
+
+import asyncpg
+from aiohttp import web
+
+from services.core.settings import Settings
+
+POOL = web.AppKey("pool", asyncpg.Pool)
+SETTINGS = web.AppKey("settings", Settings)
