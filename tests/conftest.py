@@ -28,7 +28,6 @@ from services.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ENV = ROOT / ".local" / "env"
-TEMPLATE_DB = "hookstream_test_template"
 
 
 def load_local_env() -> dict[str, str]:
@@ -69,18 +68,23 @@ def infra_env() -> dict[str, str]:
 
 
 @pytest.fixture(scope="session")
-async def template_database(infra_env) -> str:
-    """A freshly migrated template database, made once per test session."""
+async def template_database(infra_env) -> AsyncIterator[str]:
+    """A freshly migrated template database, made once per test session (its own name, so
+    concurrent sessions never drop each other's template)."""
     admin_url = infra_env["DATABASE_URL"]
+    name = unique_id("hs_template_")
     conn = await asyncpg.connect(admin_url)
     try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{TEMPLATE_DB}" WITH (FORCE)')
-        await conn.execute(f'CREATE DATABASE "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{name}"')
     finally:
         await conn.close()
-    template_url = with_database(admin_url, TEMPLATE_DB)
-    await migrate(template_url)
-    return template_url
+    await migrate(with_database(admin_url, name))
+    yield name
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
 
 
 @pytest.fixture
@@ -89,7 +93,7 @@ async def database_url(infra_env, template_database) -> AsyncIterator[str]:
     name = unique_id("hs_test_")
     conn = await asyncpg.connect(infra_env["DATABASE_URL"])
     try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{TEMPLATE_DB}"')
+        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
     finally:
         await conn.close()
     yield with_database(infra_env["DATABASE_URL"], name)
