@@ -117,6 +117,10 @@ class AttemptRecord:
     next_attempt_at: dt.datetime | None = None
 
     @property
+    def finished_at(self) -> dt.datetime:
+        return self.started_at + dt.timedelta(milliseconds=self.duration_ms)
+
+    @property
     def http_status(self) -> int | None:
         return self.result.http_status
 
@@ -125,7 +129,7 @@ class AttemptRecord:
         return self.result.error if isinstance(self.result, Failed) else None
 
     def status_record(self) -> bytes:
-        """The delivery-status topic record (CONTRACT §4)."""
+        """The delivery-status topic record (CONTRACT §4); ``at`` is when the attempt finished."""
         return orjson.dumps(
             {
                 "webhook_id": self.task.webhook_id,
@@ -138,6 +142,6 @@ class AttemptRecord:
                 "http_status": self.http_status,
                 "error": self.error,
                 "duration_ms": round(self.duration_ms, 3),
-                "at": self.started_at.isoformat().replace("+00:00", "Z"),
+                "at": self.finished_at.isoformat().replace("+00:00", "Z"),
             }
         )

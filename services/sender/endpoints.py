@@ -52,15 +52,22 @@ class EndpointGates:
             gate.state = state
             metrics.BREAKER_TRANSITIONS.labels(state).inc()
 
+    def _refusal(self, gate: EndpointGate) -> Failed | None:
+        """The immediate failure when the breaker says no, else None (no state change)."""
+        if gate.state == OPEN and self._clock() < gate.open_until:
+            return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False)
+        if gate.state == HALF_OPEN and gate.probe_in_flight:
+            return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False)
+        return None
+
     def _admit(self, gate: EndpointGate) -> Failed | None:
-        """None when the call may go ahead; else the immediate failure that defers it."""
+        """Like :meth:`_refusal`, but moves an expired open breaker to half-open and claims its probe."""
+        refused = self._refusal(gate)
+        if refused is not None:
+            return refused
         if gate.state == OPEN:
-            if self._clock() < gate.open_until:
-                return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False)
             self._set_state(gate, HALF_OPEN)
         if gate.state == HALF_OPEN:
-            if gate.probe_in_flight:
-                return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False)
             gate.probe_in_flight = True
         return None
 
@@ -68,6 +75,10 @@ class EndpointGates:
         gate = self._gates.get(webhook_id)
         if gate is None:
             gate = self._gates[webhook_id] = EndpointGate(self._max_concurrency)
+        # Checked before queueing for a slot too: a refused call never waits behind others.
+        refused = self._refusal(gate)
+        if refused is not None:
+            return refused
         if gate.waiting >= self._max_concurrency + self._max_queued:
             return Failed(retryable=True, error="endpoint busy: too many deliveries in flight; not sent", sent=False)
         gate.waiting += 1

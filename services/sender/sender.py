@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import datetime as dt
 import logging
 import time
@@ -62,8 +63,8 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
         task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
     if delay_s is None:
         return AttemptRecord(task, started_at, duration_ms, result, "failed")
-    next_at = started_at + dt.timedelta(milliseconds=duration_ms) + dt.timedelta(seconds=delay_s)
-    return AttemptRecord(task, started_at, duration_ms, result, "retrying", next_attempt_at=next_at)
+    record = AttemptRecord(task, started_at, duration_ms, result, "retrying")
+    return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
 
 
 class Sender:

@@ -1,0 +1,183 @@
+"""The web console end to end: a real browser drives the whole stack.
+
+`hookstream all` runs as a child process (own database and topics), a real local HTTP receiver
+takes the webhooks, and Debian's Chromium (never a downloaded browser) is driven through the
+console: sign in, add a webhook (the secret is shown once), publish an order.created event to
+Kafka, watch the delivery log turn "successful", open the attempts (HTTP 200), redeliver, and
+check that the receiver got exactly two correctly signed requests.
+
+Screenshots land in ``.local/console-webhooks.png``, ``.local/console-events.png`` and
+``.local/console-attempts.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import aiohttp
+import pytest
+from playwright.async_api import async_playwright, expect
+
+from services.core.kafka import open_producer
+from services.core.orgs import create_organization
+from services.core.publish import make_event, publish_event
+from services.core.settings import Settings
+from tests.conftest import ROOT, wait_for
+from tests.receiver import Receiver
+
+pytestmark = pytest.mark.e2e
+
+CHROMIUM = "/usr/bin/chromium"
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+VIEWPORT = {"width": 1280, "height": 800}
+UI_TIMEOUT_MS = 15_000
+DELIVERY_TIMEOUT_MS = 45_000  # publish -> router -> sender -> receiver -> log, seen through a 3 s refresh
+READY_TIMEOUT_S = 60.0
+SCREENSHOT_DIR = ROOT / ".local"
+
+STORES = [("store_downtown", "Downtown"), ("store_airport", "Airport")]
+
+
+async def wait_until_ready(base_url: str, process) -> None:
+    """Poll GET /readyz until 200; fail at once, with the process log, if the process exits."""
+    async with aiohttp.ClientSession() as session:
+        async def ready() -> bool:
+            if process.proc.poll() is not None:
+                pytest.fail(f"hookstream all exited with {process.proc.returncode}:\n{process.output()[-4000:]}")
+            try:
+                async with session.get(f"{base_url}/readyz", timeout=aiohttp.ClientTimeout(total=2)) as res:
+                    await res.read()
+                    return res.status == 200
+            except (aiohttp.ClientError, TimeoutError):
+                return False
+
+        try:
+            await wait_for(ready, timeout_s=READY_TIMEOUT_S, interval_s=0.2, message="GET /readyz to answer 200")
+        except AssertionError:
+            pytest.fail(f"hookstream never became ready; its log:\n{process.output()[-4000:]}")
+
+
+async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn):
+    if not shutil.which(CHROMIUM):
+        pytest.fail(f"{CHROMIUM} is missing: install Debian's Chromium (apt-get install -y chromium)")
+
+    org_id, api_key = await create_organization(db, "Acme e2e")
+    for store_id, name in STORES:
+        await db.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, $2, $3)", org_id, store_id, name)
+    store_id, store_name = STORES[0]
+    settings = Settings.from_env(hs_env)
+    base_url = "http://{}:{}".format(*settings.api_listen)
+    SCREENSHOT_DIR.mkdir(parents=True, exist_ok=True)
+
+    async with Receiver() as receiver:
+        hook_url = receiver.url("/hook")
+        process = spawn("all")
+        await wait_until_ready(base_url, process)
+
+        async with async_playwright() as pw:
+            browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
+            try:
+                context = await browser.new_context(viewport=VIEWPORT)
+                page = await context.new_page()
+                page.set_default_timeout(UI_TIMEOUT_MS)
+                expect.set_options(timeout=UI_TIMEOUT_MS)
+                page_errors: list[str] = []
+                page.on("pageerror", lambda exc: page_errors.append(str(exc)))
+
+                await page.goto(base_url + "/")
+
+                # A wrong key is refused with a message; the right one signs in.
+                await page.get_by_label("API key").fill("hsk_000000000000000000_not-a-real-key")
+                await page.get_by_role("button", name="Sign in").click()
+                await expect(page.get_by_test_id("signin-message")).to_contain_text("not accepted")
+                await page.get_by_label("API key").fill(api_key)
+                await page.get_by_role("button", name="Sign in").click()
+                await expect(page.get_by_role("heading", name="Webhooks")).to_be_visible()
+                await expect(page.get_by_text("No webhooks yet.")).to_be_visible()
+
+                # (+) Add new: Save stays disabled until URL, one event and one store are chosen.
+                await page.get_by_test_id("add-webhook").click()
+                dialog = page.get_by_test_id("webhook-dialog")
+                await expect(dialog).to_be_visible()
+                save = dialog.get_by_role("button", name="Save")
+                await expect(save).to_be_disabled()
+                await dialog.get_by_label("Endpoint URL").fill(hook_url)
+                await expect(save).to_be_disabled()
+                await dialog.get_by_test_id("event-order.created").check()
+                await expect(save).to_be_disabled()
+                await dialog.get_by_test_id(f"store-{store_id}").check()
+                await expect(save).to_be_enabled()
+                await dialog.get_by_label("Description").fill("e2e receiver")
+                await save.click()
+
+                # The secret is shown once, with a copy button, and leaves the page when dismissed.
+                secret_dialog = page.get_by_test_id("secret-dialog")
+                await expect(secret_dialog).to_be_visible()
+                await expect(secret_dialog.get_by_role("button", name="Copy")).to_be_visible()
+                secret = await page.get_by_test_id("secret-value").input_value()
+                assert secret.startswith("whsec_"), secret
+                await secret_dialog.get_by_role("button", name="I have saved it").click()
+                await expect(secret_dialog).to_be_hidden()
+                assert await page.get_by_test_id("secret-value").input_value() == ""
+                assert secret not in await page.content()
+
+                rows = page.get_by_test_id("webhook-row")
+                await expect(rows).to_have_count(1)
+                row = rows.first
+                await expect(row.get_by_test_id("wh-row-url")).to_have_text(hook_url)
+                await expect(row).to_contain_text("order.created")
+                await expect(row).to_contain_text(store_name)
+                await expect(row.get_by_role("switch")).to_be_checked()
+                await expect(row.get_by_test_id("wh-failures")).to_have_text("0")
+                await page.screenshot(path=SCREENSHOT_DIR / "console-webhooks.png")
+
+                # Publish a domain event exactly as upstream does.
+                event = make_event("order.created", organization_id=org_id, store_id=store_id,
+                                   data={"order": {"id": "ord_e2e_1", "total": "42.10", "currency": "USD"}})
+                async with open_producer(settings.kafka_bootstrap_servers) as producer:
+                    await publish_event(producer, event, settings.source_topics)
+
+                # View events: the row appears and turns "successful" (auto-refresh, no reload).
+                await row.get_by_role("button", name="View events").click()
+                await expect(page.get_by_test_id("events-endpoint")).to_have_text(hook_url)
+                event_row = page.locator(f'[data-testid="event-row"][data-event-id="{event["id"]}"]')
+                await expect(event_row.get_by_test_id("event-status")).to_have_text(
+                    "successful", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(event_row.get_by_test_id("event-type")).to_have_text("order.created")
+                await expect(event_row).to_contain_text(store_name)
+                await expect(event_row.get_by_test_id("event-attempts")).to_have_text("1")
+                await page.screenshot(path=SCREENSHOT_DIR / "console-events.png")
+
+                # Its attempts: one, HTTP 200; Redeliver adds a second, also 200.
+                await event_row.click()
+                attempts = page.get_by_test_id("attempts-dialog")
+                await expect(attempts).to_be_visible()
+                await expect(attempts.get_by_test_id("attempts-count")).to_have_attribute("data-count", "1")
+                await expect(attempts.get_by_test_id("attempt-http")).to_have_text(["HTTP 200"])
+                await attempts.get_by_role("button", name="Redeliver").click()
+                await expect(attempts.get_by_test_id("attempts-count")).to_have_attribute(
+                    "data-count", "2", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(attempts.get_by_test_id("attempt-http")).to_have_text(["HTTP 200", "HTTP 200"])
+                await expect(attempts.get_by_test_id("attempts-delivery-status")).to_have_text(
+                    "successful", timeout=DELIVERY_TIMEOUT_MS)
+                await page.screenshot(path=SCREENSHOT_DIR / "console-attempts.png")
+                await attempts.get_by_role("button", name="Close").last.click()
+                await expect(event_row.get_by_test_id("event-attempts")).to_have_text("2")
+
+                assert page_errors == [], page_errors
+            finally:
+                await browser.close()
+
+        # The receiver got exactly the two attempts, each signed with the secret shown once.
+        received = await wait_for(lambda: len(receiver.at("/hook")) >= 2 and receiver.at("/hook"),
+                                  timeout_s=10, message="two requests at the receiver")
+        assert len(received) == 2, [r.headers.get("webhook-id") for r in received]
+        for request in received:
+            assert request.verify(secret), request.headers
+            assert request.headers["webhook-id"] == event["id"]
+            body = json.loads(request.body)
+            assert (body["id"], body["type"], body["store_id"], body["organization_id"]) == (
+                event["id"], "order.created", store_id, org_id)
+            assert body["data"] == event["data"]
