@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs the system packages hookstream's local stack and tests need, only when missing:
-# Java + Maven (Kafka), PostgreSQL server binaries, Chromium (console browser test).
+# Java + Maven (Kafka), PostgreSQL server binaries, Chromium (console browser test),
+# promtool from Debian's prometheus package (alert-rule tests).
 # Debian/Ubuntu only (apt-get); on other systems install the equivalents by hand.
 set -euo pipefail
 missing=()
@@ -9,6 +10,7 @@ command -v mvn >/dev/null 2>&1 || missing+=(maven)
 ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || missing+=(postgresql)
 command -v psql >/dev/null 2>&1 || missing+=(postgresql-client)
 [ -x /usr/bin/chromium ] || missing+=(chromium)
+command -v promtool >/dev/null 2>&1 || missing+=(prometheus)
 if ((${#missing[@]})); then
     if ! command -v apt-get >/dev/null 2>&1; then
         echo "[deps] missing: ${missing[*]} and no apt-get here: install them by hand" >&2

@@ -1,0 +1,377 @@
+"""EndpointGates: per-webhook circuit breaker, concurrency cap and bounded queue (fake clock, no network)."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+
+import pytest
+
+from services.core.model import AttemptResult, Failed, Succeeded
+from services.sender.endpoints import CLOSED, HALF_OPEN, OPEN, EndpointGates
+
+WH = "wh_1"
+OK = Succeeded(http_status=200, response_excerpt=None)
+HTTP_500 = Failed(retryable=True, error="HTTP 500", http_status=500)
+TIMEOUT = Failed(retryable=True, error="timeout after 10s")
+
+
+class FakeClock:
+    def __init__(self) -> None:
+        self.now = 1000.0
+
+    def __call__(self) -> float:
+        return self.now
+
+    def advance(self, seconds: float) -> None:
+        self.now += seconds
+
+
+class Endpoint:
+    """An attempt function that counts its calls and answers a fixed result."""
+
+    def __init__(self, result: AttemptResult = OK) -> None:
+        self.result = result
+        self.calls = 0
+
+    async def __call__(self) -> AttemptResult:
+        self.calls += 1
+        return self.result
+
+
+class BlockingEndpoint:
+    """An attempt function that holds each call until released; tracks concurrency."""
+
+    def __init__(self, result: AttemptResult = OK) -> None:
+        self.result = result
+        self.calls = 0
+        self.running = 0
+        self.max_running = 0
+        self.release = asyncio.Event()
+
+    async def __call__(self) -> AttemptResult:
+        self.calls += 1
+        self.running += 1
+        self.max_running = max(self.max_running, self.running)
+        try:
+            await self.release.wait()
+            return self.result
+        finally:
+            self.running -= 1
+
+
+async def wait_until(predicate: Callable[[], bool], timeout_s: float = 2.0) -> None:
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.001)
+
+
+def make_gates(
+    clock: FakeClock,
+    *,
+    max_concurrency: int = 4,
+    max_queued: int = 16,
+    threshold: int = 3,
+    open_s: float = 30.0,
+) -> EndpointGates:
+    return EndpointGates(
+        max_concurrency=max_concurrency,
+        max_queued=max_queued,
+        failure_threshold=threshold,
+        open_s=open_s,
+        clock=clock,
+    )
+
+
+async def call_n(
+    gates: EndpointGates, attempt: Callable[[], Awaitable[AttemptResult]], n: int, webhook_id: str = WH
+) -> list[AttemptResult]:
+    return [await gates.call(webhook_id, attempt) for _ in range(n)]
+
+
+def assert_refused(result: AttemptResult, text: str) -> None:
+    assert isinstance(result, Failed)
+    assert result.sent is False
+    assert result.retryable is True
+    assert text in result.error
+
+
+# ------------------------------------------------------------------------------------------ breaker
+
+
+async def test_unknown_webhook_is_closed() -> None:
+    assert make_gates(FakeClock()).state_of("nope") == CLOSED
+
+
+async def test_success_passes_through() -> None:
+    gates, endpoint = make_gates(FakeClock()), Endpoint(OK)
+    assert await gates.call(WH, endpoint) is OK
+    assert endpoint.calls == 1
+    assert gates.state_of(WH) == CLOSED
+
+
+@pytest.mark.parametrize(
+    "failure",
+    [
+        HTTP_500,
+        TIMEOUT,
+        Failed(True, "HTTP 408", 408),
+        Failed(True, "HTTP 429", 429),
+        Failed(True, "HTTP 302", 302),
+    ],
+)
+async def test_threshold_consecutive_failures_open_the_breaker(failure: Failed) -> None:
+    gates, endpoint = make_gates(FakeClock(), threshold=3), Endpoint(failure)
+    results = await call_n(gates, endpoint, 2)
+    assert results == [failure, failure]
+    assert gates.state_of(WH) == CLOSED
+    assert await gates.call(WH, endpoint) == failure
+    assert gates.state_of(WH) == OPEN
+    assert endpoint.calls == 3
+
+
+async def test_open_breaker_answers_without_calling_the_endpoint() -> None:
+    clock = FakeClock()
+    gates, endpoint = make_gates(clock, threshold=2), Endpoint(HTTP_500)
+    await call_n(gates, endpoint, 2)
+    for _ in range(5):
+        clock.advance(5)
+        assert_refused(await gates.call(WH, endpoint), "circuit breaker open")
+    assert endpoint.calls == 2
+    assert gates.state_of(WH) == OPEN
+
+
+async def test_success_resets_the_consecutive_failure_count() -> None:
+    gates = make_gates(FakeClock(), threshold=3)
+    await call_n(gates, Endpoint(HTTP_500), 2)
+    await gates.call(WH, Endpoint(OK))
+    await call_n(gates, Endpoint(HTTP_500), 2)
+    assert gates.state_of(WH) == CLOSED
+    await gates.call(WH, Endpoint(HTTP_500))
+    assert gates.state_of(WH) == OPEN
+
+
+async def test_threshold_of_one_opens_on_first_failure() -> None:
+    gates = make_gates(FakeClock(), threshold=1)
+    await gates.call(WH, Endpoint(TIMEOUT))
+    assert gates.state_of(WH) == OPEN
+
+
+@pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 413, 422, 499])
+async def test_client_errors_do_not_trip_the_breaker(status: int) -> None:
+    gates, endpoint = make_gates(FakeClock(), threshold=2), Endpoint(Failed(True, f"HTTP {status}", status))
+    await call_n(gates, endpoint, 10)
+    assert gates.state_of(WH) == CLOSED
+    assert endpoint.calls == 10
+
+
+async def test_client_error_resets_the_failure_count() -> None:
+    gates = make_gates(FakeClock(), threshold=2)
+    await gates.call(WH, Endpoint(HTTP_500))
+    await gates.call(WH, Endpoint(Failed(True, "HTTP 404", 404)))
+    await gates.call(WH, Endpoint(HTTP_500))
+    assert gates.state_of(WH) == CLOSED
+
+
+async def test_unsent_failures_do_not_count() -> None:
+    gates = make_gates(FakeClock(), threshold=2)
+    unsent = Failed(retryable=False, error="unsafe endpoint: private", sent=False)
+    await call_n(gates, Endpoint(unsent), 5)
+    assert gates.state_of(WH) == CLOSED
+
+
+async def test_breakers_are_per_webhook() -> None:
+    gates = make_gates(FakeClock(), threshold=2)
+    await call_n(gates, Endpoint(HTTP_500), 2, webhook_id="wh_bad")
+    healthy = Endpoint(OK)
+    assert await gates.call("wh_good", healthy) is OK
+    assert healthy.calls == 1
+    assert gates.state_of("wh_bad") == OPEN
+    assert gates.state_of("wh_good") == CLOSED
+
+
+async def test_still_open_just_before_open_period_ends() -> None:
+    clock = FakeClock()
+    gates, endpoint = make_gates(clock, threshold=1, open_s=30), Endpoint(HTTP_500)
+    await gates.call(WH, endpoint)
+    clock.advance(29.999)
+    assert_refused(await gates.call(WH, endpoint), "open")
+    assert endpoint.calls == 1
+
+
+async def test_probe_success_closes_the_breaker() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=2, open_s=30)
+    await call_n(gates, Endpoint(HTTP_500), 2)
+    clock.advance(30)
+    probe = Endpoint(OK)
+    assert await gates.call(WH, probe) is OK
+    assert probe.calls == 1
+    assert gates.state_of(WH) == CLOSED
+    # Closed again: normal traffic flows, and it takes a full threshold of failures to re-open.
+    after = Endpoint(HTTP_500)
+    await gates.call(WH, after)
+    assert gates.state_of(WH) == CLOSED
+    assert after.calls == 1
+
+
+async def test_probe_failure_reopens_for_a_new_open_period() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=3, open_s=30)
+    await call_n(gates, Endpoint(HTTP_500), 3)
+    clock.advance(31)
+    probe = Endpoint(TIMEOUT)
+    assert await gates.call(WH, probe) == TIMEOUT  # one failure is enough in half-open
+    assert probe.calls == 1
+    assert gates.state_of(WH) == OPEN
+    clock.advance(29)
+    later = Endpoint(OK)
+    assert_refused(await gates.call(WH, later), "open")
+    assert later.calls == 0
+    clock.advance(1)
+    assert await gates.call(WH, later) is OK
+    assert gates.state_of(WH) == CLOSED
+
+
+async def test_probe_answered_with_client_error_closes_the_breaker() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=1)
+    await gates.call(WH, Endpoint(HTTP_500))
+    clock.advance(30)
+    await gates.call(WH, Endpoint(Failed(True, "HTTP 404", 404)))
+    assert gates.state_of(WH) == CLOSED
+
+
+async def test_single_probe_in_half_open_concurrent_calls_refused() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=4, threshold=1, open_s=30)
+    await gates.call(WH, Endpoint(HTTP_500))
+    clock.advance(30)
+    probe = BlockingEndpoint(OK)
+    probe_task = asyncio.create_task(gates.call(WH, probe))
+    await wait_until(lambda: probe.running == 1)
+    assert gates.state_of(WH) == HALF_OPEN
+    others = Endpoint(OK)
+    for _ in range(3):
+        assert_refused(await gates.call(WH, others), "half-open")
+    assert others.calls == 0
+    probe.release.set()
+    assert await probe_task is OK
+    assert gates.state_of(WH) == CLOSED
+    assert await gates.call(WH, others) is OK
+    assert others.calls == 1
+
+
+async def test_half_open_refusal_is_immediate_even_when_the_probe_holds_the_only_slot() -> None:
+    """The module promises: while the breaker is open a delivery is answered *at once*.
+
+    With max_concurrency=1 the probe holds the only slot; a concurrent call must be refused now,
+    not queue behind the probe (and then be sent once the probe closes the breaker).
+    """
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=1, threshold=1, open_s=30)
+    await gates.call(WH, Endpoint(HTTP_500))
+    clock.advance(30)
+    probe = BlockingEndpoint(OK)
+    probe_task = asyncio.create_task(gates.call(WH, probe))
+    await wait_until(lambda: probe.running == 1)
+    other = Endpoint(OK)
+    other_task = asyncio.create_task(gates.call(WH, other))
+    try:
+        await wait_until(other_task.done, timeout_s=0.5)
+        refused_at_once = True
+    except AssertionError:
+        refused_at_once = False
+    probe.release.set()
+    await probe_task
+    await other_task
+    assert refused_at_once, "call queued behind the half-open probe instead of being refused at once"
+    assert other.calls == 0, "call was sent while the half-open probe was in flight"
+
+
+async def test_attempt_exception_in_probe_frees_the_probe_slot() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=1)
+    await gates.call(WH, Endpoint(HTTP_500))
+    clock.advance(30)
+
+    async def boom() -> AttemptResult:
+        raise RuntimeError("bug")
+
+    with pytest.raises(RuntimeError):
+        await gates.call(WH, boom)
+    ok = Endpoint(OK)
+    assert await gates.call(WH, ok) is OK
+    assert ok.calls == 1
+
+
+# ---------------------------------------------------------------------------- concurrency and queue
+
+
+async def test_concurrency_cap_is_honoured() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=3, max_queued=100)
+    endpoint = BlockingEndpoint(OK)
+    tasks = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(10)]
+    await wait_until(lambda: endpoint.running == 3)
+    for _ in range(20):
+        await asyncio.sleep(0)  # give any over-admitted call the chance to start
+    assert endpoint.running == 3
+    assert endpoint.calls == 3
+    endpoint.release.set()
+    results = await asyncio.gather(*tasks)
+    assert all(r is OK for r in results)
+    assert endpoint.calls == 10
+    assert endpoint.max_running == 3
+
+
+async def test_concurrency_cap_is_per_webhook() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=10)
+    a, b = BlockingEndpoint(OK), BlockingEndpoint(OK)
+    ta = asyncio.create_task(gates.call("wh_a", a))
+    tb = asyncio.create_task(gates.call("wh_b", b))
+    await wait_until(lambda: a.running == 1 and b.running == 1)
+    a.release.set()
+    b.release.set()
+    assert await ta is OK
+    assert await tb is OK
+
+
+async def test_queue_bound_answers_endpoint_busy_without_calling() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=2, max_queued=3)
+    endpoint = BlockingEndpoint(OK)
+    admitted = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(5)]  # 2 running + 3 queued
+    await wait_until(lambda: endpoint.running == 2)
+    extra = Endpoint(OK)
+    for _ in range(3):
+        assert_refused(await gates.call(WH, extra), "endpoint busy")
+    assert extra.calls == 0
+    endpoint.release.set()
+    assert all(r is OK for r in await asyncio.gather(*admitted))
+    assert endpoint.calls == 5
+    # Once drained, calls are admitted again.
+    assert await gates.call(WH, extra) is OK
+
+
+async def test_zero_queue_allows_only_the_concurrency() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=0)
+    endpoint = BlockingEndpoint(OK)
+    first = asyncio.create_task(gates.call(WH, endpoint))
+    await wait_until(lambda: endpoint.running == 1)
+    assert_refused(await gates.call(WH, Endpoint(OK)), "endpoint busy")
+    endpoint.release.set()
+    assert await first is OK
+
+
+async def test_busy_refusals_do_not_trip_the_breaker() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=0, threshold=1)
+    endpoint = BlockingEndpoint(OK)
+    first = asyncio.create_task(gates.call(WH, endpoint))
+    await wait_until(lambda: endpoint.running == 1)
+    for _ in range(5):
+        await gates.call(WH, Endpoint(OK))
+    endpoint.release.set()
+    await first
+    assert gates.state_of(WH) == CLOSED
