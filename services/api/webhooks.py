@@ -209,7 +209,9 @@ async def send_test_event(request: web.Request) -> web.Response:
         if not hook["enabled"]:
             raise ApiError(409, "conflict", "webhook is disabled; enable it to send a test event")
         store_id = hook["store_ids"][0]
-        occurred_at = dt.datetime.now(dt.UTC)
+        now = dt.datetime.now(dt.UTC)
+        # whole milliseconds, so the stored occurred_at equals the body's created_at exactly
+        occurred_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         event_id = new_id("evt_test")
         body = build_test_event_body(event_id, rfc3339_ms(occurred_at), org_id, store_id)
         seq = await conn.fetchval(
