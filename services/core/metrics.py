@@ -62,6 +62,13 @@ CONSUMER_LAG = Gauge(
 )
 
 
+def forget_lag(group: str, partitions) -> None:
+    """Drop the lag series of partitions this process no longer owns (their new owner reports them)."""
+    for tp in partitions:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(group, tp.topic, str(tp.partition))
+
+
 def status_class(http_status: int | None) -> str:
     """``2xx``..``5xx``, or ``none`` when no HTTP answer came back (timeout, connection, TLS, breaker)."""
     return f"{http_status // 100}xx" if http_status else "none"

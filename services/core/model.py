@@ -77,7 +77,7 @@ class DeliveryTask:
                 occurred_at=str(obj["occurred_at"]),
                 attempt=int(obj["attempt"]),
                 retry_index=int(obj["retry_index"]),
-                manual=bool(obj["manual"]),
+                manual=obj["manual"] is True,
                 body=str(obj["body"]),
             )
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:

@@ -33,8 +33,13 @@ class UnsafeEndpointError(ValueError):
 def is_blocked_address(address: str) -> bool:
     """True for loopback, private, link-local (incl. 169.254.169.254), multicast, reserved and unspecified."""
     ip = ipaddress.ip_address(address.split("%", 1)[0])
-    if isinstance(ip, ipaddress.IPv6Address) and ip.ipv4_mapped is not None:
-        ip = ip.ipv4_mapped
+    if isinstance(ip, ipaddress.IPv6Address):
+        # IPv4 carried inside IPv6 (mapped, 6to4, Teredo) is judged by the IPv4 address it reaches.
+        embedded = ip.ipv4_mapped or ip.sixtofour or (ip.teredo[1] if ip.teredo else None)
+        if embedded is not None and is_blocked_address(str(embedded)):
+            return True
+        if ip.ipv4_mapped is not None:
+            ip = ip.ipv4_mapped
     return (
         ip.is_private
         or ip.is_loopback

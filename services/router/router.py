@@ -136,7 +136,7 @@ class Router:
             async def on_partitions_revoked(self, revoked):
                 # Wait for the batch in hand: its offsets are committed before the partitions move on.
                 async with router._batch_lock:
-                    pass
+                    metrics.forget_lag(router._settings.router_group, revoked)
 
             async def on_partitions_assigned(self, assigned):
                 pass

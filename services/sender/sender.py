@@ -214,6 +214,7 @@ class Sender:
         await self._wait_for_tasks(tasks, self._settings.request_timeout_s + 10)
         await self._commit(consumer, revoked)
         self._tracker.forget(revoked)
+        metrics.forget_lag(self._settings.sender_group, revoked)
 
     async def _commit(self, consumer: AIOKafkaConsumer, partitions) -> None:
         offsets = self._tracker.committable(partitions)
