@@ -179,7 +179,10 @@ class Settings:
             if (raw := get(var)) is not None:
                 kwargs[key] = parse_int(var, raw, minimum=lo, maximum=hi)
         if (raw := get("HOOKSTREAM_BREAKER_OPEN")) is not None:
-            kwargs["breaker_open_s"] = parse_duration_s("HOOKSTREAM_BREAKER_OPEN", raw)
+            open_s = parse_duration_s("HOOKSTREAM_BREAKER_OPEN", raw)
+            if not 0.1 <= open_s <= 3600:
+                raise SettingsError(f"HOOKSTREAM_BREAKER_OPEN={raw!r}: must be between 100ms and 1h")
+            kwargs["breaker_open_s"] = open_s
         if (raw := get("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL")) is not None:
             interval_s = parse_duration_s("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL", raw)
             if not 0.001 <= interval_s <= 10:

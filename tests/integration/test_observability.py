@@ -1,0 +1,115 @@
+"""Metrics and logs of live processes after real traffic: counters move by exactly the right amounts,
+logs are JSON lines with bound context, and no secret or API key ever appears in them."""
+
+from __future__ import annotations
+
+import aiohttp
+import orjson
+import pytest
+from prometheus_client.parser import text_string_to_metric_families
+
+from services.core.kafka import open_producer
+from tests.conftest import free_port, wait_for
+from tests.receiver import Behaviour, Receiver
+from tests.support import make_org, make_webhook, sample_event
+
+pytestmark = pytest.mark.integration
+
+
+async def scrape(url: str) -> dict[tuple[str, tuple], float]:
+    async with aiohttp.ClientSession() as session, session.get(url) as response:
+        assert response.status == 200
+        text = await response.text()
+    samples = {}
+    for family in text_string_to_metric_families(text):
+        for sample in family.samples:
+            samples[(sample.name, tuple(sorted(sample.labels.items())))] = sample.value
+    return samples
+
+
+def value(samples, name: str, **labels) -> float:
+    return samples.get((name, tuple(sorted((k, str(v)) for k, v in labels.items()))), 0.0)
+
+
+def total(samples, name: str) -> float:
+    return sum(v for (n, _), v in samples.items() if n == name)
+
+
+async def test_counters_move_by_the_right_amounts_and_logs_keep_secrets(db, hs_settings, hs_env, spawn):
+    async with Receiver() as receiver:
+        org, api_key = await make_org(db, "Org", stores=("s1",))
+        _, ok_secret = await make_webhook(db, org, receiver.url("/ok"), event_types=["order.created"],
+                                          store_ids=["s1"])
+        _, bad_secret = await make_webhook(db, org, receiver.url("/fail"), event_types=["order.shipped"],
+                                           store_ids=["s1"])
+        receiver.set("/fail", Behaviour(status=503))
+        env = {"HOOKSTREAM_LOG_FORMAT": "json", "HOOKSTREAM_LOG_LEVEL": "DEBUG"}
+        router_port, sender_port = free_port(), free_port()
+        router = spawn("router", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{router_port}"})
+        sender = spawn("sender", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{sender_port}"})
+        api = spawn("api", env=env)
+
+        good = [sample_event("order.created", org, "s1", n) for n in range(5)]
+        failing = sample_event("order.shipped", org, "s1", 99)
+        topic = hs_settings.source_topics[1]
+        async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
+            for event in [*good, failing]:
+                await producer.send_and_wait(topic, orjson.dumps(event), key=b"k")
+            await producer.send_and_wait(topic, b"{oops", key=b"k")
+            await producer.send_and_wait(topic, b"[1]", key=b"k")
+
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 6 FROM deliveries WHERE status <> 'pending'"),
+                       timeout_s=60, message="all deliveries final")
+        api_url = f"http://{hs_env['HOOKSTREAM_API_LISTEN']}"
+        await wait_for(lambda: _ready(api_url), timeout_s=30, message="api ready")
+        async with aiohttp.ClientSession() as session:
+            for key in (api_key, api_key + "x"):
+                async with session.get(f"{api_url}/v1/webhooks", headers={"Authorization": f"Bearer {key}"}) as r:
+                    assert r.status in (200, 401)
+
+        routed = await scrape(f"http://127.0.0.1:{router_port}/metrics")
+        assert total(routed, "hookstream_events_consumed_total") == 8
+        assert value(routed, "hookstream_events_rejected_total", reason="not_json") == 1
+        assert value(routed, "hookstream_events_rejected_total", reason="not_object") == 1
+        assert total(routed, "hookstream_deliveries_scheduled_total") == 6
+        assert value(routed, "hookstream_deliveries_scheduled_total", event_type="order.created") == 5
+
+        sent = await wait_for(lambda: _scrape_when(f"http://127.0.0.1:{sender_port}/metrics"), timeout_s=10,
+                              message="sender metrics")
+        assert value(sent, "hookstream_delivery_attempts_total", outcome="success", status_class="2xx") == 5
+        assert value(sent, "hookstream_delivery_attempts_total", outcome="failure", status_class="5xx") == 4
+        assert value(sent, "hookstream_deliveries_finished_total", status="succeeded") == 5
+        assert value(sent, "hookstream_deliveries_finished_total", status="failed") == 1
+        for tier in ("1", "2", "3"):
+            assert value(sent, "hookstream_retries_scheduled_total", tier=tier) == 1
+        assert value(sent, "hookstream_delivery_attempt_duration_seconds_count") == 9
+        assert value(sent, "hookstream_delivery_latency_seconds_count") == 5
+        assert value(sent, "hookstream_inflight_deliveries") == 0
+        assert value(sent, "hookstream_outcome_flush_batch_size_sum") == 9
+        api_metrics = await scrape(f"{api_url}/metrics")
+        assert any(name.startswith("hookstream_") for name, _ in api_metrics)
+
+    for process in (router, sender, api):
+        process.stop()
+    logs = {p.args[0]: p.output() for p in (router, sender, api)}
+    everything = "\n".join(logs.values())
+    for secret in (api_key, ok_secret, bad_secret, ok_secret.removeprefix("whsec_"), api_key.split("_")[-1]):
+        assert secret not in everything
+    lines = [line for line in everything.splitlines() if line.strip()]
+    parsed = [orjson.loads(line) for line in lines]  # every line is one JSON object
+    assert all({"ts", "level", "logger", "msg"} <= set(entry) for entry in parsed)
+    bound = [e for e in parsed if {"event_id", "webhook_id", "attempt"} <= set(e)]
+    assert {e["event_id"] for e in bound} >= {ev["id"] for ev in good}
+
+
+async def _ready(api_url: str) -> bool:
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{api_url}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def _scrape_when(url: str):
+    samples = await scrape(url)
+    return samples if value(samples, "hookstream_deliveries_finished_total", status="failed") == 1 else None
