@@ -113,6 +113,17 @@ class WebhookDirectory:
     def get(self, webhook_id: str) -> Webhook | None:
         return self._by_id.get(webhook_id)
 
+    async def fetch(self, pool: asyncpg.Pool, webhook_id: str) -> Webhook | None:
+        """``get``, falling back to PostgreSQL for a webhook this view has not caught up with yet.
+
+        None means the webhook does not exist (deleted). Database errors propagate.
+        """
+        hook = self._by_id.get(webhook_id)
+        if hook is not None:
+            return hook
+        row = await pool.fetchrow(_SELECT + " WHERE id = $1", webhook_id)
+        return Webhook.from_row(row) if row else None
+
     def match(self, organization_id: str, event_type: str, store_id: str) -> list[Webhook]:
         return match_subscriptions(self._index, organization_id, event_type, store_id)
 

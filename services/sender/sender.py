@@ -41,7 +41,7 @@ from services.core.model import (
 )
 from services.core.retry import RetryPolicy
 from services.core.settings import Settings
-from services.core.webhooks import WebhookDirectory
+from services.core.webhooks import Webhook, WebhookDirectory
 from services.sender.endpoints import EndpointGates
 from services.sender.http import make_session, post_webhook
 from services.sender.offsets import OffsetTracker
@@ -170,7 +170,7 @@ class Sender:
 
     async def attempt(self, task: DeliveryTask) -> AttemptRecord | None:
         """Make one attempt of ``task``; None when its webhook no longer exists (nothing to record)."""
-        webhook = self._directory.get(task.webhook_id)
+        webhook = await self._lookup_webhook(task.webhook_id)
         if webhook is None:
             log.info("webhook deleted; dropping its delivery", extra={"webhook_id": task.webhook_id,
                                                                       "event_id": task.event_id})
@@ -186,6 +186,18 @@ class Sender:
                 allow_private_networks=self._settings.allow_private_networks))
         duration_ms = (time.perf_counter() - clock) * 1000
         return decide_outcome(task, result, self._policy, started_at, duration_ms)
+
+    async def _lookup_webhook(self, webhook_id: str) -> Webhook | None:
+        """The webhook, from memory or (when just created) PostgreSQL; waits out database outages."""
+        delay = 0.2
+        while True:
+            try:
+                return await self._directory.fetch(self._pool, webhook_id)
+            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+                log.warning("looking up webhook failed (%s); retrying in %.1fs", exc, delay,
+                            extra={"webhook_id": webhook_id})
+            await asyncio.sleep(delay)
+            delay = min(delay * 2, 5.0)
 
     def _observe(self, record: AttemptRecord) -> None:
         metrics.DELIVERY_ATTEMPTS.labels(
