@@ -132,7 +132,9 @@ def hs_env(infra_env, database_url) -> dict[str, str]:
         "HOOKSTREAM_ROUTER_GROUP": f"{uid}-router",
         "HOOKSTREAM_SENDER_GROUP": f"{uid}-sender",
         "HOOKSTREAM_RETRY_DELAYS": "300ms,300ms,300ms",
-        "HOOKSTREAM_REQUEST_TIMEOUT": "2s",
+        # Generous for a receiver that shares a busy 2-core machine with the whole suite.
+        "HOOKSTREAM_REQUEST_TIMEOUT": "5s",
+        "HOOKSTREAM_BREAKER_OPEN": "1s",
         "HOOKSTREAM_ALLOW_HTTP": "true",
         "HOOKSTREAM_ALLOW_PRIVATE_NETWORKS": "true",
         "HOOKSTREAM_API_LISTEN": f"127.0.0.1:{free_port()}",

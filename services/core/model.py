@@ -100,6 +100,7 @@ class Failed:
     response_excerpt: str | None = None
     retry_after_s: float | None = None
     sent: bool = True  # False when the breaker or a local check answered without the network
+    not_before_s: float = 0.0  # the next attempt waits at least this long (the breaker's remaining open time)
 
 
 AttemptResult = Succeeded | Failed

@@ -2,8 +2,10 @@
 
 A webhook that hangs or fails every time must not slow the others. While its breaker is open, or
 while too many of its deliveries are already waiting, a delivery is answered at once with a
-retryable failure and moves to its next retry without touching the network. After the open
-period one probe is let through: success closes the breaker, failure opens it again.
+retryable failure and moves to its next retry without touching the network; that retry is
+scheduled no earlier than the breaker's probe, so an open breaker does not burn through a
+delivery's retries. After the open period one probe is let through: success closes the breaker,
+failure opens it again.
 """
 
 from __future__ import annotations
@@ -54,10 +56,13 @@ class EndpointGates:
 
     def _refusal(self, gate: EndpointGate) -> Failed | None:
         """The immediate failure when the breaker says no, else None (no state change)."""
-        if gate.state == OPEN and self._clock() < gate.open_until:
-            return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False)
+        now = self._clock()
+        if gate.state == OPEN and now < gate.open_until:
+            return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False,
+                          not_before_s=gate.open_until - now)
         if gate.state == HALF_OPEN and gate.probe_in_flight:
-            return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False)
+            return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False,
+                          not_before_s=self._open_s)
         return None
 
     def _admit(self, gate: EndpointGate) -> Failed | None:

@@ -63,6 +63,8 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
         task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
     if delay_s is None:
         return AttemptRecord(task, started_at, duration_ms, result, "failed")
+    # A delivery deferred by an open breaker is retried no earlier than the breaker's probe.
+    delay_s = max(delay_s, result.not_before_s)
     record = AttemptRecord(task, started_at, duration_ms, result, "retrying")
     return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
 

@@ -95,6 +95,12 @@ async def test_sigterm_drains_and_restart_loses_nothing(db, hs_settings, spawn):
         assert drained_s < 20
         spawn("router")
         spawn("sender")
-        await wait_for(lambda: _all_done(db, EVENTS), timeout_s=120, message="every delivery final")
+        try:
+            await wait_for(lambda: _all_done(db, EVENTS), timeout_s=120, message="every delivery final")
+        except AssertionError:
+            rows = await db.fetch("SELECT status, attempts, next_attempt_at IS NOT NULL AS waiting, count(*)"
+                                  " FROM deliveries GROUP BY 1, 2, 3")
+            events = await db.fetchval("SELECT count(*) FROM events")
+            raise AssertionError(f"events stored {events}; deliveries {[tuple(r) for r in rows]}") from None
         received = {orjson.loads(r.body)["id"] for r in receiver.requests}
         assert received == {e["id"] for e in events}

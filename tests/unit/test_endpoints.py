@@ -375,3 +375,12 @@ async def test_busy_refusals_do_not_trip_the_breaker() -> None:
     endpoint.release.set()
     await first
     assert gates.state_of(WH) == CLOSED
+
+
+async def test_open_breaker_defers_the_retry_until_its_probe() -> None:
+    clock = FakeClock()
+    gates, endpoint = make_gates(clock, threshold=2, open_s=30.0), Endpoint(HTTP_500)
+    await call_n(gates, endpoint, 2)
+    clock.advance(10)
+    refused = await gates.call(WH, endpoint)
+    assert isinstance(refused, Failed) and refused.not_before_s == pytest.approx(20.0)

@@ -324,3 +324,12 @@ def test_decided_records_validate_against_the_status_schema() -> None:
     ]:
         obj = orjson.loads(decide_outcome(the_task, result, POLICY, STARTED, DURATION_MS).status_record())
         assert validate_status_record(obj) is None
+
+
+def test_breaker_deferral_schedules_the_retry_no_earlier_than_the_probe() -> None:
+    deferred = Failed(retryable=True, error="circuit breaker open", sent=False, not_before_s=120.0)
+    rec = decide_outcome(task(retry_index=0), deferred, EXACT, STARTED, 0.0)
+    assert rec.status == "retrying" and rec.next_attempt_at == STARTED + dt.timedelta(seconds=120)
+    short = Failed(retryable=True, error="circuit breaker open", sent=False, not_before_s=1.0)
+    assert decide_outcome(task(retry_index=0), short, EXACT, STARTED, 0.0).next_attempt_at == STARTED + dt.timedelta(
+        seconds=30)
