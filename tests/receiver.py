@@ -36,6 +36,7 @@ class Behaviour:
     mode: str = "answer"  # answer | hang | close | redirect
     headers: dict[str, str] = field(default_factory=dict)
     body: str = "ok"
+    delay_s: float = 0.0  # answer after this long
 
 
 class Receiver:
@@ -83,6 +84,8 @@ class Receiver:
         behaviour = script.pop(0) if script else self._defaults.get(request.path, Behaviour())
         if behaviour.mode == "hang":
             await asyncio.sleep(3600)
+        if behaviour.delay_s:
+            await asyncio.sleep(behaviour.delay_s)
         if behaviour.mode == "close":
             assert request.transport is not None
             request.transport.close()

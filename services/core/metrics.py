@@ -35,6 +35,10 @@ DELIVERY_LATENCY = Histogram(
     buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
 )
 INFLIGHT = Gauge("hookstream_inflight_deliveries", "Deliveries taken from Kafka and not yet durably finished")
+DELIVERIES_DEFERRED = Counter(
+    "hookstream_deliveries_deferred_total",
+    "Deliveries put back briefly without an attempt because their endpoint is slow or failing and saturated",
+)
 REPLAYS_SKIPPED = Counter(
     "hookstream_replayed_attempts_skipped_total",
     "Delivery tasks read again after a crash or rebalance whose attempt was already recorded",

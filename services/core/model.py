@@ -103,12 +103,23 @@ class Failed:
     not_before_s: float = 0.0  # the next attempt waits at least this long (the breaker's remaining open time)
 
 
-AttemptResult = Succeeded | Failed
+@dataclass(frozen=True, slots=True)
+class Deferred:
+    """Not attempted: the endpoint is saturated. Rescheduled durably without using up an attempt."""
+
+    reason: str
+    delay_s: float
+    http_status: None = None
+    response_excerpt: None = None
+
+
+AttemptResult = Succeeded | Failed | Deferred
 
 
 @dataclass(frozen=True, slots=True)
 class AttemptRecord:
-    """The durable outcome of one attempt; ``status`` is the contract's succeeded | retrying | failed."""
+    """The durable outcome of one attempt; ``status`` is the contract's succeeded | retrying | failed,
+    or ``deferred`` for a delivery put back without an attempt (no attempt row, no status record)."""
 
     task: DeliveryTask
     started_at: dt.datetime

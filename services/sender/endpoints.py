@@ -1,11 +1,15 @@
 """Endpoint isolation: a concurrency cap, a bounded queue and a circuit breaker per webhook.
 
-A webhook that hangs or fails every time must not slow the others. While its breaker is open, or
-while too many of its deliveries are already waiting, a delivery is answered at once with a
-retryable failure and moves to its next retry without touching the network; that retry is
-scheduled no earlier than the breaker's probe, so an open breaker does not burn through a
-delivery's retries. After the open period one probe is let through: success closes the breaker,
-failure opens it again.
+A webhook that hangs or fails every time must not slow the others:
+
+- While its breaker is open, a delivery is answered at once with a retryable failure and moves to
+  its next retry without touching the network; that retry is scheduled no earlier than the
+  breaker's probe, so an open breaker does not burn through a delivery's retries. After the open
+  period one probe is let through: success closes the breaker, failure opens it again.
+- While it is unhealthy (failing, or with a call running longer than ``SLOW_CALL_S``) and already
+  has ``max_concurrency + max_queued`` deliveries waiting, more of them are deferred: put back in
+  the durable schedule for a moment without using up an attempt, so they do not hold the sender's
+  in-flight slots that healthy endpoints need. A fast, healthy endpoint is never deferred.
 """
 
 from __future__ import annotations
@@ -16,9 +20,12 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from services.core import metrics
-from services.core.model import AttemptResult, Failed, Succeeded
+from services.core.model import AttemptResult, Deferred, Failed, Succeeded
 
 CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
+# A call running longer than this marks its endpoint as slow (only overflow is deferred then).
+SLOW_CALL_S = 1.0
+DEFER_S = 1.0
 
 
 @dataclass(slots=True)
@@ -30,9 +37,16 @@ class EndpointGate:
     state: str = CLOSED
     open_until: float = 0.0
     probe_in_flight: bool = False
+    call_started: dict[int, float] = field(default_factory=dict)
+    next_call: int = 0
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.max_concurrency)
+
+    def is_unhealthy(self, now: float) -> bool:
+        if self.consecutive_failures or self.state != CLOSED:
+            return True
+        return bool(self.call_started) and now - min(self.call_started.values()) > SLOW_CALL_S
 
 
 class EndpointGates:
@@ -84,8 +98,9 @@ class EndpointGates:
         refused = self._refusal(gate)
         if refused is not None:
             return refused
-        if gate.waiting >= self._max_concurrency + self._max_queued:
-            return Failed(retryable=True, error="endpoint busy: too many deliveries in flight; not sent", sent=False)
+        if gate.waiting >= self._max_concurrency + self._max_queued and gate.is_unhealthy(self._clock()):
+            metrics.DELIVERIES_DEFERRED.inc()
+            return Deferred("endpoint is slow or failing and has too many deliveries waiting", DEFER_S)
         gate.waiting += 1
         try:
             async with gate.semaphore:
@@ -93,9 +108,12 @@ class EndpointGates:
                 if refused is not None:
                     return refused
                 probing = gate.state == HALF_OPEN
+                call_id = gate.next_call = gate.next_call + 1
+                gate.call_started[call_id] = self._clock()
                 try:
                     result = await attempt()
                 finally:
+                    del gate.call_started[call_id]
                     if probing:
                         gate.probe_in_flight = False
                 self._observe(gate, result)

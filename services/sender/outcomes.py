@@ -42,6 +42,16 @@ FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::int[], $
 WHERE d.id = u.id AND d.attempts <= u.attempt
 """
 
+_DEFER_DELIVERIES_SQL = """
+UPDATE deliveries AS d SET
+    next_attempt_at = u.next_attempt_at,
+    next_retry_index = u.retry_index,
+    next_manual = u.manual
+FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
+    AS u(id, attempt, next_attempt_at, retry_index, manual)
+WHERE d.id = u.id AND d.attempts < u.attempt
+"""
+
 _ATTEMPT_COLUMNS = ("delivery_id", "attempt", "started_at", "duration_ms", "http_status", "error",
                     "response_excerpt", "outcome")
 
@@ -49,8 +59,23 @@ DELIVERY_STATUS = {"succeeded": "succeeded", "retrying": "pending", "failed": "f
 
 
 async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord]) -> None:
-    """One transaction: COPY the attempts, then update each delivery's summary and retry schedule."""
+    """One transaction: COPY the attempts, then update each delivery's summary and retry schedule.
+
+    Deferred deliveries get only their new schedule: no attempt row, and their attempt count,
+    status and last outcome stay as they were.
+    """
+    deferred = [r for r in records if r.status == "deferred"]
+    records = [r for r in records if r.status != "deferred"]
     async with conn.transaction():
+        if deferred:
+            await conn.execute(
+                _DEFER_DELIVERIES_SQL,
+                [r.task.delivery_id for r in deferred], [r.task.attempt for r in deferred],
+                [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
+                [r.task.manual for r in deferred],
+            )
+        if not records:
+            return
         await conn.copy_records_to_table(
             "attempts",
             columns=_ATTEMPT_COLUMNS,
@@ -132,13 +157,15 @@ class OutcomeSink:
 
     async def _make_durable(self, records: list[AttemptRecord]) -> None:
         """Write to PostgreSQL while the status records are in flight to Kafka; retry what failed."""
-        in_db = in_kafka = False
+        attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
+        in_db = False
+        in_kafka = not attempted
         delay = _BACKOFF_START_S
         while True:
             sends: list[asyncio.Future] = []
             try:
                 if not in_kafka:
-                    for r in records:
+                    for r in attempted:
                         sends.append(await self._producer.send(
                             self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
                 if not in_db:
@@ -151,7 +178,7 @@ class OutcomeSink:
             if sends:
                 results = await asyncio.gather(*sends, return_exceptions=True)
                 failed = [r for r in results if isinstance(r, BaseException)]
-                in_kafka = not failed and len(sends) == len(records)
+                in_kafka = not failed and len(sends) == len(attempted)
                 if failed:
                     log.warning("publishing %d status records failed (%s); retrying", len(failed), failed[0])
             if in_db and in_kafka:

@@ -21,6 +21,7 @@ import contextlib
 import dataclasses
 import datetime as dt
 import logging
+import random
 import time
 
 import aiohttp
@@ -34,6 +35,7 @@ from services.core.model import (
     AttemptRecord,
     AttemptResult,
     BadTaskError,
+    Deferred,
     DeliveryTask,
     Failed,
     Succeeded,
@@ -59,6 +61,11 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
     """Turn an attempt's result into its durable record: succeeded, retrying (with when) or failed."""
     if isinstance(result, Succeeded):
         return AttemptRecord(task, started_at, duration_ms, result, "succeeded")
+    if isinstance(result, Deferred):
+        record = AttemptRecord(task, started_at, duration_ms, result, "deferred")
+        jitter = random.uniform(0, result.delay_s / 2)
+        return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(
+            seconds=result.delay_s + jitter))
     delay_s = None if task.manual else policy.next_delay_s(
         task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
     if delay_s is None:
@@ -202,6 +209,8 @@ class Sender:
             delay = min(delay * 2, 5.0)
 
     def _observe(self, record: AttemptRecord) -> None:
+        if record.status == "deferred":
+            return
         metrics.DELIVERY_ATTEMPTS.labels(
             "success" if record.status == "succeeded" else "failure", metrics.status_class(record.http_status)
         ).inc()

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import time
 
+import aiohttp
 import orjson
 import pytest
 
@@ -224,3 +225,32 @@ async def test_hanging_endpoint_does_not_slow_healthy_ones(db, hs_settings, spaw
             lambda: db.fetchval("SELECT count(*) = 200 FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id"
                                 " WHERE w.url NOT LIKE '%/hang' AND d.status = 'succeeded'"),
             timeout_s=10, message="healthy outcomes recorded")
+
+
+async def test_a_saturated_slow_endpoint_defers_without_using_up_attempts(db, hs_settings, spawn):
+    """A slow endpoint (2.5 s per answer) with 2 slots and room for 2 waiting: the other deliveries are
+    deferred to the durable schedule and come back, and every delivery still succeeds on attempt 1."""
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1",))
+        await make_webhook(db, org, receiver.url("/slow"), event_types=["order.created"], store_ids=["s1"])
+        receiver.set("/slow", Behaviour(delay_s=2.5))
+        env = {"HOOKSTREAM_ENDPOINT_MAX_CONCURRENCY": "2", "HOOKSTREAM_ENDPOINT_MAX_QUEUED": "2"}
+        spawn("router", env=env)
+        sender = spawn("sender", env=env)
+        events = [sample_event("order.created", org, "s1", n) for n in range(12)]
+        await publish_all(hs_settings, events[:4])  # fills the 2 slots and the 2 waiting places
+        await wait_for(lambda: len(receiver.at("/slow")) >= 2, timeout_s=30, message="the first slow calls")
+        first = receiver.at("/slow")[0].at
+        await wait_for(lambda: time.time() - first > 1.05, message="the first call to count as slow")
+        await publish_all(hs_settings, events[4:])  # arrive while the endpoint is slow and full
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 12 FROM deliveries WHERE status = 'succeeded'"),
+                       timeout_s=90, message="every slow delivery to succeed")
+        attempts = await db.fetch("SELECT attempts FROM deliveries")
+        assert [r["attempts"] for r in attempts] == [1] * 12
+        assert await db.fetchval("SELECT count(*) FROM attempts") == 12
+        assert len(receiver.at("/slow")) == 12
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://{sender.env['HOOKSTREAM_METRICS_LISTEN']}/metrics") as response:
+                text = await response.text()
+        deferred = [line for line in text.splitlines() if line.startswith("hookstream_deliveries_deferred_total ")]
+        assert deferred and float(deferred[0].split()[1]) > 0  # the overflow really was deferred

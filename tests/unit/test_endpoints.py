@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.core.model import AttemptResult, Failed, Succeeded
-from services.sender.endpoints import CLOSED, HALF_OPEN, OPEN, EndpointGates
+from services.core.model import AttemptResult, Deferred, Failed, Succeeded
+from services.sender.endpoints import CLOSED, HALF_OPEN, OPEN, SLOW_CALL_S, EndpointGates
 
 WH = "wh_1"
 OK = Succeeded(http_status=200, response_excerpt=None)
@@ -339,39 +339,54 @@ async def test_concurrency_cap_is_per_webhook() -> None:
     assert await tb is OK
 
 
-async def test_queue_bound_answers_endpoint_busy_without_calling() -> None:
+async def test_a_fast_healthy_endpoint_is_never_deferred() -> None:
     gates = make_gates(FakeClock(), max_concurrency=2, max_queued=3)
+    endpoint = BlockingEndpoint(OK)
+    calls = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(20)]  # far beyond 2 + 3
+    await wait_until(lambda: endpoint.running == 2)
+    endpoint.release.set()
+    assert all(r is OK for r in await asyncio.gather(*calls))
+    assert endpoint.calls == 20
+
+
+async def test_a_slow_endpoints_overflow_is_deferred_without_calling() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=2, max_queued=3)
     endpoint = BlockingEndpoint(OK)
     admitted = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(5)]  # 2 running + 3 queued
     await wait_until(lambda: endpoint.running == 2)
     extra = Endpoint(OK)
+    clock.advance(SLOW_CALL_S + 0.1)  # the running calls are now slow
     for _ in range(3):
-        assert_refused(await gates.call(WH, extra), "endpoint busy")
+        deferred = await gates.call(WH, extra)
+        assert isinstance(deferred, Deferred) and deferred.delay_s > 0
     assert extra.calls == 0
     endpoint.release.set()
     assert all(r is OK for r in await asyncio.gather(*admitted))
-    assert endpoint.calls == 5
-    # Once drained, calls are admitted again.
-    assert await gates.call(WH, extra) is OK
 
 
-async def test_zero_queue_allows_only_the_concurrency() -> None:
-    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=0)
+async def test_a_failing_endpoints_overflow_is_deferred() -> None:
+    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=0, threshold=5)
+    assert await gates.call(WH, Endpoint(HTTP_500)) == HTTP_500
     endpoint = BlockingEndpoint(OK)
     first = asyncio.create_task(gates.call(WH, endpoint))
     await wait_until(lambda: endpoint.running == 1)
-    assert_refused(await gates.call(WH, Endpoint(OK)), "endpoint busy")
+    extra = Endpoint(OK)
+    assert isinstance(await gates.call(WH, extra), Deferred)
+    assert extra.calls == 0
     endpoint.release.set()
     assert await first is OK
 
 
-async def test_busy_refusals_do_not_trip_the_breaker() -> None:
-    gates = make_gates(FakeClock(), max_concurrency=1, max_queued=0, threshold=1)
+async def test_deferrals_do_not_trip_the_breaker() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=1, max_queued=0, threshold=1)
     endpoint = BlockingEndpoint(OK)
     first = asyncio.create_task(gates.call(WH, endpoint))
     await wait_until(lambda: endpoint.running == 1)
+    clock.advance(SLOW_CALL_S + 0.1)
     for _ in range(5):
-        await gates.call(WH, Endpoint(OK))
+        assert isinstance(await gates.call(WH, Endpoint(OK)), Deferred)
     endpoint.release.set()
     await first
     assert gates.state_of(WH) == CLOSED
