@@ -1,0 +1,750 @@
+"""`make bench`: hookstream's benchmark harness (issue 6).
+
+Every figure is taken against real processes: a migrated database of its own per scenario, unique
+topics and consumer groups, `python -m services.cli router` / `sender` child processes, an aiohttp
+sink in its own process that verifies every signature, and an aiokafka producer (acks=all). A run
+fails (exit 1) if any measured delivery was not received by the sink with a valid signature, or
+its `succeeded` outcome is not in PostgreSQL and on the status topic.
+
+    python -m tests.bench.run              # the issue's sizes, medians of 3 runs
+    python -m tests.bench.run --smoke      # tiny counts, 1 run: the harness cannot rot
+    python -m tests.bench.run --only e2e,latency --runs 1 --profile
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import os
+import secrets
+import socket
+import statistics
+import subprocess
+import sys
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import aiohttp
+import asyncpg
+import orjson
+from aiokafka import AIOKafkaConsumer
+
+from services.core.db import migrate
+from services.core.kafka import ensure_topics, open_producer
+from services.core.orgs import create_organization
+from services.core.signing import decode_secret, generate_secret, signature_header
+from services.core.validation import Rejection, validate_event
+
+ROOT = Path(__file__).resolve().parents[2]
+DEFAULT_OUT = ROOT / ".local" / "bench" / "results.json"
+EVENT_TYPE = "order.created"
+STORE_ID = "store_1"
+SOURCE_PARTITIONS = 12
+# The sender's effective in-flight toward one webhook: min(SENDER_MAX_IN_FLIGHT, ENDPOINT_MAX_CONCURRENCY).
+SENDER_MAX_IN_FLIGHT = 1000
+ENDPOINT_MAX_CONCURRENCY = 32
+# hookstream's default: a fast endpoint is never deferred, so the bench measures the shipped setting.
+ENDPOINT_MAX_QUEUED = 256
+ISOLATION_TIMEOUT = "2s"
+POLL_S = 0.05
+
+RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "fanout_rps",
+               "isolation_ratio", "sender_peak_rss_mb", "scale_2_over_1")
+TARGETS = {  # key -> (description, check(results))
+    "ratio": ("≥ 0.35", lambda r: r["ratio"] >= 0.35),
+    "latency_p99_ms": ("≤ 150", lambda r: r["latency_p99_ms"] <= 150),
+    "isolation_ratio": ("≥ 0.8", lambda r: r["isolation_ratio"] >= 0.8),
+    "sender_peak_rss_mb": ("≤ 300", lambda r: r["sender_peak_rss_mb"] <= 300),
+    "fanout_rps": ("≥ 0.8 × e2e_rps", lambda r: r["fanout_rps"] >= 0.8 * r["e2e_rps"]),
+}
+SCENARIOS = ("baseline", "e2e", "latency", "fanout", "isolation", "backlog")
+
+
+class BenchFailure(RuntimeError):
+    """The run cannot be trusted: a delivery is missing, a process died, a wait timed out."""
+
+
+@dataclass(frozen=True)
+class Sizes:
+    events: int = 50_000
+    backlog: int = 100_000
+    fanout_events: int = 2_000
+    fanout_webhooks: int = 100
+    latency_s: float = 30.0
+    latency_rate: int = 500
+    isolation_events: int = 2_000
+    isolation_webhooks: int = 10
+    baseline_requests: int = 50_000
+    runs: int = 3
+
+
+SMOKE = Sizes(events=200, backlog=300, fanout_events=20, fanout_webhooks=10, latency_s=3.0, latency_rate=50,
+              isolation_events=30, isolation_webhooks=4, baseline_requests=200, runs=1)
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def with_database(url: str, name: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+def percentile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def event_bytes(org_id: str, n: int, *, sent_at: float | None = None) -> tuple[str, bytes, bytes]:
+    """(event id, record value, record key) of one valid order.created event."""
+    event_id = f"evt_{secrets.token_hex(10)}"
+    data: dict = {"order": {"id": f"ord_{n}", "total": "42.10", "currency": "USD",
+                            "lines": [{"id": f"line_{i}", "sku": f"sku_{i}", "quantity": 1, "price": "10.00"} for i in range(3)]}}
+    if sent_at is not None:
+        data["bench_sent_at"] = sent_at
+    event = {"id": event_id, "type": EVENT_TYPE,
+             "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+             "organization_id": org_id, "store_id": STORE_ID, "data": data}
+    return event_id, orjson.dumps(event), f"ord_{n}".encode()
+
+
+# --------------------------------------------------------------------------------------------- sink
+
+
+def spawn_sink(log_dir: Path) -> subprocess.Popen:
+    return subprocess.Popen([sys.executable, "-m", "tests.bench.sink"], cwd=ROOT, stdout=subprocess.PIPE,
+                            stderr=open(log_dir / "sink.log", "ab"))
+
+
+class SinkProcess:
+    """The sink child process and a client for its control endpoints."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self._log_dir = log_dir
+        self.proc: subprocess.Popen | None = None
+        self.port = 0
+        self._session: aiohttp.ClientSession | None = None
+
+    async def __aenter__(self) -> SinkProcess:
+        self.proc = spawn_sink(self._log_dir)
+        line = await asyncio.wait_for(asyncio.to_thread(self.proc.stdout.readline), 30)
+        if not line.strip().isdigit():
+            raise BenchFailure(f"sink did not start (said {line!r}); see {self._log_dir / 'sink.log'}")
+        self.port = int(line)
+        self._session = aiohttp.ClientSession()
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._session:
+            await self._session.close()
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+    def url(self, path: str) -> str:
+        return f"http://127.0.0.1:{self.port}{path}"
+
+    async def _post(self, path: str, payload) -> None:
+        async with self._session.post(self.url(path), data=orjson.dumps(payload)) as resp:
+            resp.raise_for_status()
+
+    async def set_secrets(self, secrets_by_path: dict[str, str]) -> None:
+        await self._post("/_control/secrets", secrets_by_path)
+
+    async def set_hang(self, paths: Iterable[str]) -> None:
+        await self._post("/_control/hang", list(paths))
+
+    async def dump(self) -> list[tuple[str, str, float, float | None, bool]]:
+        async with self._session.get(self.url("/_control/dump")) as resp:
+            return orjson.loads(await resp.read())
+
+
+# --------------------------------------------------------------------------------------- scenario
+
+
+@dataclass
+class Scenario:
+    """One scenario's database, topics, webhooks and hookstream processes."""
+
+    bench: Bench
+    name: str
+    webhooks: int
+    env: dict[str, str] = field(default_factory=dict)
+    db_name: str = ""
+    org_id: str = ""
+    hooks: list[str] = field(default_factory=list)  # webhook ids
+    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    conn: asyncpg.Connection | None = None
+
+    @property
+    def orders_topic(self) -> str:
+        return self.env["HOOKSTREAM_SOURCE_TOPICS"].split(",")[1]
+
+    @property
+    def status_topic(self) -> str:
+        return self.env["HOOKSTREAM_STATUS_TOPIC"]
+
+    async def __aenter__(self) -> Scenario:
+        bench = self.bench
+        uid = f"b{secrets.token_hex(5)}"
+        self.db_name = f"hs_bench_{uid}"
+        admin = await asyncpg.connect(bench.admin_url)
+        try:
+            await admin.execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{bench.template}"')
+        finally:
+            await admin.close()
+        url = with_database(bench.admin_url, self.db_name)
+        self.env = {
+            "KAFKA_BOOTSTRAP_SERVERS": bench.bootstrap,
+            "DATABASE_URL": url,
+            "HOOKSTREAM_SOURCE_TOPICS": f"{uid}.products,{uid}.orders",
+            "HOOKSTREAM_STATUS_TOPIC": f"{uid}.delivery-status",
+            "HOOKSTREAM_DEAD_LETTER_TOPIC": f"{uid}.dead-letter",
+            "HOOKSTREAM_DELIVERY_TOPIC": f"{uid}.deliveries",
+            "HOOKSTREAM_ROUTER_GROUP": f"{uid}-router",
+            "HOOKSTREAM_SENDER_GROUP": f"{uid}-sender",
+            "HOOKSTREAM_RETRY_DELAYS": "30s,5m,30m",
+            "HOOKSTREAM_ALLOW_HTTP": "true",
+            "HOOKSTREAM_ALLOW_PRIVATE_NETWORKS": "true",
+            "HOOKSTREAM_SENDER_MAX_IN_FLIGHT": str(SENDER_MAX_IN_FLIGHT),
+            "HOOKSTREAM_ENDPOINT_MAX_CONCURRENCY": str(ENDPOINT_MAX_CONCURRENCY),
+            "HOOKSTREAM_ENDPOINT_MAX_QUEUED": str(self.bench.endpoint_max_queued),
+            "HOOKSTREAM_LOG_LEVEL": "INFO",
+        }
+        self.conn = await asyncpg.connect(url)
+        self.org_id, _ = await create_organization(self.conn, f"bench {self.name}")
+        await self.conn.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, $2, $2)",
+                                self.org_id, STORE_ID)
+        secrets_by_path = {}
+        for _ in range(self.webhooks):
+            webhook_id = f"wh_{secrets.token_hex(8)}"
+            secret = generate_secret()
+            await self.conn.execute(
+                "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret)"
+                " VALUES ($1, $2, $3, $4, $5, true, $6)",
+                webhook_id, self.org_id, bench.sink.url(f"/h/{webhook_id}"), [EVENT_TYPE], [STORE_ID], secret)
+            self.hooks.append(webhook_id)
+            secrets_by_path[f"/h/{webhook_id}"] = secret
+        await bench.sink.set_secrets(secrets_by_path)
+        await ensure_topics(bench.bootstrap, self.env["HOOKSTREAM_SOURCE_TOPICS"].split(","),
+                            partitions=SOURCE_PARTITIONS)
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        for _, proc in self.procs:
+            if proc.poll() is None:
+                proc.terminate()
+        for _, proc in self.procs:
+            try:
+                await asyncio.to_thread(proc.wait, 40)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+        if self.conn:
+            await self.conn.close()
+        admin = await asyncpg.connect(self.bench.admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    def start(self, role: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        env = {**os.environ, **self.env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
+               **(extra_env or {})}
+        log_path = self.bench.log_dir / f"{self.name}-{role}-{len(self.procs)}.log"
+        prefix = [sys.executable]
+        if self.bench.profile_dir is not None:
+            prof = self.bench.profile_dir / f"{self.name}-{role}-{len(self.procs)}.prof"
+            prefix += ["-m", "cProfile", "-o", str(prof)]
+        proc = subprocess.Popen([*prefix, "-m", "services.cli", role], cwd=ROOT, env=env,
+                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        self.procs.append((role, proc))
+        return proc
+
+    def check_alive(self) -> None:
+        for role, proc in self.procs:
+            if proc.poll() is not None:
+                raise BenchFailure(f"{self.name}: {role} exited with {proc.returncode}; see {self.bench.log_dir}")
+
+    async def publish(self, count: int, *, start: int = 0, rate_per_s: float | None = None,
+                      stamp: bool = False) -> list[str]:
+        """Publish ``count`` events to the orders topic (at ``rate_per_s`` if given); returns their ids."""
+        ids: list[str] = []
+        futures = []
+        producer = self.bench.producer
+        began = time.monotonic()
+        for i in range(count):
+            if rate_per_s is not None:
+                due = began + i / rate_per_s
+                if (wait := due - time.monotonic()) > 0:
+                    await asyncio.sleep(wait)
+            event_id, value, key = event_bytes(self.org_id, start + i, sent_at=time.time() if stamp else None)
+            ids.append(event_id)
+            futures.append(await producer.send(self.orders_topic, value=value, key=key))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+        return ids
+
+    async def count_succeeded(self, hooks: list[str] | None = None) -> int:
+        if hooks is None:
+            return await self.conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
+        return await self.conn.fetchval(
+            "SELECT count(*) FROM deliveries WHERE status = 'succeeded' AND webhook_id = ANY($1::text[])", hooks)
+
+    async def wait_until(self, what: str, predicate, timeout_s: float) -> float:
+        """Poll ``predicate`` (async) until truthy; returns the time.time() it became true."""
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if await predicate():
+                return time.time()
+            self.check_alive()
+            await asyncio.sleep(POLL_S)
+        raise BenchFailure(f"{self.name}: timed out after {timeout_s:.0f}s waiting for {what}")
+
+    async def wait_succeeded(self, expected: int, hooks: list[str] | None = None, timeout_s: float | None = None
+                             ) -> float:
+        timeout_s = timeout_s or 120 + expected / 100
+
+        async def reached() -> bool:
+            return await self.count_succeeded(hooks) >= expected
+
+        return await self.wait_until(f"{expected} succeeded deliveries in PostgreSQL", reached, timeout_s)
+
+    async def warm_up(self, events: int = 5) -> None:
+        """Deliver a few events so every process has joined its group and created its topics."""
+        await self.publish(events, start=10_000_000)
+        await self.wait_succeeded(events * len(self.hooks), timeout_s=120)
+
+    async def verify(self, expected: set[tuple[str, str]], status: StatusReader,
+                     sink_records: list) -> None:
+        """The honesty check: every expected (webhook, event) was received with a valid signature,
+        is `succeeded` in PostgreSQL and has a `succeeded` record on the status topic."""
+        failures = await self.conn.fetch(
+            "SELECT outcome, error, count(*) AS n FROM attempts WHERE outcome <> 'succeeded'"
+            " GROUP BY 1, 2 ORDER BY 3 DESC LIMIT 5")
+        for row in failures:
+            log(f"{self.name}: {row['n']} attempts {row['outcome']}: {row['error']}")
+        invalid = [r for r in sink_records if not r[4]]
+        if invalid:
+            raise BenchFailure(f"{self.name}: {len(invalid)} requests reached the sink with a bad signature")
+        received = {(r[0].removeprefix("/h/"), r[1]) for r in sink_records}
+        rows = await self.conn.fetch("SELECT webhook_id, event_id FROM deliveries WHERE status = 'succeeded'")
+        durable = {(r["webhook_id"], r["event_id"]) for r in rows}
+        problems = []
+        for label, have in (("received by the sink", received), ("succeeded in PostgreSQL", durable),
+                            ("succeeded on the status topic", status.succeeded)):
+            missing = expected - have
+            if missing:
+                problems.append(f"{len(missing)} not {label} (e.g. {next(iter(missing))})")
+        if problems:
+            raise BenchFailure(f"{self.name}: of {len(expected)} deliveries, " + "; ".join(problems))
+
+
+class StatusReader:
+    """Reads a status topic from the beginning; notes when ``target`` succeeded records have arrived."""
+
+    def __init__(self, bootstrap: str, topic: str) -> None:
+        self._consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                          enable_auto_commit=False, group_id=None, fetch_max_wait_ms=50)
+        self.succeeded: set[tuple[str, str]] = set()
+        self._task: asyncio.Task | None = None
+        self._targets: list[tuple[int, asyncio.Future]] = []
+
+    async def __aenter__(self) -> StatusReader:
+        await self._consumer.start()
+        self._task = asyncio.create_task(self._read())
+        return self
+
+    async def __aexit__(self, *exc_info) -> None:
+        if self._task:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self._consumer.stop()
+
+    async def _read(self) -> None:
+        while True:
+            batches = await self._consumer.getmany(timeout_ms=200, max_records=5000)
+            for messages in batches.values():
+                for m in messages:
+                    record = orjson.loads(m.value)
+                    if record["status"] == "succeeded":
+                        self.succeeded.add((record["webhook_id"], record["event_id"]))
+            now = time.time()
+            for target, future in self._targets:
+                if not future.done() and len(self.succeeded) >= target:
+                    future.set_result(now)
+
+    async def wait_for(self, target: int, timeout_s: float) -> float:
+        """time.time() at which at least ``target`` distinct succeeded records had been read."""
+        future = asyncio.get_running_loop().create_future()
+        if len(self.succeeded) >= target:
+            return time.time()
+        self._targets.append((target, future))
+        try:
+            return await asyncio.wait_for(future, timeout_s)
+        except TimeoutError:
+            raise BenchFailure(f"status topic: {len(self.succeeded)} of {target} succeeded records") from None
+
+
+# -------------------------------------------------------------------------------------- the bench
+
+
+@dataclass
+class Bench:
+    admin_url: str
+    bootstrap: str
+    sizes: Sizes
+    log_dir: Path
+    profile_dir: Path | None
+    endpoint_max_queued: int = ENDPOINT_MAX_QUEUED
+    template: str = ""
+    sink: SinkProcess | None = None
+    producer: object = None
+
+    async def measure_delivery(self, sc: Scenario, ids: list[str], hooks: list[str], t0: float,
+                               status: StatusReader) -> tuple[float, list]:
+        """Wait for every (hook, id) to be durable in PostgreSQL and on the status topic, verify, and
+        return (deliveries per second since ``t0``, sink records)."""
+        expected = {(h, e) for h in hooks for e in ids}
+        warm = 5 * len(sc.hooks)  # warm-up deliveries are also succeeded rows
+        in_db = await sc.wait_succeeded(len(expected) + warm * (len(hooks) == len(sc.hooks)), hooks=hooks)
+        on_topic = await status.wait_for(len(expected) + warm * (len(hooks) == len(sc.hooks)),
+                                         timeout_s=120 + len(expected) / 100)
+        end = max(in_db, on_topic)
+        records = await self.sink.dump()
+        await sc.verify(expected, status, [r for r in records if r[0].removeprefix("/h/") in set(hooks)])
+        return len(expected) / (end - t0), records
+
+    async def baseline(self) -> float:
+        """A bare aiohttp client, same payload and concurrency as one sender toward one webhook."""
+        n = self.sizes.baseline_requests
+        concurrency = min(SENDER_MAX_IN_FLIGHT, ENDPOINT_MAX_CONCURRENCY)
+        secret = generate_secret()
+        key = decode_secret(secret)
+        path = f"/h/baseline_{secrets.token_hex(4)}"
+        await self.sink.set_secrets({path: secret})
+        event_id, value, _ = event_bytes("org_baseline", 1)
+        event = orjson.loads(value)
+        body = orjson.dumps({"id": event["id"], "type": event["type"], "created_at": event["occurred_at"],
+                             "organization_id": event["organization_id"], "store_id": event["store_id"],
+                             "data": event["data"]})
+        url = self.sink.url(path)
+        remaining = iter(range(n))
+        ids = [f"evt_base_{i}" for i in range(n)]
+
+        async def worker(session: aiohttp.ClientSession) -> None:
+            for i in remaining:
+                ts = int(time.time())
+                headers = {"content-type": "application/json", "webhook-id": ids[i], "webhook-timestamp": str(ts),
+                           "webhook-signature": signature_header([key], ids[i], ts, body)}
+                async with session.post(url, data=body, headers=headers) as resp:
+                    await resp.read()
+                    if resp.status != 200:
+                        raise BenchFailure(f"baseline: sink answered {resp.status}")
+
+        connector = aiohttp.TCPConnector(limit=0)
+        async with aiohttp.ClientSession(connector=connector) as session:
+            t0 = time.time()
+            await asyncio.gather(*(worker(session) for _ in range(concurrency)))
+            elapsed = time.time() - t0
+        records = await self.sink.dump()
+        valid = {r[1] for r in records if r[0] == path and r[4]}
+        if len(valid) != n:
+            raise BenchFailure(f"baseline: {len(valid)} of {n} requests received with a valid signature")
+        del event_id
+        return n / elapsed
+
+    async def e2e(self) -> float:
+        async with Scenario(self, "e2e", 1) as sc:
+            sc.start("router")
+            sc.start("sender")
+            await sc.warm_up()
+            async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                t0 = time.time()
+                ids = await sc.publish(self.sizes.events)
+                rps, _ = await self.measure_delivery(sc, ids, sc.hooks, t0, status)
+            return rps
+
+    async def latency(self) -> tuple[float, float]:
+        async with Scenario(self, "latency", 1) as sc:
+            sc.start("router")
+            sc.start("sender")
+            await sc.warm_up()
+            async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                count = int(self.sizes.latency_s * self.sizes.latency_rate)
+                ids = await sc.publish(count, rate_per_s=self.sizes.latency_rate, stamp=True)
+                _, records = await self.measure_delivery(sc, ids, sc.hooks, time.time(), status)
+            wanted = set(ids)
+            latencies = [(r[2] - r[3]) * 1000 for r in records if r[1] in wanted and r[3] is not None]
+            if len(latencies) < count:
+                raise BenchFailure(f"latency: only {len(latencies)} of {count} events carried their publish time")
+            return percentile(latencies, 0.50), percentile(latencies, 0.99)
+
+    async def fanout(self) -> float:
+        async with Scenario(self, "fanout", self.sizes.fanout_webhooks) as sc:
+            sc.start("router")
+            sc.start("sender")
+            await sc.warm_up(1)
+            async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                t0 = time.time()
+                ids = await sc.publish(self.sizes.fanout_events)
+                expected = {(h, e) for h in sc.hooks for e in ids}
+                warm = len(sc.hooks)
+                in_db = await sc.wait_succeeded(len(expected) + warm)
+                on_topic = await status.wait_for(len(expected) + warm, timeout_s=120 + len(expected) / 100)
+                records = await self.sink.dump()
+                await sc.verify(expected, status, records)
+                return len(expected) / (max(in_db, on_topic) - t0)
+
+    async def isolation_once(self, hang: bool) -> float:
+        """Healthy deliveries per second across the healthy webhooks, with or without one hanging."""
+        async with Scenario(self, "isolation-hang" if hang else "isolation-ok", self.sizes.isolation_webhooks) as sc:
+            timeout = {"HOOKSTREAM_REQUEST_TIMEOUT": ISOLATION_TIMEOUT}
+            sc.start("router", timeout)
+            sc.start("sender", timeout)
+            await sc.warm_up(1)
+            hanging, healthy = sc.hooks[0], sc.hooks[1:]
+            if hang:
+                await self.sink.set_hang([f"/h/{hanging}"])
+            try:
+                async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                    t0 = time.time()
+                    ids = await sc.publish(self.sizes.isolation_events)
+                    expected = {(h, e) for h in healthy for e in ids}
+                    in_db = await sc.wait_succeeded(len(expected) + len(healthy), hooks=healthy)
+
+                    async def on_topic() -> bool:
+                        return len({p for p in status.succeeded if p[0] != hanging}) >= len(expected) + len(healthy)
+
+                    topic_at = await sc.wait_until("healthy status records", on_topic, 120 + len(expected) / 100)
+                    records = await self.sink.dump()
+                    await sc.verify(expected, status, [r for r in records if r[0] != f"/h/{hanging}"])
+                    return len(expected) / (max(in_db, topic_at) - t0)
+            finally:
+                await self.sink.set_hang([])
+
+    async def backlog(self, senders: int) -> tuple[float, float]:
+        """Publish the backlog with no sender running, then start ``senders`` replicas.
+
+        Returns (deliveries per second from the first sink arrival, peak RSS MiB of the first sender).
+        """
+        n = self.sizes.backlog
+        async with Scenario(self, f"backlog{senders}", 1) as sc:
+            sc.start("router")
+            ids = await sc.publish(n)
+
+            async def routed() -> bool:
+                return await sc.conn.fetchval("SELECT count(*) FROM deliveries") >= n
+
+            await sc.wait_until(f"{n} deliveries routed", routed, 120 + n / 100)
+            await self.wait_topic_filled(sc.env["HOOKSTREAM_DELIVERY_TOPIC"], n)
+            async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                procs = [sc.start("sender") for _ in range(senders)]
+                peak_kb = 0
+
+                async def done() -> bool:
+                    nonlocal peak_kb
+                    peak_kb = max(peak_kb, read_vm_hwm_kb(procs[0].pid))
+                    return await sc.count_succeeded() >= n
+
+                in_db = await sc.wait_until(f"{n} succeeded", done, 120 + n / 100)
+                on_topic = await status.wait_for(n, timeout_s=120 + n / 100)
+                peak_kb = max(peak_kb, read_vm_hwm_kb(procs[0].pid))
+                records = await self.sink.dump()
+                await sc.verify({(sc.hooks[0], e) for e in ids}, status, records)
+                first = min(r[2] for r in records)
+                return n / (max(in_db, on_topic) - first), peak_kb / 1024
+
+    async def wait_topic_filled(self, topic: str, n: int) -> None:
+        consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
+        await consumer.start()
+        try:
+            from aiokafka import TopicPartition
+
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                parts = consumer.partitions_for_topic(topic) or set()
+                if parts:
+                    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+                    if sum(ends.values()) >= n:
+                        return
+                else:
+                    await consumer._client.force_metadata_update()
+                await asyncio.sleep(0.2)
+            raise BenchFailure(f"delivery topic {topic} never held {n} tasks")
+        finally:
+            await consumer.stop()
+
+
+def read_vm_hwm_kb(pid: int) -> int:
+    with contextlib.suppress(OSError):
+        with open(f"/proc/{pid}/status") as fh:
+            for line in fh:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1])
+    return 0
+
+
+async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]:
+    out: dict[str, float] = {}
+    if "baseline" in only:
+        out["baseline_rps"] = await bench.baseline()
+        log(f"run {index}: baseline_rps={out['baseline_rps']:.0f}")
+    if "e2e" in only:
+        out["e2e_rps"] = await bench.e2e()
+        log(f"run {index}: e2e_rps={out['e2e_rps']:.0f}")
+        if "baseline_rps" in out:
+            out["ratio"] = out["e2e_rps"] / out["baseline_rps"]
+    if "latency" in only:
+        out["latency_p50_ms"], out["latency_p99_ms"] = await bench.latency()
+        log(f"run {index}: latency p50={out['latency_p50_ms']:.1f}ms p99={out['latency_p99_ms']:.1f}ms")
+    if "fanout" in only:
+        out["fanout_rps"] = await bench.fanout()
+        log(f"run {index}: fanout_rps={out['fanout_rps']:.0f}")
+    if "isolation" in only:
+        ok = await bench.isolation_once(hang=False)
+        hung = await bench.isolation_once(hang=True)
+        out["isolation_ratio"] = hung / ok
+        log(f"run {index}: isolation healthy rps {hung:.0f} (one hanging) / {ok:.0f} (none)")
+    if "backlog" in only:
+        one, rss = await bench.backlog(1)
+        two, _ = await bench.backlog(2)
+        out["sender_peak_rss_mb"] = rss
+        out["scale_2_over_1"] = two / one
+        log(f"run {index}: backlog drain 1 sender {one:.0f}/s (peak RSS {rss:.0f} MiB), 2 senders {two:.0f}/s")
+    return out
+
+
+def format_table(results: dict[str, float]) -> str:
+    lines = [f"{'metric':<20} {'value':>10}  {'target':<18} result", "-" * 60]
+    for key in RESULT_KEYS:
+        if key not in results:
+            continue
+        target, check = TARGETS.get(key, ("", None))
+        verdict = ""
+        if check is not None and (key != "fanout_rps" or "e2e_rps" in results):
+            verdict = "PASS" if check(results) else "FAIL"
+        lines.append(f"{key:<20} {results[key]:>10.2f}  {target:<18} {verdict}")
+    return "\n".join(lines)
+
+
+def prepare_dirs(out: str, profile: bool) -> tuple[Path, Path, Path | None]:
+    """(results file, log directory, profile directory or None), created next to ``out``."""
+    out_path = Path(out).resolve()
+    log_dir = out_path.parent / "logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    profile_dir = out_path.parent / "profiles" if profile else None
+    if profile_dir is not None:
+        profile_dir.mkdir(exist_ok=True)
+    return out_path, log_dir, profile_dir
+
+
+async def amain(args: argparse.Namespace) -> int:
+    sizes = SMOKE if args.smoke else Sizes()
+    overrides = {k: v for k, v in {
+        "events": args.events, "backlog": args.backlog, "fanout_events": args.fanout_events,
+        "fanout_webhooks": args.fanout_webhooks, "latency_s": args.latency_seconds,
+        "latency_rate": args.latency_rate, "isolation_events": args.isolation_events,
+        "baseline_requests": args.baseline_requests, "runs": args.runs}.items() if v is not None}
+    sizes = dataclasses.replace(sizes, **overrides)
+    only = set(args.only.split(",")) if args.only else set(SCENARIOS)
+    unknown = only - set(SCENARIOS)
+    if unknown:
+        print(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}", file=sys.stderr)
+        return 2
+    admin_url = os.environ.get("DATABASE_URL")
+    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    if not admin_url or not bootstrap:
+        print("DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS must be set (make bench exports .local/env)",
+              file=sys.stderr)
+        return 2
+    out_path, log_dir, profile_dir = prepare_dirs(args.out, args.profile)
+    rejected = validate_event(event_bytes("org_check", 1, sent_at=time.time())[1], max_bytes=256 * 1024)
+    if isinstance(rejected, Rejection):
+        print(f"the bench's own event is invalid: {rejected}", file=sys.stderr)
+        return 1
+    log(f"sizes: {sizes}; scenarios: {', '.join(s for s in SCENARIOS if s in only)}; logs in {log_dir}")
+
+    bench = Bench(admin_url, bootstrap, sizes, log_dir, profile_dir, endpoint_max_queued=args.endpoint_max_queued)
+    bench.template = f"hs_bench_template_{secrets.token_hex(4)}"
+    admin = await asyncpg.connect(admin_url)
+    try:
+        await admin.execute(f'CREATE DATABASE "{bench.template}"')
+    finally:
+        await admin.close()
+    runs: list[dict[str, float]] = []
+    try:
+        await migrate(with_database(admin_url, bench.template))
+        async with SinkProcess(log_dir) as sink, open_producer(bootstrap, linger_ms=5) as producer:
+            bench.sink, bench.producer = sink, producer
+            for i in range(1, sizes.runs + 1):
+                runs.append(await run_once(bench, only, i))
+    except BenchFailure as exc:
+        print(f"bench FAILED: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        admin = await asyncpg.connect(admin_url)
+        try:
+            await admin.execute(f'DROP DATABASE IF EXISTS "{bench.template}" WITH (FORCE)')
+        finally:
+            await admin.close()
+
+    results = {key: statistics.median(r[key] for r in runs) for key in RESULT_KEYS if key in runs[0]}
+    out_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    print(f"hookstream bench: {sizes.runs} run(s), medians; {'smoke sizes' if args.smoke else 'sizes'}: "
+          f"events={sizes.events} backlog={sizes.backlog} fanout={sizes.fanout_events}x{sizes.fanout_webhooks} "
+          f"latency={sizes.latency_s:g}s@{sizes.latency_rate}/s isolation={sizes.isolation_events}x"
+          f"{sizes.isolation_webhooks} baseline={sizes.baseline_requests}")
+    print(format_table(results))
+    print(f"written: {out_path}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m tests.bench.run", description=__doc__.split("\n\n")[0])
+    p.add_argument("--smoke", action="store_true", help="tiny counts and 1 run (the test suite's smoke run)")
+    p.add_argument("--runs", type=int, help="repetitions; medians are reported (default 3)")
+    p.add_argument("--events", type=int, help="e2e events to one webhook (default 50000)")
+    p.add_argument("--backlog", type=int, help="backlog deliveries for RSS and scaling (default 100000)")
+    p.add_argument("--fanout-events", type=int, help="fan-out events (default 2000)")
+    p.add_argument("--fanout-webhooks", type=int, help="webhooks each fan-out event matches (default 100)")
+    p.add_argument("--latency-seconds", type=float, help="steady-rate duration (default 30)")
+    p.add_argument("--latency-rate", type=int, help="steady rate, events/s (default 500)")
+    p.add_argument("--isolation-events", type=int, help="events in each isolation run (default 2000)")
+    p.add_argument("--baseline-requests", type=int, help="bare-client requests (default 50000)")
+    p.add_argument("--endpoint-max-queued", type=int, default=ENDPOINT_MAX_QUEUED,
+                   help=f"HOOKSTREAM_ENDPOINT_MAX_QUEUED for the senders (default {ENDPOINT_MAX_QUEUED}, "
+                        "hookstream's own default)")
+    p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
+    p.add_argument("--profile", action="store_true",
+                   help="run router and senders under cProfile (profiles/*.prof next to --out)")
+    p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default {DEFAULT_OUT})")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    # aiokafka warns while a fresh topic elects its leaders; the sends are retried and awaited.
+    logging.getLogger("aiokafka").setLevel(logging.ERROR)
+    return asyncio.run(amain(build_parser().parse_args(argv)))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
