@@ -68,7 +68,11 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     """Run the named services in this process until SIGTERM/SIGINT, then drain them."""
     from services.core.db import open_pool
     from services.core.metrics import serve_metrics
+    from services.core.secretbox import SecretBox
     from services.core.webhooks import WebhookDirectory
+
+    if settings.secret_key is None:
+        log.warning("HOOKSTREAM_SECRET_KEY is not set: webhook secrets are stored unencrypted (development only)")
 
     stop = asyncio.Event()
     install_stop_signals(stop)
@@ -76,7 +80,8 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
         pool = await stack.enter_async_context(open_pool(settings.database_url, max_size=10))
         runners: list[Awaitable[None]] = []
         if "router" in names or "sender" in names:
-            directory = await stack.enter_async_context(WebhookDirectory(settings.database_url))
+            directory = await stack.enter_async_context(
+                WebhookDirectory(settings.database_url, SecretBox(settings.secret_key)))
         if "api" not in names:
             await stack.enter_async_context(serve_metrics(*settings.metrics_listen_for(names[0])))
         if "router" in names:

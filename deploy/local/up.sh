@@ -20,13 +20,19 @@ echo "[up] starting local Kafka + PostgreSQL under $ROOT/.local"
 
 db_url=${DATABASE_URL:-$LOCAL_DB_URL}
 mkdir -p "$ROOT/.local"
+# The key that encrypts webhook secrets at rest, made once for this checkout (kept with the data).
+if [ ! -s "$ROOT/.local/secret.key" ]; then
+    (umask 077 && head -c 32 /dev/urandom | base64 > "$ROOT/.local/secret.key")
+fi
+secret_key=$(tr -d '\n' < "$ROOT/.local/secret.key")
 tmp=$(mktemp "$ROOT/.local/env.XXXXXX")
 cat > "$tmp" <<ENV
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
 DATABASE_URL=$db_url
 HOOKSTREAM_LOCAL_KAFKA_PORT=$KAFKA_PORT
 HOOKSTREAM_LOCAL_PG_PORT=$PG_PORT
+HOOKSTREAM_SECRET_KEY=$secret_key
 ENV
-chmod 644 "$tmp"
+chmod 600 "$tmp"
 mv "$tmp" "$ROOT/.local/env"
 echo "[up] wrote $ROOT/.local/env ($(( $(date +%s) - t0 ))s total)"

@@ -18,8 +18,9 @@ from aiohttp import web
 
 from services.api import console, deliveries, health, stores, webhooks
 from services.api.errors import json_response
-from services.api.keys import POOL, SETTINGS
+from services.api.keys import POOL, SECRET_BOX, SETTINGS
 from services.api.middleware import make_auth_middleware, observe_and_shape_errors
+from services.core.secretbox import SecretBox
 from services.core.settings import Settings
 from services.core.validation import EVENT_TYPES
 
@@ -35,6 +36,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
                           middlewares=[observe_and_shape_errors, make_auth_middleware(pool)])
     app[SETTINGS] = settings
     app[POOL] = pool
+    app[SECRET_BOX] = SecretBox(settings.secret_key)
     health.add_routes(app, settings.kafka_bootstrap_servers)
     stores.add_routes(app)
     webhooks.add_routes(app)

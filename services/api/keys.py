@@ -5,7 +5,9 @@ from __future__ import annotations
 import asyncpg
 from aiohttp import web
 
+from services.core.secretbox import SecretBox
 from services.core.settings import Settings
 
 POOL = web.AppKey("pool", asyncpg.Pool)
 SETTINGS = web.AppKey("settings", Settings)
+SECRET_BOX = web.AppKey("secret_box", SecretBox)

@@ -18,7 +18,7 @@ import orjson
 from aiohttp import web
 
 from services.api.errors import ApiError, field_error, json_response, not_found
-from services.api.keys import POOL, SETTINGS
+from services.api.keys import POOL, SECRET_BOX, SETTINGS
 from services.api.middleware import org_of
 from services.api.params import decode_cursor, encode_cursor, page, parse_limit, read_json_object
 from services.api.validate import parse_webhook_changes
@@ -128,12 +128,12 @@ async def list_webhooks(request: web.Request) -> web.Response:
 async def create_webhook(request: web.Request) -> web.Response:
     org_id = org_of(request)
     changes = await validate_changes(request, org_id, await read_json_object(request), creating=True)
-    secret = generate_secret()
+    secret, webhook_id = generate_secret(), new_id("wh")
     row = await request.app[POOL].fetchrow(
         "INSERT INTO webhooks AS w (id, organization_id, url, description, event_types, store_ids, enabled, secret)"
         f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {WEBHOOK_COLUMNS}",
-        new_id("wh"), org_id, changes["url"], changes["description"], changes["event_types"],
-        changes["store_ids"], changes["enabled"], secret)
+        webhook_id, org_id, changes["url"], changes["description"], changes["event_types"],
+        changes["store_ids"], changes["enabled"], request.app[SECRET_BOX].seal(secret, webhook_id))
     return json_response({**webhook_json(row), "secret": secret}, status=201)
 
 
@@ -173,12 +173,12 @@ async def delete_webhook(request: web.Request) -> web.Response:
 async def rotate_secret(request: web.Request) -> web.Response:
     """The old secret keeps signing (as a second signature) for 24 h. Rotating again within that time
     replaces it: only the secret current at the moment of rotation gets the grace period."""
-    secret = generate_secret()
+    secret, webhook_id = generate_secret(), request.match_info["webhook_id"]
     row = await request.app[POOL].fetchrow(
         "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = now() + $3::interval,"
         " secret = $4, updated_at = now() WHERE organization_id = $1 AND id = $2"
         " RETURNING previous_secret_expires_at",
-        org_of(request), request.match_info["webhook_id"], ROTATION_GRACE, secret)
+        org_of(request), webhook_id, ROTATION_GRACE, request.app[SECRET_BOX].seal(secret, webhook_id))
     if row is None:
         raise not_found("webhook")
     return json_response({"secret": secret, "previous_secret_expires_at": row["previous_secret_expires_at"]})

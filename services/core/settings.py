@@ -7,6 +7,7 @@ non-zero exit before anything starts.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -99,8 +100,12 @@ class Settings:
     breaker_open_s: float = 30.0
     outcome_flush_interval_ms: int = 50
     outcome_flush_max: int = 1000
+    secret_key: bytes | None = None
     log_format: str = "text"
     log_level: str = "INFO"
+
+    def __repr__(self) -> str:  # never print the secret key or database password
+        return f"Settings(kafka={self.kafka_bootstrap_servers!r}, api={self.api_listen!r})"
 
     def metrics_listen_for(self, service: str) -> tuple[str, int]:
         """Where ``router`` or ``sender`` serves /metrics when run as its own process."""
@@ -188,6 +193,17 @@ class Settings:
             if not 0.001 <= interval_s <= 10:
                 raise SettingsError(f"HOOKSTREAM_OUTCOME_FLUSH_INTERVAL={raw!r}: must be between 1ms and 10s")
             kwargs["outcome_flush_interval_ms"] = round(interval_s * 1000)
+        if (raw := get("HOOKSTREAM_SECRET_KEY")) is not None and raw.strip():
+            try:
+                key = base64.b64decode(raw.strip(), validate=True)
+            except ValueError:
+                key = b""
+            if len(key) != 32:
+                # The value itself is never echoed: it is a secret.
+                raise SettingsError("HOOKSTREAM_SECRET_KEY: expected base64 of exactly 32 bytes"
+                                    " (make one with: python3 -c 'import os,base64;"
+                                    " print(base64.b64encode(os.urandom(32)).decode())')")
+            kwargs["secret_key"] = key
         if (raw := get("HOOKSTREAM_LOG_FORMAT")) is not None:
             if raw.strip().lower() not in ("json", "text"):
                 raise SettingsError(f"HOOKSTREAM_LOG_FORMAT={raw!r}: expected json or text")

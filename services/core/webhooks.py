@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from services.core.secretbox import SecretBox, SecretBoxError
 from services.core.signing import decode_secret
 
 log = logging.getLogger(__name__)
@@ -39,19 +40,28 @@ class Webhook:
     event_types: frozenset[str]
     store_ids: frozenset[str]
     enabled: bool
-    secret: str
-    previous_secret: str | None
-    previous_secret_expires_at: dt.datetime | None
+    key: bytes  # the decoded HMAC key of the current secret
+    previous_key: bytes | None
+    previous_key_expires_at: dt.datetime | None
+    key_error: str | None = None  # set when the stored secret could not be opened: nothing can be signed
 
     def signing_keys(self, now: dt.datetime) -> list[bytes]:
         """The current key, then the previous one while its rotation grace period lasts."""
-        keys = [decode_secret(self.secret)]
-        if self.previous_secret and self.previous_secret_expires_at and self.previous_secret_expires_at > now:
-            keys.append(decode_secret(self.previous_secret))
+        keys = [self.key]
+        if self.previous_key and self.previous_key_expires_at and self.previous_key_expires_at > now:
+            keys.append(self.previous_key)
         return keys
 
     @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Webhook:
+    def from_row(cls, row: asyncpg.Record, box: SecretBox) -> Webhook:
+        key, previous, error = b"", None, None
+        try:
+            key = decode_secret(box.open(row["secret"], row["id"]))
+            if row["previous_secret"]:
+                previous = decode_secret(box.open(row["previous_secret"], row["id"]))
+        except (SecretBoxError, ValueError) as exc:
+            error = str(exc) if isinstance(exc, SecretBoxError) else "the stored secret is malformed"
+            log.error("webhook secret unusable: %s", error, extra={"webhook_id": row["id"]})
         return cls(
             id=row["id"],
             organization_id=row["organization_id"],
@@ -59,9 +69,10 @@ class Webhook:
             event_types=frozenset(row["event_types"]),
             store_ids=frozenset(row["store_ids"]),
             enabled=row["enabled"],
-            secret=row["secret"],
-            previous_secret=row["previous_secret"],
-            previous_secret_expires_at=row["previous_secret_expires_at"],
+            key=key,
+            previous_key=previous,
+            previous_key_expires_at=row["previous_secret_expires_at"],
+            key_error=error,
         )
 
 
@@ -86,8 +97,9 @@ def build_index(webhooks: Iterable[Webhook]) -> dict[tuple[str, str, str], list[
 class WebhookDirectory:
     """Use as ``async with WebhookDirectory(database_url) as directory``; ``match`` and ``get`` never do I/O."""
 
-    def __init__(self, database_url: str) -> None:
+    def __init__(self, database_url: str, box: SecretBox | None = None) -> None:
         self._database_url = database_url
+        self._box = box or SecretBox(None)
         self._by_id: dict[str, Webhook] = {}
         self._index: dict[tuple[str, str, str], list[Webhook]] = {}
         self._changed: set[str] = set()
@@ -122,7 +134,7 @@ class WebhookDirectory:
         if hook is not None:
             return hook
         row = await pool.fetchrow(_SELECT + " WHERE id = $1", webhook_id)
-        return Webhook.from_row(row) if row else None
+        return Webhook.from_row(row, self._box) if row else None
 
     def match(self, organization_id: str, event_type: str, store_id: str) -> list[Webhook]:
         return match_subscriptions(self._index, organization_id, event_type, store_id)
@@ -166,7 +178,7 @@ class WebhookDirectory:
 
     async def _reload_all(self, conn: asyncpg.Connection) -> None:
         rows = await conn.fetch(_SELECT)
-        self._by_id = {row["id"]: Webhook.from_row(row) for row in rows}
+        self._by_id = {row["id"]: Webhook.from_row(row, self._box) for row in rows}
         self._index = build_index(self._by_id.values())
 
     async def _reload_some(self, conn: asyncpg.Connection, ids: set[str]) -> None:
@@ -175,6 +187,6 @@ class WebhookDirectory:
         for webhook_id in ids:
             by_id.pop(webhook_id, None)
         for row in rows:
-            by_id[row["id"]] = Webhook.from_row(row)
+            by_id[row["id"]] = Webhook.from_row(row, self._box)
         self._by_id = by_id
         self._index = build_index(by_id.values())

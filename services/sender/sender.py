@@ -188,6 +188,8 @@ class Sender:
         clock = time.perf_counter()
         if not webhook.enabled:
             result: AttemptResult = Failed(retryable=False, error="webhook is disabled; not sent", sent=False)
+        elif webhook.key_error is not None:
+            result = Failed(retryable=True, error=f"cannot sign: {webhook.key_error}; not sent", sent=False)
         else:
             result = await self._gates.call(webhook.id, lambda: post_webhook(
                 self._session, webhook, task, timeout_s=self._settings.request_timeout_s,

@@ -253,6 +253,8 @@ MALFORMED: list[tuple[str, str]] = [
     ("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL", "0ms"),
     ("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL", "11s"),
     ("HOOKSTREAM_LOG_FORMAT", "xml"),
+    ("HOOKSTREAM_SECRET_KEY", "not base64!"),
+    ("HOOKSTREAM_SECRET_KEY", "c2hvcnQ="),  # base64, but 5 bytes
     ("HOOKSTREAM_LOG_LEVEL", "LOUD"),
 ]
 
@@ -289,3 +291,15 @@ def test_database_url_error_does_not_echo_the_password() -> None:
 def test_first_bad_variable_is_reported_even_among_good_ones() -> None:
     with pytest.raises(SettingsError, match="HOOKSTREAM_LOG_LEVEL"):
         Settings.from_env({"HOOKSTREAM_ALLOW_HTTP": "true", "HOOKSTREAM_LOG_LEVEL": "chatty"})
+
+
+def test_secret_key_is_parsed_and_never_echoed() -> None:
+    import base64
+
+    key = bytes(range(32))
+    assert Settings.from_env({"HOOKSTREAM_SECRET_KEY": base64.b64encode(key).decode()}).secret_key == key
+    bad = "c2VjcmV0LXZhbHVlLXRoYXQtaXMtdG9vLXNob3J0"
+    with pytest.raises(SettingsError) as caught:
+        Settings.from_env({"HOOKSTREAM_SECRET_KEY": bad})
+    assert bad not in str(caught.value)
+    assert "secret" not in repr(Settings.from_env({"HOOKSTREAM_SECRET_KEY": base64.b64encode(key).decode()}))
