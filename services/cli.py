@@ -173,6 +173,17 @@ async def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
+def run_event_loop(coro: Awaitable[int | None]) -> int | None:
+    """Run on uvloop where it is installed (Linux, macOS; a cheaper event loop for a sender whose CPU
+    goes largely to scheduling and HTTP, see BENCHMARKS.md); the plain asyncio loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(coro)
+    with asyncio.Runner(loop_factory=uvloop.new_event_loop) as runner:
+        return runner.run(coro)
+
+
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
@@ -197,7 +208,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     else:
         command = commands[args.command]
     try:
-        return asyncio.run(command()) or 0
+        return run_event_loop(command()) or 0
     except KeyboardInterrupt:
         return 130
     except Exception as exc:
