@@ -284,5 +284,11 @@ async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
     """Run one router replica until ``stop`` is set."""
     await ensure_topics(settings.kafka_bootstrap_servers,
                         [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic])
+    try:
+        # Upstream owns the source topics; creating missing ones keeps a fresh setup quiet and lets
+        # the consumer see them at once. Without the right to create topics, just wait for them.
+        await ensure_topics(settings.kafka_bootstrap_servers, settings.source_topics)
+    except KafkaError as exc:
+        log.warning("could not create missing source topics (%s); waiting for them to appear", exc)
     async with open_producer(settings.kafka_bootstrap_servers) as producer:
         await Router(settings, pool, directory, producer).run(stop)
