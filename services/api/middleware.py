@@ -15,7 +15,7 @@ import asyncpg
 from aiohttp import web
 from prometheus_client import Counter, Histogram
 
-from services.api.errors import ApiError, error_response, from_http_exception
+from services.api.errors import ApiError, error_response, field_error, from_http_exception
 from services.core.orgs import authenticate
 
 log = logging.getLogger("services.api")
@@ -53,6 +53,11 @@ async def observe_and_shape_errors(request: web.Request, handler: Handler) -> we
         if exc.status < 400:
             raise
         response = error_response(from_http_exception(exc))
+    except asyncpg.DataError as exc:
+        # A value PostgreSQL cannot store or compare (bad encoding, out of range): the client's input.
+        log.info("rejected a value PostgreSQL refused in %s %s: %s", request.method, route_label(request),
+                 type(exc).__name__)
+        response = error_response(ApiError(422, "invalid_value", "a value in the request cannot be stored"))
     except (asyncpg.PostgresConnectionError, OSError):
         log.warning("PostgreSQL unavailable while serving %s %s", request.method, request.path)
         response = error_response(ApiError(503, "unavailable", "the database is unavailable; try again"))
@@ -91,6 +96,12 @@ def make_auth_middleware(pool: asyncpg.Pool):
             org_id = await authenticate(conn, key)
         if org_id is None:
             raise ApiError(401, "unauthorized", "invalid API key", headers=challenge)
+        # U+0000 cannot be in any stored id or value: such a path names nothing, such a query is invalid.
+        if any("\x00" in value for value in request.match_info.values()):
+            raise ApiError(404, "not_found", "no such resource")
+        for name, value in request.query.items():
+            if "\x00" in value or "\x00" in name:
+                raise field_error(name.replace("\x00", ""), "must not contain the NUL character (U+0000)")
         request[ORG_KEY] = org_id
         return await handler(request)
 

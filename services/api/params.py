@@ -41,7 +41,27 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    if (where := find_nul(body)) is not None:
+        raise field_error(where, "must not contain the NUL character (U+0000)")
     return body
+
+
+def find_nul(value: Any, path: str = "") -> str | None:
+    """The field path of the first string (key or value) holding U+0000, which PostgreSQL text refuses."""
+    if isinstance(value, str):
+        return (path or "body") if "\x00" in value else None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            child = f"{path}.{key}" if path else str(key)
+            if "\x00" in key:
+                return path or "body"
+            if (found := find_nul(item, child)) is not None:
+                return found
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            if (found := find_nul(item, f"{path}[{index}]")) is not None:
+                return found
+    return None
 
 
 def parse_limit(query: dict[str, str] | Any) -> int:
@@ -100,6 +120,8 @@ def decode_cursor(kind: str, raw: str, types: tuple[type, ...]) -> tuple[Any, ..
     except (binascii.Error, ValueError):
         raise bad from None
     if not isinstance(decoded, list) or len(decoded) != len(types) + 1 or decoded[0] != kind:
+        raise bad
+    if find_nul(decoded) is not None:
         raise bad
     position: list[Any] = []
     for value, expected in zip(decoded[1:], types, strict=True):

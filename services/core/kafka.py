@@ -14,13 +14,19 @@ log = logging.getLogger(__name__)
 
 # Enough partitions that several sender replicas share the delivery topic.
 INTERNAL_TOPIC_PARTITIONS = 12
+# Room on the dead-letter topic for a copy of a record at the broker's default limit plus headers.
+DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+
+
+def internal_topic_configs(dead_letter_topic: str) -> dict[str, dict[str, str]]:
+    return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}}
 
 
 @contextlib.asynccontextmanager
 async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[AIOKafkaProducer]:
     """A started producer, stopped (and flushed) on exit. acks=all: a send is durable when awaited."""
     config = {"acks": "all", "linger_ms": 2, "max_batch_size": 256 * 1024, "enable_idempotence": True,
-              "max_request_size": 4 * 1024 * 1024, "request_timeout_ms": 30_000}
+              "max_request_size": DEAD_LETTER_MAX_MESSAGE_BYTES, "request_timeout_ms": 30_000}
     config.update(overrides)
     producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **config)
     await producer.start()
@@ -47,8 +53,10 @@ def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsume
     return AIOKafkaConsumer(bootstrap_servers=bootstrap, **config)
 
 
-async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = INTERNAL_TOPIC_PARTITIONS) -> None:
-    """Create the topics hookstream owns if they are missing (existing ones are left as they are)."""
+async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = INTERNAL_TOPIC_PARTITIONS,
+                        configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create the topics hookstream owns if they are missing (existing ones are left as they are);
+    ``configs`` gives per-topic settings for the ones created."""
     admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
     await admin.start()
     try:
@@ -56,7 +64,8 @@ async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: in
         missing = [t for t in dict.fromkeys(topics) if t not in existing]
         if missing:
             try:
-                await admin.create_topics([NewTopic(t, partitions, 1) for t in missing])
+                await admin.create_topics([NewTopic(t, partitions, 1, topic_configs=(configs or {}).get(t))
+                                           for t in missing])
             except TopicAlreadyExistsError:
                 pass  # another process won the race
             log.info("created topics %s", ", ".join(missing))

@@ -19,6 +19,7 @@ import asyncpg
 
 from services.core.secretbox import SecretBox, SecretBoxError
 from services.core.signing import decode_secret
+from services.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ class WebhookDirectory:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
 
     def get(self, webhook_id: str) -> Webhook | None:
         return self._by_id.get(webhook_id)

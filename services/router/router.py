@@ -21,12 +21,13 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
+from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import metrics
-from services.core.kafka import ensure_topics, make_consumer, open_producer
+from services.core.kafka import ensure_topics, internal_topic_configs, make_consumer, open_producer
 from services.core.model import DeliveryTask, parse_rfc3339
 from services.core.settings import Settings
+from services.core.tasks import cancel_and_wait
 from services.core.validation import DomainEvent, Rejection, validate_event
 from services.core.webhooks import WebhookDirectory
 
@@ -160,9 +161,7 @@ class Router:
                     offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
                     await self._commit(consumer, offsets)
         finally:
-            lag_task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await lag_task
+            await cancel_and_wait(lag_task)
             await consumer.stop()
 
     async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
@@ -207,26 +206,54 @@ class Router:
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
 
+    async def _send_dead_letter(self, record: SourceRecord, rejection: Rejection, *, omit_value: bool = False):
+        """Queue one dead-letter copy; returns the send's future."""
+        headers = dead_letter_headers(record, rejection)
+        if omit_value:
+            size = len(record.value or b"")
+            headers += [("hookstream-value-omitted", b"too_large"), ("hookstream-value-bytes", str(size).encode())]
+        try:
+            return await self._producer.send(self._settings.dead_letter_topic, key=record.key, headers=headers,
+                                             value=None if omit_value else record.value)
+        except MessageSizeTooLargeError:
+            if omit_value:
+                raise
+            return await self._send_dead_letter(record, rejection, omit_value=True)
+
+    async def _dead_letter(self, rejected: list[tuple[SourceRecord, Rejection]]) -> None:
+        """Copy rejected records to the dead-letter topic, unchanged, with headers that say why.
+
+        A copy the broker refuses as too large (the original plus headers can exceed its limit)
+        is sent without its value, saying so in headers: a record that cannot be copied must not
+        stop the flow, and its source position still points at the original.
+        """
+        sends = [await self._send_dead_letter(record, rejection) for record, rejection in rejected]
+        results = await asyncio.gather(*sends, return_exceptions=True)
+        retries = []
+        for (record, rejection), result in zip(rejected, results, strict=True):
+            if isinstance(result, MessageSizeTooLargeError):
+                retries.append(await self._send_dead_letter(record, rejection, omit_value=True))
+            elif isinstance(result, BaseException):
+                raise result
+        await asyncio.gather(*retries)
+
     async def _deliver_batch(
         self, good: list[tuple[SourceRecord, DomainEvent, str]], rejected: list[tuple[SourceRecord, Rejection]]
     ) -> None:
-        sends = [
-            await self._producer.send(
-                self._settings.dead_letter_topic, value=record.value, key=record.key,
-                headers=dead_letter_headers(record, rejection),
-            )
-            for record, rejection in rejected
-        ]
+        dead_letters = asyncio.ensure_future(self._dead_letter(rejected))
+        sends: list[asyncio.Future] = []
         tasks: list[DeliveryTask] = []
-        if good:
-            async with self._pool.acquire() as conn, conn.transaction():
-                routable = await store_events(conn, good)
-                tasks = await self._store_deliveries(conn, good, routable)
-        for task in tasks:
-            sends.append(await self._producer.send(
-                self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
-        if sends:
+        try:
+            if good:
+                async with self._pool.acquire() as conn, conn.transaction():
+                    routable = await store_events(conn, good)
+                    tasks = await self._store_deliveries(conn, good, routable)
+            for task in tasks:
+                sends.append(await self._producer.send(
+                    self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
             await asyncio.gather(*sends)
+        finally:
+            await dead_letters
         for record, rejection in rejected:
             metrics.EVENTS_REJECTED.labels(rejection.reason).inc()
             log.info("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset,
@@ -283,7 +310,8 @@ async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
                      directory: WebhookDirectory) -> None:
     """Run one router replica until ``stop`` is set."""
     await ensure_topics(settings.kafka_bootstrap_servers,
-                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic])
+                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
+                        configs=internal_topic_configs(settings.dead_letter_topic))
     try:
         # Upstream owns the source topics; creating missing ones keeps a fresh setup quiet and lets
         # the consumer see them at once. Without the right to create topics, just wait for them.

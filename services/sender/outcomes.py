@@ -19,6 +19,7 @@ from aiokafka.errors import KafkaError
 
 from services.core import metrics
 from services.core.model import AttemptRecord
+from services.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -117,10 +118,7 @@ class OutcomeSink:
 
     async def __aexit__(self, *exc_info) -> None:
         """Flush whatever is buffered, then stop."""
-        if self._task:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        await cancel_and_wait(self._task)
         while self._buffer:
             await self._flush_once()
 

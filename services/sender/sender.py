@@ -30,7 +30,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
-from services.core.kafka import ensure_topics, make_consumer, open_producer
+from services.core.kafka import ensure_topics, internal_topic_configs, make_consumer, open_producer
 from services.core.model import (
     AttemptRecord,
     AttemptResult,
@@ -43,6 +43,7 @@ from services.core.model import (
 )
 from services.core.retry import RetryPolicy
 from services.core.settings import Settings
+from services.core.tasks import cancel_and_wait
 from services.core.webhooks import Webhook, WebhookDirectory
 from services.sender.endpoints import EndpointGates
 from services.sender.http import make_session, post_webhook
@@ -106,9 +107,7 @@ class Sender:
             await self._wait_for_tasks(set(self._tasks), self._settings.request_timeout_s + 10)
             await self._commit(consumer, None)
         finally:
-            committer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await committer
+            await cancel_and_wait(committer)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -285,7 +284,8 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
                      directory: WebhookDirectory) -> None:
     """Run one sender replica (attempts, outcome flusher, retry pump) until ``stop`` is set, then drain."""
     await ensure_topics(settings.kafka_bootstrap_servers,
-                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic])
+                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
+                        configs=internal_topic_configs(settings.dead_letter_topic))
     async with open_producer(settings.kafka_bootstrap_servers) as producer, \
             make_session(allow_private_networks=settings.allow_private_networks) as session:
         async with OutcomeSink(pool, producer, settings.status_topic,
@@ -296,6 +296,4 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
             try:
                 await Sender(settings, pool, directory, session, sink).run(stop)
             finally:
-                pump.cancel()
-                with contextlib.suppress(asyncio.CancelledError):
-                    await pump
+                await cancel_and_wait(pump)
