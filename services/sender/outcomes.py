@@ -128,7 +128,7 @@ class OutcomeSink:
         self._has_work.set()
         if len(self._buffer) >= self._flush_max:
             self._full.set()
-        await asyncio.shield(future)
+        await future
 
     async def _run(self) -> None:
         while True:
