@@ -25,6 +25,7 @@ log = logging.getLogger(__name__)
 
 _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 5.0
+EXIT_FLUSH_TIMEOUT_S = 15.0
 
 _UPDATE_DELIVERIES_SQL = """
 UPDATE deliveries AS d SET
@@ -60,43 +61,43 @@ DELIVERY_STATUS = {"succeeded": "succeeded", "retrying": "pending", "failed": "f
 
 
 async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord]) -> None:
-    """One transaction: COPY the attempts, then update each delivery's summary and retry schedule.
+    """COPY the attempts, then update each delivery's summary and retry schedule. Call it inside the
+    caller's transaction.
 
     Deferred deliveries get only their new schedule: no attempt row, and their attempt count,
     status and last outcome stay as they were.
     """
     deferred = [r for r in records if r.status == "deferred"]
     records = [r for r in records if r.status != "deferred"]
-    async with conn.transaction():
-        if deferred:
-            await conn.execute(
-                _DEFER_DELIVERIES_SQL,
-                [r.task.delivery_id for r in deferred], [r.task.attempt for r in deferred],
-                [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
-                [r.task.manual for r in deferred],
-            )
-        if not records:
-            return
-        await conn.copy_records_to_table(
-            "attempts",
-            columns=_ATTEMPT_COLUMNS,
-            records=[
-                (r.task.delivery_id, r.task.attempt, r.started_at, r.duration_ms, r.http_status, r.error,
-                 r.result.response_excerpt, r.status)
-                for r in records
-            ],
-        )
+    if deferred:
         await conn.execute(
-            _UPDATE_DELIVERIES_SQL,
-            [r.task.delivery_id for r in records],
-            [DELIVERY_STATUS[r.status] for r in records],
-            [r.task.attempt for r in records],
-            [r.started_at for r in records],
-            [r.http_status for r in records],
-            [r.error for r in records],
-            [r.next_attempt_at for r in records],
-            [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
+            _DEFER_DELIVERIES_SQL,
+            [r.task.delivery_id for r in deferred], [r.task.attempt for r in deferred],
+            [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
+            [r.task.manual for r in deferred],
         )
+    if not records:
+        return
+    await conn.copy_records_to_table(
+        "attempts",
+        columns=_ATTEMPT_COLUMNS,
+        records=[
+            (r.task.delivery_id, r.task.attempt, r.started_at, r.duration_ms, r.http_status, r.error,
+             r.result.response_excerpt, r.status)
+            for r in records
+        ],
+    )
+    await conn.execute(
+        _UPDATE_DELIVERIES_SQL,
+        [r.task.delivery_id for r in records],
+        [DELIVERY_STATUS[r.status] for r in records],
+        [r.task.attempt for r in records],
+        [r.started_at for r in records],
+        [r.http_status for r in records],
+        [r.error for r in records],
+        [r.next_attempt_at for r in records],
+        [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
+    )
 
 
 class OutcomeSink:
@@ -117,10 +118,16 @@ class OutcomeSink:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        """Flush whatever is buffered, then stop."""
+        """Flush whatever is buffered, then stop; gives up after ``EXIT_FLUSH_TIMEOUT_S`` (for example
+        while Kafka or PostgreSQL is down): what was not flushed is not committed, so it is replayed."""
         await cancel_and_wait(self._task)
-        while self._buffer:
-            await self._flush_once()
+        try:
+            async with asyncio.timeout(EXIT_FLUSH_TIMEOUT_S):
+                while self._buffer:
+                    await self._flush_once()
+        except TimeoutError:
+            log.warning("gave up flushing %d outcomes at shutdown; their deliveries will be replayed",
+                        len(self._buffer))
 
     async def record(self, record: AttemptRecord) -> None:
         future = asyncio.get_running_loop().create_future()
@@ -154,32 +161,30 @@ class OutcomeSink:
                 future.set_result(None)
 
     async def _make_durable(self, records: list[AttemptRecord]) -> None:
-        """Write to PostgreSQL while the status records are in flight to Kafka; retry what failed."""
+        """Make a batch durable in both places, retrying until it is.
+
+        The PostgreSQL transaction commits only after Kafka has acknowledged the batch's status
+        records (they are sent while the rows are written). A crash before the commit leaves the
+        attempts unrecorded, so they are replayed and their status records sent again (duplicates);
+        a crash after it finds both durable. Never a recorded attempt without its status record.
+        """
         attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
-        in_db = False
-        in_kafka = not attempted
         delay = _BACKOFF_START_S
         while True:
             sends: list[asyncio.Future] = []
             try:
-                if not in_kafka:
+                async with self._pool.acquire() as conn, conn.transaction():
                     for r in attempted:
                         sends.append(await self._producer.send(
                             self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
-                if not in_db:
-                    async with self._pool.acquire() as conn:
-                        await write_outcomes(conn, records)
-                    in_db = True
+                    await write_outcomes(conn, records)
+                    await asyncio.gather(*sends)
+                return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
                 log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",
                             len(records), type(exc).__name__, exc, delay)
-            if sends:
-                results = await asyncio.gather(*sends, return_exceptions=True)
-                failed = [r for r in results if isinstance(r, BaseException)]
-                in_kafka = not failed and len(sends) == len(attempted)
-                if failed:
-                    log.warning("publishing %d status records failed (%s); retrying", len(failed), failed[0])
-            if in_db and in_kafka:
-                return
+            finally:
+                # Collect every send's result, so a failed one is never an unretrieved exception.
+                await asyncio.gather(*sends, return_exceptions=True)
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)
