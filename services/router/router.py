@@ -3,8 +3,9 @@
 consume_batches -> route_batch -> validate (services.core.validation) -> dead_letter | store_events
 -> match (WebhookDirectory) -> store_deliveries -> enqueue_deliveries -> commit.
 
-Offsets: a batch's source offsets are committed only after its events and deliveries are committed
-in PostgreSQL and every delivery task and dead-letter record is acknowledged by Kafka. A crash
+Offsets: a batch's source offsets are committed (every 200 ms, and on revocation and stop) only
+after its events and deliveries are stored in PostgreSQL and every delivery task and dead-letter
+record is acknowledged by Kafka. A crash
 in between replays the batch; the events table remembers each event's source position, so a
 replay re-enqueues the still-pending deliveries (a possible duplicate, never a loss) while a second
 publish of the same event id at another position is dropped (routed once).
@@ -34,6 +35,7 @@ from services.core.webhooks import WebhookDirectory
 log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 1000
+COMMIT_INTERVAL_S = 0.2
 _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 5.0
 
@@ -73,33 +75,56 @@ def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tupl
     ]
 
 
-_STORE_EVENTS_SQL = """
-INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,
-                    source_topic, source_partition, source_offset)
-SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
-                     $7::text[], $8::int[], $9::bigint[])
-ON CONFLICT (organization_id, event_id) DO UPDATE SET source_offset = events.source_offset
-RETURNING seq, organization_id, event_id, source_topic, source_partition, source_offset
+# One statement, so one round trip and atomic without an explicit transaction: store each event
+# once (the no-op update returns an existing row with its first source position), keep the events
+# this record may route (new, or a replay of the same position), and insert their deliveries.
+# Returns the deliveries, then one row with a NULL id per event left out as a second publish.
+_STORE_BATCH_SQL = """
+WITH input AS (
+    SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
+                         $7::text[], $8::int[], $9::bigint[])
+        AS i(organization_id, event_id, event_type, store_id, occurred_at, body,
+             source_topic, source_partition, source_offset)
+), stored AS (
+    INSERT INTO events AS e (organization_id, event_id, event_type, store_id, occurred_at, body,
+                             source_topic, source_partition, source_offset)
+    SELECT * FROM input
+    ON CONFLICT (organization_id, event_id) DO UPDATE SET source_offset = e.source_offset
+    RETURNING e.seq, e.organization_id, e.event_id, e.event_type, e.store_id,
+              e.source_topic, e.source_partition, e.source_offset
+), routable AS (
+    SELECT s.* FROM stored s JOIN input i USING (organization_id, event_id)
+    WHERE (s.source_topic, s.source_partition, s.source_offset)
+        = (i.source_topic, i.source_partition, i.source_offset)
+), routed AS (
+    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id)
+    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id
+    FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
+    JOIN routable r USING (organization_id, event_id)
+    ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
+    RETURNING d.id, d.webhook_id, d.event_id, d.status
+)
+SELECT id, webhook_id, event_id, status FROM routed
+UNION ALL
+SELECT NULL, NULL, s.event_id, NULL FROM stored s
+WHERE NOT EXISTS (SELECT 1 FROM routable r
+                  WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
 """
 
-_STORE_DELIVERIES_SQL = """
-INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id)
-SELECT * FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[], $5::text[])
-ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
-RETURNING id, webhook_id, event_id, status
-"""
 
-
-async def store_events(
-    conn: asyncpg.Connection, events: Sequence[tuple[SourceRecord, DomainEvent, str]]
-) -> dict[tuple[str, str], int]:
-    """Insert events idempotently; returns seq for each event that should be routed.
+async def store_batch(
+    conn: asyncpg.Connection | asyncpg.Pool,
+    events: Sequence[tuple[SourceRecord, DomainEvent, str]],
+    matches: Sequence[tuple[str, DomainEvent]],
+) -> tuple[list[asyncpg.Record], int]:
+    """Store events idempotently and the deliveries of ``matches`` (webhook id, event) for the events
+    this record may route; returns (delivery rows, number of events left out as second publishes).
 
     An event is routed when this record is the one that first carried its id (new, or a replay of
     the same source position after a crash); a second publish of the id is left out.
     """
     rows = await conn.fetch(
-        _STORE_EVENTS_SQL,
+        _STORE_BATCH_SQL,
         [e.organization_id for _, e, _ in events],
         [e.id for _, e, _ in events],
         [e.type for _, e, _ in events],
@@ -109,13 +134,12 @@ async def store_events(
         [r.topic for r, _, _ in events],
         [r.partition for r, _, _ in events],
         [r.offset for r, _, _ in events],
+        [webhook_id for webhook_id, _ in matches],
+        [e.organization_id for _, e in matches],
+        [e.id for _, e in matches],
     )
-    positions = {(r.topic, r.partition, r.offset) for r, _, _ in events}
-    routable = {}
-    for row in rows:
-        if (row["source_topic"], row["source_partition"], row["source_offset"]) in positions:
-            routable[(row["organization_id"], row["event_id"])] = row["seq"]
-    return routable
+    deliveries = [row for row in rows if row["id"] is not None]
+    return deliveries, len(rows) - len(deliveries)
 
 
 class Router:
@@ -128,6 +152,8 @@ class Router:
         self._directory = directory
         self._producer = producer
         self._batch_lock = asyncio.Lock()
+        self._commit_lock = asyncio.Lock()
+        self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group)
@@ -135,8 +161,9 @@ class Router:
 
         class CommitOnRevoke(ConsumerRebalanceListener):
             async def on_partitions_revoked(self, revoked):
-                # Wait for the batch in hand: its offsets are committed before the partitions move on.
+                # Wait for the batch in hand, then commit what is done before the partitions move on.
                 async with router._batch_lock:
+                    await router._commit_done(consumer, set(revoked))
                     metrics.forget_lag(router._settings.router_group, revoked)
 
             async def on_partitions_assigned(self, assigned):
@@ -144,7 +171,8 @@ class Router:
 
         consumer.subscribe(list(self._settings.source_topics), listener=CommitOnRevoke())
         await consumer.start()
-        lag_task = asyncio.create_task(self._report_lag(consumer, stop), name="router-lag")
+        helpers = [asyncio.create_task(self._report_lag(consumer, stop), name="router-lag"),
+                   asyncio.create_task(self._commit_periodically(consumer, stop), name="router-commit")]
         try:
             while not stop.is_set():
                 batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
@@ -158,19 +186,35 @@ class Router:
                     ]
                     if not await self.route_batch(records, stop):
                         break  # stopping while PostgreSQL or Kafka is down: the batch is replayed later
-                    offsets = {tp: messages[-1].offset + 1 for tp, messages in batches.items()}
-                    await self._commit(consumer, offsets)
+                    self._done.update({tp: messages[-1].offset + 1 for tp, messages in batches.items()})
+            await self._commit_done(consumer)
         finally:
-            await cancel_and_wait(lag_task)
+            for helper in helpers:
+                await cancel_and_wait(helper)
             await consumer.stop()
 
-    async def _commit(self, consumer: AIOKafkaConsumer, offsets: dict[TopicPartition, int]) -> None:
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            # The partitions moved to another replica, which replays from the last commit: the
-            # replay is recognised by source position, so this duplicates at worst.
-            log.warning("router offset commit failed (%s); the batch will be replayed", exc)
+    async def _commit_periodically(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        """Offsets of durable batches are committed every ``COMMIT_INTERVAL_S``, off the hot loop; a
+        crash replays at most that much, and replays are recognised by source position."""
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            await self._commit_done(consumer)
+
+    async def _commit_done(self, consumer: AIOKafkaConsumer, partitions: set[TopicPartition] | None = None) -> None:
+        """Commit the offsets of every batch already durable (only ``partitions``, when given)."""
+        async with self._commit_lock:
+            offsets = {tp: offset for tp, offset in self._done.items() if partitions is None or tp in partitions}
+            if not offsets:
+                return
+            try:
+                await consumer.commit(offsets)
+            except KafkaError as exc:
+                # The partitions moved to another replica, which replays from the last commit: the
+                # replay is recognised by source position, so this duplicates at worst.
+                log.warning("router offset commit failed (%s); those batches will be replayed", exc)
+            for tp, offset in offsets.items():
+                if self._done.get(tp) == offset:
+                    del self._done[tp]
 
     async def route_batch(self, records: Sequence[SourceRecord], stop: asyncio.Event) -> bool:
         """Validate, store, match and enqueue one batch, retrying until it is durable (never skipped).
@@ -245,9 +289,7 @@ class Router:
         tasks: list[DeliveryTask] = []
         try:
             if good:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    routable = await store_events(conn, good)
-                    tasks = await self._store_deliveries(conn, good, routable)
+                tasks = await self._store(good)
             for task in tasks:
                 sends.append(await self._producer.send(
                     self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
@@ -261,35 +303,24 @@ class Router:
         for task in tasks:
             metrics.DELIVERIES_SCHEDULED.labels(task.event_type).inc()
 
-    async def _store_deliveries(
-        self, conn: asyncpg.Connection, good: list[tuple[SourceRecord, DomainEvent, str]],
-        routable: dict[tuple[str, str], int],
-    ) -> list[DeliveryTask]:
-        planned: list[tuple[str, int, DomainEvent, str]] = []
-        for _record, event, body in good:
-            seq = routable.get((event.organization_id, event.id))
-            if seq is None:
-                metrics.EVENTS_DUPLICATE.inc()
-                continue
-            for hook in self._directory.match(event.organization_id, event.type, event.store_id):
-                planned.append((hook.id, seq, event, body))
-        if not planned:
-            return []
-        rows = await conn.fetch(
-            _STORE_DELIVERIES_SQL,
-            [p[0] for p in planned], [p[1] for p in planned], [p[2].id for p in planned],
-            [p[2].type for p in planned], [p[2].store_id for p in planned],
-        )
-        by_pair = {(p[0], p[2].id): p for p in planned}
+    async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]]) -> list[DeliveryTask]:
+        """Match, store, and return the delivery tasks to enqueue (pending deliveries only)."""
+        matches = [(hook.id, event) for _, event, _ in good
+                   for hook in self._directory.match(event.organization_id, event.type, event.store_id)]
+        rows, duplicates = await store_batch(self._pool, good, matches)
+        if duplicates:
+            metrics.EVENTS_DUPLICATE.inc(duplicates)
+        bodies = {(event.organization_id, event.id): body for _, event, body in good}
+        by_pair = {(webhook_id, event.id): event for webhook_id, event in matches}
         tasks = []
         for row in rows:
             if row["status"] != "pending":
                 continue  # a replay of an event whose delivery already finished
-            _, _, event, body = by_pair[(row["webhook_id"], row["event_id"])]
+            event = by_pair[(row["webhook_id"], row["event_id"])]
             tasks.append(DeliveryTask(
                 delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,
-                event_id=event.id, event_type=event.type, store_id=event.store_id,
-                occurred_at=event.occurred_at, attempt=1, retry_index=0, manual=False, body=body,
+                event_id=event.id, event_type=event.type, store_id=event.store_id, occurred_at=event.occurred_at,
+                attempt=1, retry_index=0, manual=False, body=bodies[(event.organization_id, event.id)],
             ))
         return tasks
 

@@ -8,10 +8,11 @@ finish out of order. The tracker keeps each partition's in-flight offsets; the c
 is the lowest one still in flight (or one past the last fetched). An offset leaves the in-flight
 set only after its outcome (and, on failure, its retry schedule) is durable in PostgreSQL and on
 the status topic. Commits run every ``COMMIT_INTERVAL_S`` and on partition revocation, after the
-revoked partitions' in-flight attempts finish. A crash replays from the last commit; each fetched
-batch is checked against the attempt counts in PostgreSQL (one query), so attempts already
-recorded are skipped and only those in flight at the crash are made again: duplicates are
-possible, losses are not.
+revoked partitions' in-flight attempts finish. A crash replays from the last commit; records that
+predate this replica's assignment of their partition are checked against the attempt counts in
+PostgreSQL (one query per fetch), so attempts already recorded are skipped and only those in
+flight at the crash are made again: duplicates are possible, losses are not. Records written
+after the assignment cannot be replays and skip the check.
 """
 
 from __future__ import annotations
@@ -54,6 +55,9 @@ from services.sender.retries import run_retry_pump
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.2
+# Records stamped up to this long after a partition's assignment are still checked for replays,
+# to allow for clock differences between the producing router and this sender.
+REPLAY_CLOCK_SKEW_MS = 10_000
 FETCH_MAX_RECORDS = 500
 
 
@@ -93,7 +97,7 @@ class Sender:
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
-        self._revoking: set[TopicPartition] = set()
+        self._assigned_at_ms: dict[TopicPartition, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group,
@@ -124,18 +128,25 @@ class Sender:
                 continue
             batches = await consumer.getmany(timeout_ms=100, max_records=min(room, FETCH_MAX_RECORDS))
             fetched: list[tuple[TopicPartition, int, DeliveryTask]] = []
+            maybe_replayed: list[DeliveryTask] = []
             for tp, messages in batches.items():
+                # Only a record written before this replica got the partition can have been worked on
+                # by its previous owner (a replay); newer ones need no database check.
+                replay_horizon_ms = self._assigned_at_ms.get(tp, float("inf")) + REPLAY_CLOCK_SKEW_MS
                 for message in messages:
                     self._tracker.started(tp, message.offset)
                     try:
-                        fetched.append((tp, message.offset, DeliveryTask.decode(message.value)))
+                        task = DeliveryTask.decode(message.value)
+                        fetched.append((tp, message.offset, task))
+                        if message.timestamp < replay_horizon_ms:
+                            maybe_replayed.append(task)
                     except BadTaskError as exc:
                         log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
                                   tp.topic, tp.partition, message.offset, exc)
                         self._tracker.finished(tp, message.offset)
             if not fetched:
                 continue
-            done = await self._already_attempted([task for _, _, task in fetched])
+            done = await self._already_attempted(maybe_replayed) if maybe_replayed else set()
             for tp, offset, task in fetched:
                 if (task.delivery_id, task.attempt) in done:
                     metrics.REPLAYS_SKIPPED.inc()
@@ -277,7 +288,9 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
             await self._sender.drain_partitions(self._consumer, set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
-        pass
+        now_ms = time.time() * 1000
+        for tp in assigned:
+            self._sender._assigned_at_ms[tp] = now_ms
 
 
 async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
