@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 from collections.abc import AsyncIterator
 
 from aiohttp import web
@@ -64,6 +65,17 @@ CONSUMER_LAG = Gauge(
     "hookstream_consumer_lag", "Records behind the partition's end, per consumer group and partition",
     ["group", "topic", "partition"],
 )
+
+
+@functools.cache
+def attempts_counter(outcome: str, status_class_: str):
+    """The bound child of DELIVERY_ATTEMPTS (label lookup once per combination, not per attempt)."""
+    return DELIVERY_ATTEMPTS.labels(outcome, status_class_)
+
+
+@functools.cache
+def finished_counter(status: str):
+    return DELIVERIES_FINISHED.labels(status)
 
 
 def forget_lag(group: str, partitions) -> None:

@@ -37,6 +37,9 @@ def make_session(*, allow_private_networks: bool) -> aiohttp.ClientSession:
     )
     return aiohttp.ClientSession(
         connector=connector,
+        # The whole-attempt timeout is enforced around each request (asyncio.timeout in post_webhook);
+        # a second timer inside aiohttp per request would only cost CPU.
+        timeout=aiohttp.ClientTimeout(total=None, connect=None, sock_connect=None, sock_read=None),
         trust_env=False,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),

@@ -223,21 +223,21 @@ class Sender:
     def _observe(self, record: AttemptRecord) -> None:
         if record.status == "deferred":
             return
-        metrics.DELIVERY_ATTEMPTS.labels(
-            "success" if record.status == "succeeded" else "failure", metrics.status_class(record.http_status)
-        ).inc()
+        outcome = "success" if record.status == "succeeded" else "failure"
+        metrics.attempts_counter(outcome, metrics.status_class(record.http_status)).inc()
         metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
         if record.status == "retrying":
             metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()
         else:
-            metrics.DELIVERIES_FINISHED.labels(record.status).inc()
+            metrics.finished_counter(record.status).inc()
         if record.status == "succeeded" and record.task.event_type != "webhook.test":
             with contextlib.suppress(ValueError):
                 occurred = parse_rfc3339(record.task.occurred_at)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))
-        log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
-                                                      "webhook_id": record.task.webhook_id,
-                                                      "attempt": record.task.attempt})
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
+                                                          "webhook_id": record.task.webhook_id,
+                                                          "attempt": record.task.attempt})
 
     async def _wait_for_tasks(self, tasks: set[asyncio.Task], timeout_s: float) -> None:
         if tasks:

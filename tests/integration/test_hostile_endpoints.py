@@ -21,7 +21,7 @@ import trustme
 from aiohttp import web
 
 from services.core.model import DeliveryTask, Failed, Succeeded
-from services.core.signing import generate_secret
+from services.core.signing import decode_secret, generate_secret
 from services.core.webhooks import Webhook
 from services.sender.http import make_session, post_webhook
 from tests.conftest import free_port, wait_for
@@ -43,9 +43,9 @@ def make_webhook(url: str) -> Webhook:
         event_types=frozenset({"order.created"}),
         store_ids=frozenset({"store_1"}),
         enabled=True,
-        secret=generate_secret(),
-        previous_secret=None,
-        previous_secret_expires_at=None,
+        key=decode_secret(generate_secret()),
+        previous_key=None,
+        previous_key_expires_at=None,
     )
 
 
