@@ -101,6 +101,8 @@ async def test_sigterm_drains_and_restart_loses_nothing(db, hs_settings, spawn):
             rows = await db.fetch("SELECT status, attempts, next_attempt_at IS NOT NULL AS waiting, count(*)"
                                   " FROM deliveries GROUP BY 1, 2, 3")
             events = await db.fetchval("SELECT count(*) FROM events")
-            raise AssertionError(f"events stored {events}; deliveries {[tuple(r) for r in rows]}") from None
+            errors = await db.fetch("SELECT left(error, 60) AS e, count(*) FROM attempts GROUP BY 1")
+            raise AssertionError(f"events stored {events}; deliveries {[tuple(r) for r in rows]};"
+                                 f" attempt errors {[tuple(r) for r in errors]}") from None
         received = {orjson.loads(r.body)["id"] for r in receiver.requests}
         assert received == {e["id"] for e in events}
