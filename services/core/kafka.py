@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import logging
 from collections.abc import AsyncIterator, Iterable
@@ -22,13 +23,84 @@ def internal_topic_configs(dead_letter_topic: str) -> dict[str, dict[str, str]]:
     return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}}
 
 
+# How long a batch of sends may wait for acknowledgements before the producer is presumed stuck.
+ACK_TIMEOUT_S = 30.0
+_STOP_STUCK_PRODUCER_S = 5.0
+
+
+class RenewableProducer:
+    """An AIOKafkaProducer that can be replaced when it stops making progress.
+
+    After a broker restart an aiokafka producer can keep answering NotLeaderForPartitionError
+    without ever refreshing to the new leader (aio-libs/aiokafka#1018), and its sends then never
+    complete. Callers bound their wait for acknowledgements with :meth:`acked` (``ACK_TIMEOUT_S``);
+    on timeout the producer is replaced and the caller retries its batch: duplicates, never a loss.
+    """
+
+    def __init__(self, bootstrap: str, config: dict) -> None:
+        self._bootstrap = bootstrap
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+        self._renewing = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+        assert self._producer is not None
+        return await self._producer.send(topic, value=value, key=key, headers=headers)
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+        """Send one record and return its RecordMetadata once acknowledged."""
+        [metadata] = await self.acked([await self.send(topic, value=value, key=key, headers=headers)])
+        return metadata
+
+    async def acked(self, futures: list[asyncio.Future], *, return_exceptions: bool = False) -> list:
+        """Wait for every send's acknowledgement; renews the producer and raises TimeoutError when
+        they do not all arrive within ``ACK_TIMEOUT_S``."""
+        stuck_on = self._producer
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                return await asyncio.gather(*futures, return_exceptions=return_exceptions)
+        except TimeoutError:
+            await self.renew(stuck_on)
+            raise
+
+    async def renew(self, stuck: AIOKafkaProducer | None) -> None:
+        async with self._renewing:
+            if self._producer is not stuck:
+                return  # another caller already replaced it
+            log.warning("Kafka producer made no progress for %.0fs; replacing it", ACK_TIMEOUT_S)
+            old = self._producer
+            await self.start()
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(old.stop(), _STOP_STUCK_PRODUCER_S)
+
+
+def discard(futures: list[asyncio.Future]) -> None:
+    """Let go of send futures whose outcome no longer matters, without waiting for them (a stuck
+    producer may never complete them) and without leaving an exception unretrieved."""
+    for future in futures:
+        if future.done():
+            if not future.cancelled():
+                future.exception()
+        else:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
 @contextlib.asynccontextmanager
-async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[AIOKafkaProducer]:
-    """A started producer, stopped (and flushed) on exit. acks=all: a send is durable when awaited."""
+async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[RenewableProducer]:
+    """A started producer, stopped (and flushed) on exit. acks=all: a send is durable when acknowledged."""
     config = {"acks": "all", "linger_ms": 2, "max_batch_size": 256 * 1024, "enable_idempotence": True,
               "max_request_size": DEAD_LETTER_MAX_MESSAGE_BYTES, "request_timeout_ms": 30_000}
     config.update(overrides)
-    producer = AIOKafkaProducer(bootstrap_servers=bootstrap, **config)
+    producer = RenewableProducer(bootstrap, config)
     await producer.start()
     try:
         yield producer

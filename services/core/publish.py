@@ -11,8 +11,8 @@ import secrets
 from dataclasses import dataclass
 
 import orjson
-from aiokafka import AIOKafkaProducer
 
+from services.core.kafka import RenewableProducer
 from services.core.validation import Rejection, validate_event
 
 
@@ -54,7 +54,7 @@ def resource_key(event: dict) -> bytes:
     return str(resource.get("id") or event["id"]).encode()
 
 
-async def publish_event(producer: AIOKafkaProducer, event: dict, source_topics: tuple[str, ...],
+async def publish_event(producer: RenewableProducer, event: dict, source_topics: tuple[str, ...],
                         *, max_bytes: int = 256 * 1024) -> Published:
     """Validate and publish one domain event; raises :class:`PublishError` if the router would reject it."""
     value = orjson.dumps(event)

@@ -21,11 +21,17 @@ from dataclasses import dataclass
 
 import asyncpg
 import orjson
-from aiokafka import AIOKafkaConsumer, AIOKafkaProducer, ConsumerRebalanceListener, TopicPartition
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import metrics
-from services.core.kafka import ensure_topics, internal_topic_configs, make_consumer, open_producer
+from services.core.kafka import (
+    RenewableProducer,
+    ensure_topics,
+    internal_topic_configs,
+    make_consumer,
+    open_producer,
+)
 from services.core.model import DeliveryTask, parse_rfc3339
 from services.core.settings import Settings
 from services.core.tasks import cancel_and_wait
@@ -146,7 +152,7 @@ class Router:
     """One router replica. ``run()`` until ``stop`` is set; then it finishes the batch in hand and commits."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
-                 producer: AIOKafkaProducer) -> None:
+                 producer: RenewableProducer) -> None:
         self._settings = settings
         self._pool = pool
         self._directory = directory
@@ -272,14 +278,14 @@ class Router:
         stop the flow, and its source position still points at the original.
         """
         sends = [await self._send_dead_letter(record, rejection) for record, rejection in rejected]
-        results = await asyncio.gather(*sends, return_exceptions=True)
+        results = await self._producer.acked(sends, return_exceptions=True)
         retries = []
         for (record, rejection), result in zip(rejected, results, strict=True):
             if isinstance(result, MessageSizeTooLargeError):
                 retries.append(await self._send_dead_letter(record, rejection, omit_value=True))
             elif isinstance(result, BaseException):
                 raise result
-        await asyncio.gather(*retries)
+        await self._producer.acked(retries)
 
     async def _deliver_batch(
         self, good: list[tuple[SourceRecord, DomainEvent, str]], rejected: list[tuple[SourceRecord, Rejection]]
@@ -293,7 +299,7 @@ class Router:
             for task in tasks:
                 sends.append(await self._producer.send(
                     self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
-            await asyncio.gather(*sends)
+            await self._producer.acked(sends)
         finally:
             await dead_letters
         for record, rejection in rejected:

@@ -14,10 +14,10 @@ import logging
 import time
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
+from services.core.kafka import RenewableProducer, discard
 from services.core.model import AttemptRecord
 from services.core.tasks import cancel_and_wait
 
@@ -101,7 +101,7 @@ async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord])
 
 
 class OutcomeSink:
-    def __init__(self, pool: asyncpg.Pool, producer: AIOKafkaProducer, status_topic: str, *,
+    def __init__(self, pool: asyncpg.Pool, producer: RenewableProducer, status_topic: str, *,
                  flush_interval_ms: int, flush_max: int) -> None:
         self._pool = pool
         self._producer = producer
@@ -178,13 +178,12 @@ class OutcomeSink:
                         sends.append(await self._producer.send(
                             self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
                     await write_outcomes(conn, records)
-                    await asyncio.gather(*sends)
+                    await self._producer.acked(sends)
                 return
             except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
                 log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",
                             len(records), type(exc).__name__, exc, delay)
             finally:
-                # Collect every send's result, so a failed one is never an unretrieved exception.
-                await asyncio.gather(*sends, return_exceptions=True)
+                discard(sends)  # after success they are all done; after a failure they are retried
             await asyncio.sleep(delay)
             delay = min(delay * 2, _BACKOFF_MAX_S)

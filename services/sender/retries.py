@@ -14,10 +14,10 @@ import asyncio
 import logging
 
 import asyncpg
-from aiokafka import AIOKafkaProducer
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
+from services.core.kafka import RenewableProducer
 from services.core.model import DeliveryTask
 
 log = logging.getLogger(__name__)
@@ -55,7 +55,7 @@ def task_from_row(row: asyncpg.Record) -> DeliveryTask:
     )
 
 
-async def pump_due_retries(pool: asyncpg.Pool, producer: AIOKafkaProducer, delivery_topic: str) -> int:
+async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, delivery_topic: str) -> int:
     """Move one batch of due deliveries back onto the delivery topic; returns how many."""
     async with pool.acquire() as conn, conn.transaction():
         rows = await conn.fetch(_CLAIM_DUE_SQL, PUMP_BATCH)
@@ -63,13 +63,13 @@ async def pump_due_retries(pool: asyncpg.Pool, producer: AIOKafkaProducer, deliv
             return 0
         tasks = [task_from_row(row) for row in rows]
         sends = [await producer.send(delivery_topic, value=t.encode(), key=t.kafka_key) for t in tasks]
-        await asyncio.gather(*sends)
+        await producer.acked(sends)
         await conn.execute("UPDATE deliveries SET next_attempt_at = NULL WHERE id = ANY($1::bigint[])",
                            [t.delivery_id for t in tasks])
     return len(tasks)
 
 
-async def run_retry_pump(pool: asyncpg.Pool, producer: AIOKafkaProducer, delivery_topic: str,
+async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delivery_topic: str,
                          stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     next_backlog = 0.0

@@ -111,3 +111,21 @@ async def test_bad_setting_stops_startup_naming_the_variable(hs_env):
         result = run_cli("all", env={**hs_env, var: value})
         assert result.returncode == 2, result.stderr
         assert var in result.stderr
+
+
+async def test_a_producer_whose_acks_stall_is_replaced_and_keeps_working(hs_settings, monkeypatch):
+    """aiokafka#1018: a producer can stop completing sends after a broker restart. A batch whose
+    acknowledgements do not arrive in time raises TimeoutError and the producer is replaced."""
+    import asyncio
+
+    from services.core import kafka
+
+    monkeypatch.setattr(kafka, "ACK_TIMEOUT_S", 0.5)
+    async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
+        first = producer._producer
+        never_acknowledged = asyncio.get_running_loop().create_future()
+        with pytest.raises(TimeoutError):
+            await producer.acked([never_acknowledged])
+        assert producer._producer is not first  # replaced
+        metadata = await producer.send_and_wait(hs_settings.source_topics[1], b"{}", key=b"k")
+        assert metadata.offset >= 0  # and the new one works

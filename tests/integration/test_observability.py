@@ -88,11 +88,19 @@ async def test_counters_move_by_the_right_amounts_and_logs_keep_secrets(db, hs_s
         assert value(sent, "hookstream_outcome_flush_batch_size_sum") == 9
         api_metrics = await scrape(f"{api_url}/metrics")
         assert any(name.startswith("hookstream_") for name, _ in api_metrics)
+        exposed = ""
+        async with aiohttp.ClientSession() as session:
+            for url in (f"http://127.0.0.1:{router_port}/metrics", f"http://127.0.0.1:{sender_port}/metrics",
+                        f"{api_url}/metrics"):
+                async with session.get(url) as response:
+                    exposed += await response.text()
 
     for process in (router, sender, api):
         process.stop()
     logs = {p.args[0]: p.output() for p in (router, sender, api)}
     everything = "\n".join(logs.values())
+    for secret in (api_key, ok_secret, bad_secret, ok_secret.removeprefix("whsec_")):
+        assert secret not in exposed  # nor in any metric label
     for secret in (api_key, ok_secret, bad_secret, ok_secret.removeprefix("whsec_"), api_key.split("_")[-1]):
         assert secret not in everything
     lines = [line for line in everything.splitlines() if line.strip()]
