@@ -20,6 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.api.errors import json_response
 from services.api.keys import POOL
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.metrics import handle_metrics
 
 log = logging.getLogger(__name__)
@@ -37,7 +38,7 @@ async def check_postgres(pool: asyncpg.Pool) -> str | None:
             await pool.fetchval("SELECT 1")
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S:g}s"
-    except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+    except TRANSIENT_DB_ERRORS as exc:
         return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
     return None
 

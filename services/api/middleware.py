@@ -58,7 +58,7 @@ async def observe_and_shape_errors(request: web.Request, handler: Handler) -> we
         log.info("rejected a value PostgreSQL refused in %s %s: %s", request.method, route_label(request),
                  type(exc).__name__)
         response = error_response(ApiError(422, "invalid_value", "a value in the request cannot be stored"))
-    except (asyncpg.PostgresConnectionError, OSError):
+    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
         log.warning("PostgreSQL unavailable while serving %s %s", request.method, request.path)
         response = error_response(ApiError(503, "unavailable", "the database is unavailable; try again"))
     except Exception:

@@ -9,7 +9,13 @@ from collections.abc import AsyncIterator, Iterable
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.errors import TopicAlreadyExistsError
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    OutOfOrderSequenceNumber,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
 
 log = logging.getLogger(__name__)
 
@@ -25,6 +31,9 @@ def internal_topic_configs(dead_letter_topic: str) -> dict[str, dict[str, str]]:
 
 # How long a batch of sends may wait for acknowledgements before the producer is presumed stuck.
 ACK_TIMEOUT_S = 30.0
+# After a broker restart an idempotent producer can be left with sequence state the broker no longer
+# accepts; every retry fails the same way until the producer starts over with a new producer id.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
 _STOP_STUCK_PRODUCER_S = 5.0
 
 
@@ -66,16 +75,20 @@ class RenewableProducer:
         stuck_on = self._producer
         try:
             async with asyncio.timeout(ACK_TIMEOUT_S):
-                return await asyncio.gather(*futures, return_exceptions=return_exceptions)
-        except TimeoutError:
+                results = await asyncio.gather(*futures, return_exceptions=return_exceptions)
+        except (TimeoutError, *PRODUCER_STATE_ERRORS):
             await self.renew(stuck_on)
             raise
+        if any(isinstance(r, PRODUCER_STATE_ERRORS) for r in results):
+            await self.renew(stuck_on)
+        return results
 
     async def renew(self, stuck: AIOKafkaProducer | None) -> None:
         async with self._renewing:
             if self._producer is not stuck:
                 return  # another caller already replaced it
-            log.warning("Kafka producer made no progress for %.0fs; replacing it", ACK_TIMEOUT_S)
+            log.warning("Kafka producer stuck (no acknowledgement within %.0fs, or its idempotence state was"
+                        " lost); replacing it", ACK_TIMEOUT_S)
             old = self._producer
             await self.start()
             if old is not None:

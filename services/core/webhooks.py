@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.secretbox import SecretBox, SecretBoxError
 from services.core.signing import decode_secret
 from services.core.tasks import cancel_and_wait
@@ -163,7 +164,7 @@ class WebhookDirectory:
                         await self._reload_some(conn, changed)
                     else:
                         await self._reload_all(conn)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 if first and not self.ready.is_set():
                     raise
                 log.warning("webhook directory lost PostgreSQL (%s); reconnecting", exc)

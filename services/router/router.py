@@ -25,6 +25,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import metrics
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.kafka import (
     RenewableProducer,
     ensure_topics,
@@ -248,7 +249,7 @@ class Router:
             try:
                 await self._deliver_batch(good, rejected)
                 return True
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
+            except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
                 log.warning("routing a batch of %d records failed (%s: %s); retrying in %.1fs",
                             len(records), type(exc).__name__, exc, delay)
             if stop.is_set():

@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.kafka import RenewableProducer, discard
 from services.core.model import AttemptRecord
 from services.core.tasks import cancel_and_wait
@@ -180,7 +181,7 @@ class OutcomeSink:
                     await write_outcomes(conn, records)
                     await self._producer.acked(sends)
                 return
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
+            except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
                 log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",
                             len(records), type(exc).__name__, exc, delay)
             finally:

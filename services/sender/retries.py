@@ -17,6 +17,7 @@ import asyncpg
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.kafka import RenewableProducer
 from services.core.model import DeliveryTask
 
@@ -84,7 +85,7 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
                     metrics.RETRY_BACKLOG.labels(tier).set(0)
                 for row in rows:
                     metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, KafkaError, TimeoutError) as exc:
+        except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
             log.warning("retry pump failed (%s: %s); trying again shortly", type(exc).__name__, exc)
             moved = 0
             await asyncio.sleep(1.0)

@@ -31,6 +31,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError
 
 from services.core import metrics
+from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.kafka import ensure_topics, internal_topic_configs, make_consumer, open_producer
 from services.core.model import (
     AttemptRecord,
@@ -167,7 +168,7 @@ class Sender:
             rows = await self._pool.fetch(
                 "SELECT id, attempts FROM deliveries WHERE id = ANY($1::bigint[])",
                 list({t.delivery_id for t in tasks}))
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+        except TRANSIENT_DB_ERRORS as exc:
             log.warning("could not check for replayed deliveries (%s); sending them all", exc)
             return set()
         attempts = {r["id"]: r["attempts"] for r in rows}
@@ -214,7 +215,7 @@ class Sender:
         while True:
             try:
                 return await self._directory.fetch(self._pool, webhook_id)
-            except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
+            except TRANSIENT_DB_ERRORS as exc:
                 log.warning("looking up webhook failed (%s); retrying in %.1fs", exc, delay,
                             extra={"webhook_id": webhook_id})
             await asyncio.sleep(delay)

@@ -129,3 +129,20 @@ async def test_a_producer_whose_acks_stall_is_replaced_and_keeps_working(hs_sett
         assert producer._producer is not first  # replaced
         metadata = await producer.send_and_wait(hs_settings.source_topics[1], b"{}", key=b"k")
         assert metadata.offset >= 0  # and the new one works
+
+
+async def test_a_producer_that_lost_its_idempotence_state_is_replaced(hs_settings):
+    """After a broker restart every send can fail with OutOfOrderSequenceNumber until the producer
+    starts over: such a failure replaces it, so the caller's retry goes through."""
+    import asyncio
+
+    from aiokafka.errors import OutOfOrderSequenceNumber
+
+    async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
+        first = producer._producer
+        failed = asyncio.get_running_loop().create_future()
+        failed.set_exception(OutOfOrderSequenceNumber())
+        with pytest.raises(OutOfOrderSequenceNumber):
+            await producer.acked([failed])
+        assert producer._producer is not first
+        assert (await producer.send_and_wait(hs_settings.source_topics[1], b"{}", key=b"k")).offset >= 0
