@@ -116,9 +116,9 @@ class SteadyPublisher:
             try:
                 # A producer stuck after the broker restart is replaced by acked() (aiokafka#1018).
                 results = await producer.acked([f for _, f in futures], return_exceptions=True)
-            except TimeoutError:
+            except (TimeoutError, KafkaError) as exc:  # stuck, or replaced while the broker is still down
                 discard([f for _, f in futures])
-                results = [TimeoutError()] * len(futures)
+                results = [exc] * len(futures)
             for (event, _), result in zip(futures, results, strict=True):
                 if isinstance(result, BaseException):
                     failed.append(event)

@@ -84,13 +84,16 @@ class RenewableProducer:
         return results
 
     async def renew(self, stuck: AIOKafkaProducer | None) -> None:
+        """Replace ``stuck`` with a started producer. If the broker cannot be reached yet, the error
+        propagates and the old producer stays in place until the caller's next retry renews it."""
         async with self._renewing:
             if self._producer is not stuck:
                 return  # another caller already replaced it
             log.warning("Kafka producer stuck (no acknowledgement within %.0fs, or its idempotence state was"
                         " lost); replacing it", ACK_TIMEOUT_S)
-            old = self._producer
-            await self.start()
+            fresh = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)
+            await fresh.start()
+            old, self._producer = self._producer, fresh
             if old is not None:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(old.stop(), _STOP_STUCK_PRODUCER_S)
