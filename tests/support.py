@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import uuid
 from collections.abc import Iterable
+from dataclasses import dataclass
 
 import asyncpg
 import orjson
@@ -15,6 +16,18 @@ from services.core.orgs import create_organization
 from services.core.publish import make_event
 from services.core.signing import generate_secret
 from services.core.validation import EVENT_TYPES
+
+
+@dataclass(frozen=True)
+class ApiOrg:
+    """An organization as an API client sees it: its id and the headers that carry its key."""
+
+    id: str
+    key: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.key}"}
 
 
 async def make_org(conn: asyncpg.Connection, name: str, stores: Iterable[str] = ("store_1", "store_2")) -> tuple[str, str]:

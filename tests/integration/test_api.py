@@ -27,6 +27,7 @@ from services.core.signing import decode_secret
 from services.core.validation import EVENT_TYPES
 from tests.conftest import free_port, wait_for
 from tests.receiver import Receiver
+from tests.support import ApiOrg
 
 pytestmark = pytest.mark.integration
 
@@ -34,23 +35,13 @@ NOW = dt.datetime.now(dt.UTC)
 
 
 @dataclass
-class Org:
-    id: str
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-@dataclass
 class Api:
     client: TestClient
     db: asyncpg.Connection
-    a: Org
-    b: Org
+    a: ApiOrg
+    b: ApiOrg
 
-    async def call(self, method: str, path: str, org: Org | None = None, *, json=None, data=None,
+    async def call(self, method: str, path: str, org: ApiOrg | None = None, *, json=None, data=None,
                    params=None, status: int | None = None):
         """Request as ``org`` (default: org A); asserts ``status`` if given; returns (status, JSON or None)."""
         org = org or self.a
@@ -66,10 +57,10 @@ class Api:
                 assert response.status == status, (method, path, response.status, body)
             return response.status, body
 
-    async def store(self, store_id: str, org: Org | None = None) -> None:
+    async def store(self, store_id: str, org: ApiOrg | None = None) -> None:
         await self.call("POST", "/v1/stores", org, json={"id": store_id, "name": f"Store {store_id}"}, status=201)
 
-    async def webhook(self, org: Org | None = None, **fields) -> dict:
+    async def webhook(self, org: ApiOrg | None = None, **fields) -> dict:
         body = {"url": "https://example.com/hook", "event_types": ["order.created"], "store_ids": ["s1"], **fields}
         _, created = await self.call("POST", "/v1/webhooks", org, json=body, status=201)
         return created
@@ -93,14 +84,14 @@ async def start_client(settings: Settings, pool: asyncpg.Pool) -> TestClient:
 
 @pytest.fixture
 async def api(database_url, db, pool, infra_env) -> AsyncIterator[Api]:
-    """Org A with stores s1, s2, s3; org B with store s1 (same id, other organization). allow_http and
+    """ApiOrg A with stores s1, s2, s3; org B with store s1 (same id, other organization). allow_http and
     allow_private_networks are on here (tests point webhooks at local receivers); the SSRF test turns them off."""
     settings = settings_for(database_url, infra_env["KAFKA_BOOTSTRAP_SERVERS"], allow_http=True,
                             allow_private_networks=True)
     client = await start_client(settings, pool)
     try:
-        a = Org(*await create_organization(db, "A"))
-        b = Org(*await create_organization(db, "B"))
+        a = ApiOrg(*await create_organization(db, "A"))
+        b = ApiOrg(*await create_organization(db, "B"))
         harness = Api(client, db, a, b)
         for store_id in ("s1", "s2", "s3"):
             await harness.store(store_id, a)
@@ -353,7 +344,7 @@ async def test_default_settings_refuse_http_and_private_endpoints(database_url, 
     assert settings.allow_http is False and settings.allow_private_networks is False
     client = await start_client(settings, pool)
     try:
-        org = Org(*await create_organization(db, "strict"))
+        org = ApiOrg(*await create_organization(db, "strict"))
         api = Api(client, db, org, org)
         await api.store("s1")
         for url in ("http://example.com/hook", "http://127.0.0.1:8080/hook", "https://127.0.0.1/hook",
@@ -501,7 +492,7 @@ async def test_test_send_is_delivered_signed_by_the_sender(database_url, db, poo
     client = await start_client(settings, pool)
     try:
         async with Receiver() as receiver:
-            org = Org(*await create_organization(db, "e2e"))
+            org = ApiOrg(*await create_organization(db, "e2e"))
             api = Api(client, db, org, org)
             await api.store("s1")
             wh = await api.webhook(url=receiver.url("/hook"))

@@ -37,6 +37,7 @@ from schemathesis.specs.openapi.checks import (
 
 from services.core.orgs import create_organization
 from tests.conftest import wait_for
+from tests.support import ApiOrg
 
 pytestmark = pytest.mark.integration
 
@@ -49,20 +50,10 @@ REQUEST_TIMEOUT_S = 10
 
 
 @dataclass
-class Org:
-    id: str
-    key: str
-
-    @property
-    def headers(self) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.key}"}
-
-
-@dataclass
 class Server:
     base_url: str
-    a: Org
-    b: Org
+    a: ApiOrg
+    b: ApiOrg
     # Resources of organization A, for path parameters
     store_id: str
     webhook_id: str
@@ -94,8 +85,8 @@ def assert_error_shape(status: int, body: Any, context: Any) -> None:
 async def server(db, spawn, hs_env) -> AsyncIterator[Server]:
     """`hookstream api` on its own port; organization A with a store, a webhook and one delivery
     (a test send, left pending: no sender runs here), organization B with a store and a webhook."""
-    a = Org(*await create_organization(db, "A"))
-    b = Org(*await create_organization(db, "B"))
+    a = ApiOrg(*await create_organization(db, "A"))
+    b = ApiOrg(*await create_organization(db, "B"))
     process = spawn("api")
     base_url = f"http://{hs_env['HOOKSTREAM_API_LISTEN']}"
 

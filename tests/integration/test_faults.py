@@ -54,40 +54,21 @@ async def _finish(stream: Stream, scenario: str, fault_start: float, fault_end: 
     return result
 
 
-async def test_router_sigkill_mid_stream(database_url, hs_settings, spawn):
+@pytest.mark.parametrize("victim", [ROUTER, SENDER])
+async def test_sigkill_mid_stream(victim, database_url, hs_settings, spawn):
     async with Receiver() as receiver:
         stream = await make_stream(database_url, hs_settings, receiver)
-        router = spawn(ROUTER)
-        sender = spawn(SENDER)
+        processes = {ROUTER: spawn(ROUTER), SENDER: spawn(SENDER)}
         stream.publisher.start()
         try:
             await faults.wait_mid_stream(stream)
             fault_start = time.time()
-            router.proc.send_signal(signal.SIGKILL)
-            router.proc.wait(10)
-            router = spawn(ROUTER)
+            processes[victim].proc.send_signal(signal.SIGKILL)
+            processes[victim].proc.wait(10)
+            processes[victim] = spawn(victim)
             fault_end = time.time()
-            await _finish(stream, "router-sigkill", fault_start, fault_end)
-            assert_alive(router, sender)
-        finally:
-            await stream.publisher.aclose()
-
-
-async def test_sender_sigkill_mid_stream(database_url, hs_settings, spawn):
-    async with Receiver() as receiver:
-        stream = await make_stream(database_url, hs_settings, receiver)
-        router = spawn(ROUTER)
-        sender = spawn(SENDER)
-        stream.publisher.start()
-        try:
-            await faults.wait_mid_stream(stream)
-            fault_start = time.time()
-            sender.proc.send_signal(signal.SIGKILL)
-            sender.proc.wait(10)
-            sender = spawn(SENDER)
-            fault_end = time.time()
-            await _finish(stream, "sender-sigkill", fault_start, fault_end)
-            assert_alive(router, sender)
+            await _finish(stream, f"{victim}-sigkill", fault_start, fault_end)
+            assert_alive(*processes.values())
         finally:
             await stream.publisher.aclose()
 
