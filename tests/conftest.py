@@ -25,6 +25,7 @@ import pytest
 
 from services.core.db import migrate
 from services.core.settings import Settings
+from tests.support import isolated_names
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ENV = ROOT / ".local" / "env"
@@ -125,12 +126,7 @@ def hs_env(infra_env, database_url) -> dict[str, str]:
     return {
         "KAFKA_BOOTSTRAP_SERVERS": infra_env["KAFKA_BOOTSTRAP_SERVERS"],
         "DATABASE_URL": database_url,
-        "HOOKSTREAM_SOURCE_TOPICS": f"{uid}.products,{uid}.orders",
-        "HOOKSTREAM_STATUS_TOPIC": f"{uid}.delivery-status",
-        "HOOKSTREAM_DEAD_LETTER_TOPIC": f"{uid}.dead-letter",
-        "HOOKSTREAM_DELIVERY_TOPIC": f"{uid}.deliveries",
-        "HOOKSTREAM_ROUTER_GROUP": f"{uid}-router",
-        "HOOKSTREAM_SENDER_GROUP": f"{uid}-sender",
+        **isolated_names(uid),
         "HOOKSTREAM_RETRY_DELAYS": "300ms,300ms,300ms",
         # Generous for a receiver that shares a busy 2-core machine with the whole suite.
         "HOOKSTREAM_REQUEST_TIMEOUT": "5s",

@@ -18,6 +18,18 @@ from services.core.signing import generate_secret
 from services.core.validation import EVENT_TYPES
 
 
+def isolated_names(uid: str) -> dict[str, str]:
+    """Topics and consumer groups of one's own, so concurrent tests and bench runs never share data."""
+    return {
+        "HOOKSTREAM_SOURCE_TOPICS": f"{uid}.products,{uid}.orders",
+        "HOOKSTREAM_STATUS_TOPIC": f"{uid}.delivery-status",
+        "HOOKSTREAM_DEAD_LETTER_TOPIC": f"{uid}.dead-letter",
+        "HOOKSTREAM_DELIVERY_TOPIC": f"{uid}.deliveries",
+        "HOOKSTREAM_ROUTER_GROUP": f"{uid}-router",
+        "HOOKSTREAM_SENDER_GROUP": f"{uid}-sender",
+    }
+
+
 @dataclass(frozen=True)
 class ApiOrg:
     """An organization as an API client sees it: its id and the headers that carry its key."""

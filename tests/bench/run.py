@@ -41,6 +41,7 @@ from services.core.kafka import ensure_topics, open_producer
 from services.core.orgs import create_organization
 from services.core.signing import decode_secret, generate_secret, signature_header
 from services.core.validation import Rejection, validate_event
+from tests.support import isolated_names
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / ".local" / "bench" / "results.json"
@@ -213,12 +214,7 @@ class Scenario:
         self.env = {
             "KAFKA_BOOTSTRAP_SERVERS": bench.bootstrap,
             "DATABASE_URL": url,
-            "HOOKSTREAM_SOURCE_TOPICS": f"{uid}.products,{uid}.orders",
-            "HOOKSTREAM_STATUS_TOPIC": f"{uid}.delivery-status",
-            "HOOKSTREAM_DEAD_LETTER_TOPIC": f"{uid}.dead-letter",
-            "HOOKSTREAM_DELIVERY_TOPIC": f"{uid}.deliveries",
-            "HOOKSTREAM_ROUTER_GROUP": f"{uid}-router",
-            "HOOKSTREAM_SENDER_GROUP": f"{uid}-sender",
+            **isolated_names(uid),
             "HOOKSTREAM_RETRY_DELAYS": "30s,5m,30m",
             "HOOKSTREAM_ALLOW_HTTP": "true",
             "HOOKSTREAM_ALLOW_PRIVATE_NETWORKS": "true",
