@@ -92,7 +92,12 @@ class RenewableProducer:
             log.warning("Kafka producer stuck (no acknowledgement within %.0fs, or its idempotence state was"
                         " lost); replacing it", ACK_TIMEOUT_S)
             fresh = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)
-            await fresh.start()
+            try:
+                await fresh.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()  # release what a failed start opened
+                raise
             old, self._producer = self._producer, fresh
             if old is not None:
                 with contextlib.suppress(Exception):
