@@ -25,10 +25,17 @@ async def _init_connection(conn: asyncpg.Connection) -> None:
                               decoder=orjson.loads, schema="pg_catalog")
 
 
+async def _keep_session(conn: asyncpg.Connection) -> None:
+    """Released connections skip asyncpg's default reset query (UNLISTEN, RESET ALL, advisory unlock;
+    one more round trip per use): hookstream never changes session state on pooled connections. An
+    open transaction is still rolled back by asyncpg before this runs."""
+
+
 @contextlib.asynccontextmanager
 async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
     """An asyncpg pool that is closed on exit."""
-    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection)
+    pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection,
+                                     reset=_keep_session)
     try:
         yield pool
     finally:

@@ -135,7 +135,11 @@ def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsume
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        "fetch_max_wait_ms": 50,
+        # A fetch waits for 64 KiB or 10 ms, whichever comes first, instead of returning each new record
+        # at once: fewer, fuller fetches for at most 10 ms per hop. At a steady 500 events/s this cut
+        # the router's CPU from 38 % to 33 % of a core and the sender's from 48 % to 41 % (BENCHMARKS.md).
+        "fetch_max_wait_ms": 10,
+        "fetch_min_bytes": 64 * 1024,
         "max_partition_fetch_bytes": 4 * 1024 * 1024,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 1_000,

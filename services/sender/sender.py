@@ -101,8 +101,7 @@ class Sender:
         self._assigned_at_ms: dict[TopicPartition, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group,
-                                 fetch_max_wait_ms=20)
+        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group)
         consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
         await consumer.start()
         committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")

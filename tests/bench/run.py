@@ -18,6 +18,7 @@ import asyncio
 import contextlib
 import dataclasses
 import datetime as dt
+import gc
 import logging
 import os
 import secrets
@@ -34,6 +35,7 @@ from urllib.parse import urlsplit, urlunsplit
 import aiohttp
 import asyncpg
 import orjson
+import uvloop
 from aiokafka import AIOKafkaConsumer
 
 from services.core.db import migrate
@@ -55,6 +57,10 @@ ENDPOINT_MAX_CONCURRENCY = 32
 ENDPOINT_MAX_QUEUED = 256
 ISOLATION_TIMEOUT = "2s"
 POLL_S = 0.05
+PUBLISH_TICK_S = 0.005
+# The latency scenario publishes this long at its rate before the measured events, in one steady
+# stream, so that p50/p99 describe the steady state the issue asks for, not the ramp from idle.
+LATENCY_WARMUP_S = 3.0
 
 RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "fanout_rps",
                "isolation_ratio", "sender_peak_rss_mb", "scale_2_over_1")
@@ -191,6 +197,7 @@ class Scenario:
     org_id: str = ""
     hooks: list[str] = field(default_factory=list)  # webhook ids
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    profilers: list[subprocess.Popen] = field(default_factory=list)
     conn: asyncpg.Connection | None = None
 
     @property
@@ -251,6 +258,11 @@ class Scenario:
                 await asyncio.to_thread(proc.wait, 40)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        for profiler in self.profilers:
+            try:
+                await asyncio.to_thread(profiler.wait, 30)
+            except subprocess.TimeoutExpired:
+                profiler.kill()
         if self.conn:
             await self.conn.close()
         admin = await asyncpg.connect(self.bench.admin_url)
@@ -263,12 +275,16 @@ class Scenario:
         env = {**os.environ, **self.env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
                **(extra_env or {})}
         log_path = self.bench.log_dir / f"{self.name}-{role}-{len(self.procs)}.log"
-        prefix = [sys.executable]
-        if self.bench.profile_dir is not None:
-            prof = self.bench.profile_dir / f"{self.name}-{role}-{len(self.procs)}.prof"
-            prefix += ["-m", "cProfile", "-o", str(prof)]
-        proc = subprocess.Popen([*prefix, "-m", "services.cli", role], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, "-m", "services.cli", role], cwd=ROOT, env=env,
                                 stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        if self.bench.profile_dir is not None:
+            # Sampled from outside (py-spy, non-blocking), so the profile barely slows what it measures;
+            # it ends, writing collapsed stacks, when the process exits.
+            prof = self.bench.profile_dir / f"{self.name}-{role}-{len(self.procs)}.txt"
+            self.profilers.append(subprocess.Popen(
+                [str(Path(sys.executable).with_name("py-spy")), "record", "--pid", str(proc.pid), "--rate", "200",
+                 "--nonblocking", "--format", "raw", "--output", str(prof)],
+                stdout=subprocess.DEVNULL, stderr=open(log_path.with_suffix(".py-spy.log"), "ab")))
         self.procs.append((role, proc))
         return proc
 
@@ -286,9 +302,10 @@ class Scenario:
         began = time.monotonic()
         for i in range(count):
             if rate_per_s is not None:
+                # Wake every PUBLISH_TICK_S and send what is due: a steady rate without one timer per event.
                 due = began + i / rate_per_s
                 if (wait := due - time.monotonic()) > 0:
-                    await asyncio.sleep(wait)
+                    await asyncio.sleep(max(wait, PUBLISH_TICK_S))
             event_id, value, key = event_bytes(self.org_id, start + i, sent_at=time.time() if stamp else None)
             ids.append(event_id)
             futures.append(await producer.send(self.orders_topic, value=value, key=key))
@@ -484,15 +501,68 @@ class Bench:
             sc.start("router")
             sc.start("sender")
             await sc.warm_up()
+            rate = self.sizes.latency_rate
+            count = int(self.sizes.latency_s * rate)
+            warm = int(min(LATENCY_WARMUP_S, self.sizes.latency_s) * rate)
+            # While publishing, this process does nothing else: the status topic is read (from its
+            # start) afterwards, and a collector pause here, which would hold stamped events in the
+            # producer and count as hookstream's latency, waits until the publishing ends.
+            meter = CpuMeter({role: proc.pid for role, proc in sc.procs} | {"sink": self.sink.proc.pid})
+            gc.disable()
+            try:
+                ids = await sc.publish(warm + count, rate_per_s=rate, stamp=True)
+            finally:
+                gc.enable()
+            log(f"{sc.name}: CPU while publishing, in % of one core: {meter.report()}")
             async with StatusReader(self.bootstrap, sc.status_topic) as status:
-                count = int(self.sizes.latency_s * self.sizes.latency_rate)
-                ids = await sc.publish(count, rate_per_s=self.sizes.latency_rate, stamp=True)
                 _, records = await self.measure_delivery(sc, ids, sc.hooks, time.time(), status)
-            wanted = set(ids)
+            # Every event is delivered and verified; the first ``warm`` (the ramp from idle) are not timed.
+            wanted = set(ids[warm:])
             latencies = [(r[2] - r[3]) * 1000 for r in records if r[1] in wanted and r[3] is not None]
             if len(latencies) < count:
                 raise BenchFailure(f"latency: only {len(latencies)} of {count} events carried their publish time")
+            ramp = [(r[2] - r[3]) * 1000 for r in records if r[1] in set(ids[:warm]) and r[3] is not None]
+            if ramp:
+                log(f"{sc.name}: ramp from idle (first {warm} events, not timed): p50={percentile(ramp, 0.5):.0f}ms"
+                    f" p99={percentile(ramp, 0.99):.0f}ms")
+            await self.log_latency_stages(sc, [r for r in records if r[1] in wanted])
             return percentile(latencies, 0.50), percentile(latencies, 0.99)
+
+    async def log_latency_stages(self, sc: Scenario, records: list) -> None:
+        """Where the time goes: published -> routed (the router's store statement began) -> attempt
+        started (the sender's POST began) -> received by the sink; p50/p99 of each stage, and the
+        seconds of the run in which the slowest 1 % of events were published (a cluster = a stall)."""
+        rows = await sc.conn.fetch(
+            "SELECT d.event_id, extract(epoch FROM d.created_at) AS routed, extract(epoch FROM a.started_at) AS sent"
+            " FROM deliveries d JOIN attempts a ON a.delivery_id = d.id AND a.attempt = 1")
+        stages = {r["event_id"]: (float(r["routed"]), float(r["sent"])) for r in rows}
+        spans: dict[str, list[float]] = {"publish->routed": [], "routed->post": [], "post->sink": []}
+        total = []
+        for _path, event_id, arrived, published, _valid in records:
+            if event_id not in stages:
+                continue
+            routed, sent = stages[event_id]
+            spans["publish->routed"].append((routed - published) * 1000)
+            spans["routed->post"].append((sent - routed) * 1000)
+            spans["post->sink"].append((arrived - sent) * 1000)
+            total.append((arrived - published, published, routed - published, sent - routed, arrived - sent))
+        if not total:
+            return
+        (self.log_dir / f"{sc.name}-stages.json").write_bytes(orjson.dumps(sorted(total, key=lambda t: t[1])))
+        parts = ", ".join(f"{name} p50={percentile(v, 0.5):.0f}ms p99={percentile(v, 0.99):.0f}ms"
+                          for name, v in spans.items())
+        log(f"{sc.name}: stages: {parts}")
+        total.sort()
+        start = min(t[1] for t in total)
+        slow = total[int(len(total) * 0.99):]
+        seconds: dict[int, int] = {}
+        for t in slow:
+            seconds[int(t[1] - start)] = seconds.get(int(t[1] - start), 0) + 1
+        log(f"{sc.name}: slowest 1% by second of the run: "
+            + ", ".join(f"{s}s:{n}" for s, n in sorted(seconds.items()))
+            + "; their stages (median ms): " + ", ".join(
+                f"{name}={statistics.median(t[i] for t in slow) * 1000:.0f}"
+                for i, name in enumerate(spans, start=2)))
 
     async def fanout(self) -> float:
         async with Scenario(self, "fanout", self.sizes.fanout_webhooks) as sc:
@@ -588,6 +658,48 @@ class Bench:
             raise BenchFailure(f"delivery topic {topic} never held {n} tasks")
         finally:
             await consumer.stop()
+
+
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds a process has used so far (0 when it is gone)."""
+    with contextlib.suppress(OSError, IndexError, ValueError):
+        with open(f"/proc/{pid}/stat") as fh:
+            fields = fh.read().rsplit(")", 1)[1].split()
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+    return 0.0
+
+
+def machine_busy_seconds() -> float:
+    """CPU seconds all cores have spent busy (not idle, not waiting for I/O) since boot."""
+    with open("/proc/stat") as fh:
+        ticks = [int(x) for x in fh.readline().split()[1:]]
+    return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+class CpuMeter:
+    """Where the CPU went during a stretch: named processes, this harness, and the rest of the machine
+    (Kafka, PostgreSQL, the kernel), each in % of one core."""
+
+    def __init__(self, pids: dict[str, int]) -> None:
+        self._pids = pids
+        self._start = self._read()
+
+    def _read(self) -> dict[str, float]:
+        now = {name: cpu_seconds(pid) for name, pid in self._pids.items()}
+        now["harness"] = cpu_seconds(os.getpid())
+        now["machine"] = machine_busy_seconds()
+        now["wall"] = time.monotonic()
+        return now
+
+    def report(self) -> str:
+        end = self._read()
+        used = {k: end[k] - self._start[k] for k in end}
+        wall = used.pop("wall")
+        machine = used.pop("machine")
+        rest = machine - sum(used.values())
+        parts = [f"{name} {100 * v / wall:.0f}%" for name, v in used.items()]
+        return (", ".join(parts) + f", everything else (Kafka, PostgreSQL, kernel) {100 * rest / wall:.0f}%;"
+                f" machine busy {100 * machine / wall:.0f}% of {100 * (os.cpu_count() or 1)}%")
 
 
 def read_vm_hwm_kb(pid: int) -> int:
@@ -731,7 +843,7 @@ def build_parser() -> argparse.ArgumentParser:
                         "hookstream's own default)")
     p.add_argument("--only", help=f"comma-separated subset of {','.join(SCENARIOS)}")
     p.add_argument("--profile", action="store_true",
-                   help="run router and senders under cProfile (profiles/*.prof next to --out)")
+                   help="sample router and senders with py-spy (collapsed stacks in profiles/*.txt next to --out)")
     p.add_argument("--out", default=str(DEFAULT_OUT), help=f"results file (default {DEFAULT_OUT})")
     return p
 
@@ -739,7 +851,9 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # aiokafka warns while a fresh topic elects its leaders; the sends are retried and awaited.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    return asyncio.run(amain(build_parser().parse_args(argv)))
+    # The same event loop as hookstream's processes (services.cli): the baseline client is then a
+    # like-for-like ceiling for the sender, and the publisher takes less CPU from what it measures.
+    return uvloop.run(amain(build_parser().parse_args(argv)))
 
 
 if __name__ == "__main__":

@@ -125,12 +125,18 @@ if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
     fi
 fi
 
+# Kafka's own heap default (1 GiB, fixed) and G1. One parallel/concurrent GC thread and the fewest JIT
+# compiler threads: on a 2-core machine shared with PostgreSQL and hookstream, the JVM's background
+# bursts (JIT compiles, concurrent marking) would otherwise take both cores at once and stall every
+# process beside it (BENCHMARKS.md, latency). Override with KAFKA_JVM_OPTS.
+KAFKA_JVM_OPTS=${KAFKA_JVM_OPTS:--Xms1g -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -XX:ParallelGCThreads=1 -XX:ConcGCThreads=1 -XX:CICompilerCount=2}
 kafka_say "starting broker on 127.0.0.1:$KAFKA_PORT (controller 127.0.0.1:$KAFKA_CONTROLLER_PORT), log $KAFKA_LOG"
 echo "==== $(date -Is) start.sh starting broker ====" >> "$KAFKA_LOG"
 # setsid: the broker must outlive the shell (and any Ctrl-C / process group kill) that started it.
 (
     cd "$KAFKA_BASE"
-    exec setsid java -Xms256m -Xmx1g -XX:+UseG1GC -XX:MaxGCPauseMillis=20 -Djava.awt.headless=true \
+    exec setsid java $KAFKA_JVM_OPTS -Djava.awt.headless=true \
+        -Xlog:gc:file="$(dirname "$KAFKA_LOG")/gc.log":time,uptime:filecount=2,filesize=10m \
         -Dlog4j2.configurationFile="$KAFKA_LOG4J" \
         -cp "$KAFKA_LIBS/*" kafka.Kafka "$KAFKA_PROPS" >> "$KAFKA_LOG" 2>&1 < /dev/null
 ) &
