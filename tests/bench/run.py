@@ -210,6 +210,7 @@ class Scenario:
 
     async def __aenter__(self) -> Scenario:
         bench = self.bench
+        await settle(self.name)
         uid = f"b{secrets.token_hex(5)}"
         self.db_name = f"hs_bench_{uid}"
         admin = await asyncpg.connect(bench.admin_url)
@@ -331,6 +332,19 @@ class Scenario:
             await asyncio.sleep(POLL_S)
         raise BenchFailure(f"{self.name}: timed out after {timeout_s:.0f}s waiting for {what}")
 
+    async def wait_status(self, status: StatusReader, target: int, timeout_s: float) -> float:
+        """time.time() at which the status topic held ``target`` succeeded records. Waiting on the topic
+        (read anyway) instead of polling a count in PostgreSQL keeps the harness's queries off the
+        database under test while the scenario runs; the database is checked once the topic is complete."""
+        waiter = asyncio.ensure_future(status.wait_for(target, timeout_s))
+        try:
+            while not waiter.done():
+                self.check_alive()
+                await asyncio.wait({waiter}, timeout=0.5)
+            return waiter.result()
+        finally:
+            waiter.cancel()
+
     async def wait_succeeded(self, expected: int, hooks: list[str] | None = None, timeout_s: float | None = None
                              ) -> float:
         timeout_s = timeout_s or 120 + expected / 100
@@ -438,9 +452,9 @@ class Bench:
         return (deliveries per second since ``t0``, sink records)."""
         expected = {(h, e) for h in hooks for e in ids}
         warm = 5 * len(sc.hooks)  # warm-up deliveries are also succeeded rows
-        in_db = await sc.wait_succeeded(len(expected) + warm * (len(hooks) == len(sc.hooks)), hooks=hooks)
-        on_topic = await status.wait_for(len(expected) + warm * (len(hooks) == len(sc.hooks)),
-                                         timeout_s=120 + len(expected) / 100)
+        target = len(expected) + warm * (len(hooks) == len(sc.hooks))
+        on_topic = await sc.wait_status(status, target, timeout_s=120 + len(expected) / 100)
+        in_db = await sc.wait_succeeded(target, hooks=hooks)
         end = max(in_db, on_topic)
         records = await self.sink.dump()
         await sc.verify(expected, status, [r for r in records if r[0].removeprefix("/h/") in set(hooks)])
@@ -574,8 +588,8 @@ class Bench:
                 ids = await sc.publish(self.sizes.fanout_events)
                 expected = {(h, e) for h in sc.hooks for e in ids}
                 warm = len(sc.hooks)
+                on_topic = await sc.wait_status(status, len(expected) + warm, timeout_s=120 + len(expected) / 100)
                 in_db = await sc.wait_succeeded(len(expected) + warm)
-                on_topic = await status.wait_for(len(expected) + warm, timeout_s=120 + len(expected) / 100)
                 records = await self.sink.dump()
                 await sc.verify(expected, status, records)
                 return len(expected) / (max(in_db, on_topic) - t0)
@@ -595,12 +609,12 @@ class Bench:
                     t0 = time.time()
                     ids = await sc.publish(self.sizes.isolation_events)
                     expected = {(h, e) for h in healthy for e in ids}
-                    in_db = await sc.wait_succeeded(len(expected) + len(healthy), hooks=healthy)
 
                     async def on_topic() -> bool:
                         return len({p for p in status.succeeded if p[0] != hanging}) >= len(expected) + len(healthy)
 
                     topic_at = await sc.wait_until("healthy status records", on_topic, 120 + len(expected) / 100)
+                    in_db = await sc.wait_succeeded(len(expected) + len(healthy), hooks=healthy)
                     records = await self.sink.dump()
                     await sc.verify(expected, status, [r for r in records if r[0] != f"/h/{hanging}"])
                     return len(expected) / (max(in_db, topic_at) - t0)
@@ -629,10 +643,10 @@ class Bench:
                 async def done() -> bool:
                     nonlocal peak_kb
                     peak_kb = max(peak_kb, read_vm_hwm_kb(procs[0].pid))
-                    return await sc.count_succeeded() >= n
+                    return len(status.succeeded) >= n
 
-                in_db = await sc.wait_until(f"{n} succeeded", done, 120 + n / 100)
-                on_topic = await status.wait_for(n, timeout_s=120 + n / 100)
+                on_topic = await sc.wait_until(f"{n} succeeded status records", done, 120 + n / 100)
+                in_db = await sc.wait_succeeded(n)
                 peak_kb = max(peak_kb, read_vm_hwm_kb(procs[0].pid))
                 records = await self.sink.dump()
                 await sc.verify({(sc.hooks[0], e) for e in ids}, status, records)
@@ -674,6 +688,21 @@ def machine_busy_seconds() -> float:
     with open("/proc/stat") as fh:
         ticks = [int(x) for x in fh.readline().split()[1:]]
     return (sum(ticks) - ticks[3] - ticks[4]) / os.sysconf("SC_CLK_TCK")
+
+
+async def settle(name: str, *, quiet_pct: float = 25.0, max_wait_s: float = 20.0) -> None:
+    """Wait (up to ``max_wait_s``) until the machine is quiet: the previous scenario's after-work
+    (dropping its database and the checkpoint that forces, the broker flushing) must not be measured
+    as this scenario's."""
+    deadline = time.monotonic() + max_wait_s
+    busy = 100.0
+    while time.monotonic() < deadline:
+        before, t0 = machine_busy_seconds(), time.monotonic()
+        await asyncio.sleep(0.5)
+        busy = 100 * (machine_busy_seconds() - before) / (time.monotonic() - t0)
+        if busy < quiet_pct:
+            return
+    log(f"{name}: the machine did not settle below {quiet_pct:.0f}% busy in {max_wait_s:.0f}s (last {busy:.0f}%)")
 
 
 class CpuMeter:

@@ -11,7 +11,7 @@ import asyncpg
 import orjson
 import pytest
 
-from services.core.db import list_migrations, migrate
+from services.core.db import list_migrations, migrate, open_pool
 from services.core.kafka import open_producer
 from services.core.publish import PublishError, make_event, publish_event
 from tests.conftest import ROOT, unique_id, with_database
@@ -51,6 +51,21 @@ async def test_migrations_apply_once_and_twice_is_a_no_op(empty_database):
 def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           input=stdin, capture_output=True, text=True, timeout=60)
+
+
+async def test_a_pooled_connection_returns_without_an_unfinished_transaction(database_url):
+    # The pool skips asyncpg's session reset query; what it must still do is roll back a transaction
+    # its last user left open, so the next user neither sees nor commits that work.
+    async with open_pool(database_url, min_size=1, max_size=1) as pool:
+        async with pool.acquire() as conn:
+            await conn.execute("BEGIN")
+            await conn.execute("INSERT INTO organizations (id, name) VALUES ('org_left_open', 'x')")
+        async with pool.acquire() as conn:
+            assert not conn.is_in_transaction()
+            await conn.execute("INSERT INTO organizations (id, name) VALUES ('org_next', 'y')")
+        names = {r["id"] for r in await pool.fetch("SELECT id FROM organizations WHERE id LIKE 'org_%'")}
+    assert "org_next" in names
+    assert "org_left_open" not in names
 
 
 async def test_cli_migrate_twice(empty_database, hs_env):
