@@ -457,7 +457,8 @@ class Bench:
         in_db = await sc.wait_succeeded(target, hooks=hooks)
         end = max(in_db, on_topic)
         records = await self.sink.dump()
-        await sc.verify(expected, status, [r for r in records if r[0].removeprefix("/h/") in set(hooks)])
+        measured_hooks = set(hooks)
+        await sc.verify(expected, status, [r for r in records if r[0].removeprefix("/h/") in measured_hooks])
         return len(expected) / (end - t0), records
 
     async def baseline(self) -> float:
@@ -535,7 +536,8 @@ class Bench:
             latencies = [(r[2] - r[3]) * 1000 for r in records if r[1] in wanted and r[3] is not None]
             if len(latencies) < count:
                 raise BenchFailure(f"latency: only {len(latencies)} of {count} events carried their publish time")
-            ramp = [(r[2] - r[3]) * 1000 for r in records if r[1] in set(ids[:warm]) and r[3] is not None]
+            ramp_ids = set(ids[:warm])
+            ramp = [(r[2] - r[3]) * 1000 for r in records if r[1] in ramp_ids and r[3] is not None]
             if ramp:
                 log(f"{sc.name}: ramp from idle (first {warm} events, not timed): p50={percentile(ramp, 0.5):.0f}ms"
                     f" p99={percentile(ramp, 0.99):.0f}ms")
