@@ -11,6 +11,7 @@ from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
+    KafkaError,
     OutOfOrderSequenceNumber,
     ProducerFenced,
     TopicAlreadyExistsError,
@@ -127,6 +128,18 @@ async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[RenewableP
         yield producer
     finally:
         await producer.stop()
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict, *, owner: str, otherwise: str) -> bool:
+    """Commit ``offsets``; True when committed. A failed commit (the partitions moved to another
+    replica, or the broker is away) is logged, ``owner`` and ``otherwise`` saying whose and what
+    follows: whatever stays uncommitted is replayed from the last commit, a duplicate, never a loss."""
+    try:
+        await consumer.commit(offsets)
+    except KafkaError as exc:
+        log.warning("%s offset commit failed (%s); %s", owner, exc, otherwise)
+        return False
+    return True
 
 
 def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsumer:

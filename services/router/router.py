@@ -28,6 +28,7 @@ from services.core import metrics
 from services.core.db import TRANSIENT_DB_ERRORS
 from services.core.kafka import (
     RenewableProducer,
+    commit_offsets,
     ensure_topics,
     internal_topic_configs,
     make_consumer,
@@ -213,12 +214,8 @@ class Router:
             offsets = {tp: offset for tp, offset in self._done.items() if partitions is None or tp in partitions}
             if not offsets:
                 return
-            try:
-                await consumer.commit(offsets)
-            except KafkaError as exc:
-                # The partitions moved to another replica, which replays from the last commit: the
-                # replay is recognised by source position, so this duplicates at worst.
-                log.warning("router offset commit failed (%s); those batches will be replayed", exc)
+            # On failure the replay is recognised by source position, so this duplicates at worst.
+            await commit_offsets(consumer, offsets, owner="router", otherwise="those batches will be replayed")
             for tp, offset in offsets.items():
                 if self._done.get(tp) == offset:
                     del self._done[tp]

@@ -28,11 +28,16 @@ import time
 import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
-from aiokafka.errors import KafkaError
 
 from services.core import metrics
 from services.core.db import TRANSIENT_DB_ERRORS
-from services.core.kafka import ensure_topics, internal_topic_configs, make_consumer, open_producer
+from services.core.kafka import (
+    commit_offsets,
+    ensure_topics,
+    internal_topic_configs,
+    make_consumer,
+    open_producer,
+)
 from services.core.model import (
     AttemptRecord,
     AttemptResult,
@@ -255,22 +260,16 @@ class Sender:
         offsets = self._tracker.committable(partitions)
         if not offsets:
             return
-        try:
-            await consumer.commit(offsets)
-        except KafkaError as exc:
-            log.warning("sender offset commit failed (%s); uncommitted deliveries will be replayed", exc)
+        await commit_offsets(consumer, offsets, owner="sender", otherwise="uncommitted deliveries will be replayed")
 
     async def _commit_periodically(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         last: dict[TopicPartition, int] = {}
         while not stop.is_set():
             await asyncio.sleep(COMMIT_INTERVAL_S)
             offsets = self._tracker.committable(consumer.assignment())
-            if offsets and offsets != last:
-                try:
-                    await consumer.commit(offsets)
-                    last = offsets
-                except KafkaError as exc:
-                    log.warning("sender offset commit failed (%s); will retry", exc)
+            if offsets and offsets != last and await commit_offsets(consumer, offsets, owner="sender",
+                                                                   otherwise="will retry"):
+                last = offsets
             for tp in consumer.assignment():
                 highwater = consumer.highwater(tp)
                 if highwater is not None and tp in offsets:
