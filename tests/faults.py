@@ -235,23 +235,23 @@ def start_sync(path) -> None:
 
 
 @contextlib.asynccontextmanager
-async def kafka_restarted() -> AsyncIterator[None]:
-    """Stop the shared broker; it is started again on exit, whatever happens inside."""
+async def server_stopped(stop_script, start_script) -> AsyncIterator[None]:
+    """Stop a shared local server; it is started again on exit, whatever happens inside."""
     try:
-        await run_script(KAFKA_STOP)
+        await run_script(stop_script)
         yield
     finally:
-        await asyncio.shield(run_script(KAFKA_START, timeout_s=150))
+        await asyncio.shield(run_script(start_script, timeout_s=150))
 
 
-@contextlib.asynccontextmanager
-async def postgres_stopped() -> AsyncIterator[None]:
-    """Stop the shared PostgreSQL server; it is started again on exit, whatever happens inside."""
-    try:
-        await run_script(PG_STOP)
-        yield
-    finally:
-        await asyncio.shield(run_script(PG_START, timeout_s=150))
+def kafka_restarted():
+    """The shared broker stopped for the body of the ``async with``, then started again."""
+    return server_stopped(KAFKA_STOP, KAFKA_START)
+
+
+def postgres_stopped():
+    """The shared PostgreSQL server stopped for the body of the ``async with``, then started again."""
+    return server_stopped(PG_STOP, PG_START)
 
 
 def assert_alive(*procs: HookstreamProcess) -> None:

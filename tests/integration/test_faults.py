@@ -54,64 +54,58 @@ async def _finish(stream: Stream, scenario: str, fault_start: float, fault_end: 
     return result
 
 
-@pytest.mark.parametrize("victim", [ROUTER, SENDER])
-async def test_sigkill_mid_stream(victim, database_url, hs_settings, spawn):
+@contextlib.asynccontextmanager
+async def _stream_under_way(database_url, hs_settings, spawn, *, env=None, fraction: float = 0.35):
+    """A receiver, a router and a sender, and the stream published until ``fraction`` of it is out and
+    deliveries are flowing; yields (receiver, stream, router, sender). The publisher is closed on exit."""
     async with Receiver() as receiver:
         stream = await make_stream(database_url, hs_settings, receiver)
-        processes = {ROUTER: spawn(ROUTER), SENDER: spawn(SENDER)}
+        router = spawn(ROUTER, env=env)
+        sender = spawn(SENDER, env=env)
         stream.publisher.start()
         try:
-            await faults.wait_mid_stream(stream)
-            fault_start = time.time()
-            processes[victim].proc.send_signal(signal.SIGKILL)
-            processes[victim].proc.wait(10)
-            processes[victim] = spawn(victim)
-            fault_end = time.time()
-            await _finish(stream, f"{victim}-sigkill", fault_start, fault_end)
-            assert_alive(*processes.values())
+            await faults.wait_mid_stream(stream, fraction=fraction)
+            yield receiver, stream, router, sender
         finally:
             await stream.publisher.aclose()
+
+
+@pytest.mark.parametrize("victim", [ROUTER, SENDER])
+async def test_sigkill_mid_stream(victim, database_url, hs_settings, spawn):
+    async with _stream_under_way(database_url, hs_settings, spawn) as (_, stream, router, sender):
+        processes = {ROUTER: router, SENDER: sender}
+        fault_start = time.time()
+        processes[victim].proc.send_signal(signal.SIGKILL)
+        processes[victim].proc.wait(10)
+        processes[victim] = spawn(victim)
+        fault_end = time.time()
+        await _finish(stream, f"{victim}-sigkill", fault_start, fault_end)
+        assert_alive(*processes.values())
 
 
 async def test_kafka_broker_restart_mid_stream(database_url, hs_settings, spawn, restore_infra):
-    async with Receiver() as receiver:
-        stream = await make_stream(database_url, hs_settings, receiver)
-        router = spawn(ROUTER)
-        sender = spawn(SENDER)
-        stream.publisher.start()
-        try:
-            await faults.wait_mid_stream(stream)
-            fault_start = time.time()
-            restore_infra.add("kafka")
-            async with faults.kafka_restarted():
-                pass  # stop.sh then start.sh: the outage is the broker's shutdown and start-up
-            fault_end = time.time()
-            assert_alive(router, sender)
-            await _finish(stream, "kafka-restart", fault_start, fault_end)
-            assert_alive(router, sender)
-        finally:
-            await stream.publisher.aclose()
+    async with _stream_under_way(database_url, hs_settings, spawn) as (_, stream, router, sender):
+        fault_start = time.time()
+        restore_infra.add("kafka")
+        async with faults.kafka_restarted():
+            pass  # stop.sh then start.sh: the outage is the broker's shutdown and start-up
+        fault_end = time.time()
+        assert_alive(router, sender)
+        await _finish(stream, "kafka-restart", fault_start, fault_end)
+        assert_alive(router, sender)
 
 
 async def test_postgres_down_20s_mid_stream(database_url, hs_settings, spawn, restore_infra):
-    async with Receiver() as receiver:
-        stream = await make_stream(database_url, hs_settings, receiver)
-        router = spawn(ROUTER)
-        sender = spawn(SENDER)
-        stream.publisher.start()
-        try:
-            await faults.wait_mid_stream(stream)
-            fault_start = time.time()
-            restore_infra.add("postgres")
-            async with faults.postgres_stopped():
-                await asyncio.sleep(20)  # the fault itself: PostgreSQL is down for 20 s
-                # Holding back, not crashing: both are still running at the end of the outage.
-                assert_alive(router, sender)
-            fault_end = time.time()
-            await _finish(stream, "postgres-down-20s", fault_start, fault_end)
+    async with _stream_under_way(database_url, hs_settings, spawn) as (_, stream, router, sender):
+        fault_start = time.time()
+        restore_infra.add("postgres")
+        async with faults.postgres_stopped():
+            await asyncio.sleep(20)  # the fault itself: PostgreSQL is down for 20 s
+            # Holding back, not crashing: both are still running at the end of the outage.
             assert_alive(router, sender)
-        finally:
-            await stream.publisher.aclose()
+        fault_end = time.time()
+        await _finish(stream, "postgres-down-20s", fault_start, fault_end)
+        assert_alive(router, sender)
 
 
 async def test_scale_senders_1_3_1_under_load(database_url, hs_settings, spawn):
@@ -158,31 +152,24 @@ FLAP_S = 5.0
 async def test_flapping_endpoint_ends_succeeded(database_url, hs_settings, spawn):
     # Retries (1 s, 2 s, 4 s, ±20 %) span at least 5.6 s: longer than the flapping window.
     env = {"HOOKSTREAM_RETRY_DELAYS": "1s,2s,4s", "HOOKSTREAM_BREAKER_OPEN": "1s"}
-    async with Receiver() as receiver:
-        stream = await make_stream(database_url, hs_settings, receiver)
-        router = spawn(ROUTER, env=env)
-        sender = spawn(SENDER, env=env)
-        stream.publisher.start()
-        try:
-            await faults.wait_mid_stream(stream, fraction=0.2)
-            # The receiver's handler stamps a request and picks its answer with no await in between,
-            # so the switch times split requests exactly into those answered 500 and 200.
-            fault_start = time.time()
-            receiver.set("/a", Behaviour(status=500, body="flapping"))
-            await asyncio.sleep(FLAP_S)  # the fault itself: /a answers 500 for FLAP_S seconds
-            fault_end = time.time()
-            receiver.set("/a", Behaviour(status=200))
-            failed_500 = sum(1 for r in receiver.at("/a") if fault_start <= r.at < fault_end)
-            print(f"\nflap: /a answered 500 to {failed_500} requests in {FLAP_S:.0f}s")
-            assert failed_500 > 0
+    async with _stream_under_way(database_url, hs_settings, spawn, env=env, fraction=0.2) as (
+            receiver, stream, router, sender):
+        # The receiver's handler stamps a request and picks its answer with no await in between,
+        # so the switch times split requests exactly into those answered 500 and 200.
+        fault_start = time.time()
+        receiver.set("/a", Behaviour(status=500, body="flapping"))
+        await asyncio.sleep(FLAP_S)  # the fault itself: /a answers 500 for FLAP_S seconds
+        fault_end = time.time()
+        receiver.set("/a", Behaviour(status=200))
+        failed_500 = sum(1 for r in receiver.at("/a") if fault_start <= r.at < fault_end)
+        print(f"\nflap: /a answered 500 to {failed_500} requests in {FLAP_S:.0f}s")
+        assert failed_500 > 0
 
-            def answered_ok(r) -> bool:
-                return r.path != "/a" or not (fault_start <= r.at < fault_end)
+        def answered_ok(r) -> bool:
+            return r.path != "/a" or not (fault_start <= r.at < fault_end)
 
-            await _finish(stream, "endpoint-flaps-500-then-200", fault_start, fault_end, answered_ok=answered_ok)
-            assert_alive(router, sender)
-        finally:
-            await stream.publisher.aclose()
+        await _finish(stream, "endpoint-flaps-500-then-200", fault_start, fault_end, answered_ok=answered_ok)
+        assert_alive(router, sender)
 
 
 async def _poll_api(port: int, key: str, webhook_id: str, stop: asyncio.Event, counts: dict) -> None:
