@@ -25,7 +25,7 @@ import pytest
 
 from services.core.db import migrate
 from services.core.settings import Settings
-from tests.support import isolated_names
+from tests.support import delete_topics, isolated_names, isolated_topics
 
 ROOT = Path(__file__).resolve().parents[1]
 LOCAL_ENV = ROOT / ".local" / "env"
@@ -119,11 +119,12 @@ def free_port() -> int:
 
 
 @pytest.fixture
-def hs_env(infra_env, database_url) -> dict[str, str]:
+async def hs_env(infra_env, database_url) -> AsyncIterator[dict[str, str]]:
     """Environment for a hookstream process in this test: its own database, topics and groups,
-    short retry delays, and the dev switches that let it deliver to a local HTTP receiver."""
+    short retry delays, and the dev switches that let it deliver to a local HTTP receiver.
+    The topics are deleted after the test."""
     uid = unique_id()
-    return {
+    env = {
         "KAFKA_BOOTSTRAP_SERVERS": infra_env["KAFKA_BOOTSTRAP_SERVERS"],
         "DATABASE_URL": database_url,
         **isolated_names(uid),
@@ -137,6 +138,8 @@ def hs_env(infra_env, database_url) -> dict[str, str]:
         "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
         "HOOKSTREAM_LOG_LEVEL": "INFO",
     }
+    yield env
+    await delete_topics(env["KAFKA_BOOTSTRAP_SERVERS"], isolated_topics(env))
 
 
 @pytest.fixture

@@ -25,7 +25,7 @@ from aiokafka.errors import KafkaError
 from services.core.kafka import discard, open_producer
 from tests.conftest import ROOT, HookstreamProcess
 from tests.receiver import Received, Receiver
-from tests.support import make_org, make_webhook, read_topic, sample_event, status_records
+from tests.support import make_org, make_webhook, read_topic_to_end, sample_event, status_records
 
 KAFKA_START = ROOT / "deploy" / "local" / "kafka" / "start.sh"
 KAFKA_STOP = ROOT / "deploy" / "local" / "kafka" / "stop.sh"
@@ -318,8 +318,7 @@ async def account(stream: Stream, scenario: str, *, fault_start: float, fault_en
     db_status = {(r["webhook_id"], r["event_id"]): r["status"] for r in rows}
     db_ok = {pair for pair, status in db_status.items() if status == "succeeded"}
     n_attempts = (await query(stream.database_url, "SELECT count(*) AS n FROM attempts"))[0]["n"]
-    records = status_records(await read_topic(stream.bootstrap, stream.status_topic, expect=n_attempts,
-                                              timeout_s=60))
+    records = status_records(await read_topic_to_end(stream.bootstrap, stream.status_topic, timeout_s=60))
     topic_ok = {(r["webhook_id"], r["event_id"]) for r in records if r["status"] == "succeeded"}
 
     ok_requests = [r for r in stream.receiver.requests if answered_ok(r)]

@@ -11,11 +11,31 @@ from dataclasses import dataclass
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
+from aiokafka.admin import AIOKafkaAdminClient
 
 from services.core.orgs import create_organization
 from services.core.publish import make_event
 from services.core.signing import generate_secret
 from services.core.validation import EVENT_TYPES
+
+
+def isolated_topics(names: dict[str, str]) -> list[str]:
+    """The topics named in ``isolated_names``' result (or any environment holding them)."""
+    return [*names["HOOKSTREAM_SOURCE_TOPICS"].split(","), names["HOOKSTREAM_STATUS_TOPIC"],
+            names["HOOKSTREAM_DEAD_LETTER_TOPIC"], names["HOOKSTREAM_DELIVERY_TOPIC"]]
+
+
+async def delete_topics(bootstrap: str, topics: Iterable[str]) -> None:
+    """Delete a test's own topics, those that exist. Left behind, every run's topics would pile up in
+    the local broker (tens of partitions per test) until it takes minutes to start."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        doomed = set(topics) & set(await admin.list_topics())
+        if doomed:
+            await admin.delete_topics(sorted(doomed))
+    finally:
+        await admin.close()
 
 
 def isolated_names(uid: str) -> dict[str, str]:
@@ -94,6 +114,28 @@ async def read_topic(bootstrap: str, topic: str, *, expect: int, timeout_s: floa
                     batch = await consumer.getmany(timeout_ms=200)
                     for messages in batch.values():
                         records.extend(messages)
+    finally:
+        await consumer.stop()
+    return records
+
+
+async def read_topic_to_end(bootstrap: str, topic: str, *, timeout_s: float = 60.0) -> list:
+    """Read a topic from the beginning up to the end offsets it has when the read starts: everything
+    already acknowledged, however many duplicates it holds. Raises TimeoutError if that takes longer
+    than ``timeout_s`` (a count-based stop cannot serve here: duplicates on one partition would end
+    the read before the other partitions are read)."""
+    consumer = AIOKafkaConsumer(topic, bootstrap_servers=bootstrap, auto_offset_reset="earliest",
+                                enable_auto_commit=False, group_id=None)
+    await consumer.start()
+    records = []
+    try:
+        async with asyncio.timeout(timeout_s):
+            ends: dict = {}
+            while not ends or [tp for tp, end in ends.items() if await consumer.position(tp) < end]:
+                for messages in (await consumer.getmany(timeout_ms=200)).values():
+                    records.extend(messages)
+                if not ends and consumer.assignment():  # without a group: every partition, once metadata is in
+                    ends = await consumer.end_offsets(list(consumer.assignment()))
     finally:
         await consumer.stop()
     return records

@@ -43,7 +43,7 @@ from services.core.kafka import ensure_topics, open_producer
 from services.core.orgs import create_organization
 from services.core.signing import decode_secret, generate_secret, signature_header
 from services.core.validation import Rejection, validate_event
-from tests.support import isolated_names
+from tests.support import delete_topics, isolated_names, isolated_topics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / ".local" / "bench" / "results.json"
@@ -266,6 +266,7 @@ class Scenario:
                 profiler.kill()
         if self.conn:
             await self.conn.close()
+        await delete_topics(self.bench.bootstrap, isolated_topics(self.env))
         admin = await asyncpg.connect(self.bench.admin_url)
         try:
             await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
