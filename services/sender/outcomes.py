@@ -28,7 +28,19 @@ _BACKOFF_START_S = 0.2
 _BACKOFF_MAX_S = 5.0
 EXIT_FLUSH_TIMEOUT_S = 15.0
 
-_UPDATE_DELIVERIES_SQL = """
+# One statement, so one round trip and atomic without an explicit transaction: insert the attempts
+# and update each delivery's summary and retry schedule.
+_RECORD_ATTEMPTS_SQL = """
+WITH u AS (
+    SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[],
+                         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
+        AS u(id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome, status,
+             next_attempt_at, next_retry_index)
+), recorded AS (
+    INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, response_excerpt,
+                          outcome)
+    SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome FROM u
+)
 UPDATE deliveries AS d SET
     status = u.status,
     attempts = GREATEST(d.attempts, u.attempt),
@@ -39,9 +51,7 @@ UPDATE deliveries AS d SET
     next_attempt_at = u.next_attempt_at,
     next_retry_index = u.next_retry_index,
     next_manual = false
-FROM unnest($1::bigint[], $2::text[], $3::int[], $4::timestamptz[], $5::int[], $6::text[],
-            $7::timestamptz[], $8::int[])
-    AS u(id, status, attempt, started_at, http_status, error, next_attempt_at, next_retry_index)
+FROM u
 WHERE d.id = u.id AND d.attempts <= u.attempt
 """
 
@@ -55,21 +65,23 @@ FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
 WHERE d.id = u.id AND d.attempts < u.attempt
 """
 
-_ATTEMPT_COLUMNS = ("delivery_id", "attempt", "started_at", "duration_ms", "http_status", "error",
-                    "response_excerpt", "outcome")
-
 DELIVERY_STATUS = {"succeeded": "succeeded", "retrying": "pending", "failed": "failed"}
 
 
-async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord]) -> None:
-    """COPY the attempts, then update each delivery's summary and retry schedule. Call it inside the
-    caller's transaction.
+async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[AttemptRecord]) -> None:
+    """Insert the attempts and update each delivery's summary and retry schedule, atomically: one
+    statement, or a transaction around two when the batch also holds deferrals.
 
     Deferred deliveries get only their new schedule: no attempt row, and their attempt count,
     status and last outcome stay as they were.
     """
     deferred = [r for r in records if r.status == "deferred"]
     records = [r for r in records if r.status != "deferred"]
+    if deferred and records and isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as one, one.transaction():
+            await write_outcomes(one, deferred)
+            await write_outcomes(one, records)
+        return
     if deferred:
         await conn.execute(
             _DEFER_DELIVERIES_SQL,
@@ -77,28 +89,21 @@ async def write_outcomes(conn: asyncpg.Connection, records: list[AttemptRecord])
             [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
             [r.task.manual for r in deferred],
         )
-    if not records:
-        return
-    await conn.copy_records_to_table(
-        "attempts",
-        columns=_ATTEMPT_COLUMNS,
-        records=[
-            (r.task.delivery_id, r.task.attempt, r.started_at, r.duration_ms, r.http_status, r.error,
-             r.result.response_excerpt, r.status)
-            for r in records
-        ],
-    )
-    await conn.execute(
-        _UPDATE_DELIVERIES_SQL,
-        [r.task.delivery_id for r in records],
-        [DELIVERY_STATUS[r.status] for r in records],
-        [r.task.attempt for r in records],
-        [r.started_at for r in records],
-        [r.http_status for r in records],
-        [r.error for r in records],
-        [r.next_attempt_at for r in records],
-        [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
-    )
+    if records:
+        await conn.execute(
+            _RECORD_ATTEMPTS_SQL,
+            [r.task.delivery_id for r in records],
+            [r.task.attempt for r in records],
+            [r.started_at for r in records],
+            [r.duration_ms for r in records],
+            [r.http_status for r in records],
+            [r.error for r in records],
+            [r.result.response_excerpt for r in records],
+            [r.status for r in records],
+            [DELIVERY_STATUS[r.status] for r in records],
+            [r.next_attempt_at for r in records],
+            [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
+        )
 
 
 class OutcomeSink:
@@ -164,22 +169,22 @@ class OutcomeSink:
     async def _make_durable(self, records: list[AttemptRecord]) -> None:
         """Make a batch durable in both places, retrying until it is.
 
-        The PostgreSQL transaction commits only after Kafka has acknowledged the batch's status
-        records (they are sent while the rows are written). A crash before the commit leaves the
-        attempts unrecorded, so they are replayed and their status records sent again (duplicates);
-        a crash after it finds both durable. Never a recorded attempt without its status record.
+        The rows are written only after Kafka has acknowledged the batch's status records. A crash
+        before the write leaves the attempts unrecorded, so they are replayed and their status records
+        sent again (duplicates); a crash after it finds both durable. Never a recorded attempt without
+        its status record. The write is one statement (one round trip; it used to be a transaction of
+        five, written while the acknowledgements were pending).
         """
         attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
         delay = _BACKOFF_START_S
         while True:
             sends: list[asyncio.Future] = []
             try:
-                async with self._pool.acquire() as conn, conn.transaction():
-                    for r in attempted:
-                        sends.append(await self._producer.send(
-                            self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
-                    await write_outcomes(conn, records)
-                    await self._producer.acked(sends)
+                for r in attempted:
+                    sends.append(await self._producer.send(
+                        self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
+                await self._producer.acked(sends)
+                await write_outcomes(self._pool, records)
                 return
             except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
                 log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",

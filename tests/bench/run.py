@@ -39,7 +39,7 @@ import uvloop
 from aiokafka import AIOKafkaConsumer
 
 from services.core.db import migrate
-from services.core.kafka import ensure_topics, open_producer
+from services.core.kafka import RenewableProducer, ensure_topics, open_producer
 from services.core.orgs import create_organization
 from services.core.signing import decode_secret, generate_secret, signature_header
 from services.core.validation import Rejection, validate_event
@@ -199,6 +199,10 @@ class Scenario:
     procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
     profilers: list[subprocess.Popen] = field(default_factory=list)
     conn: asyncpg.Connection | None = None
+    # The scenario's own publisher, closed before its topics are deleted: a producer that outlived
+    # them would refresh their metadata and so re-create them (the broker auto-creates topics).
+    producer: RenewableProducer | None = None
+    _closing: contextlib.AsyncExitStack = field(default_factory=contextlib.AsyncExitStack)
 
     @property
     def orders_topic(self) -> str:
@@ -248,6 +252,7 @@ class Scenario:
         await bench.sink.set_secrets(secrets_by_path)
         await ensure_topics(bench.bootstrap, self.env["HOOKSTREAM_SOURCE_TOPICS"].split(","),
                             partitions=SOURCE_PARTITIONS)
+        self.producer = await self._closing.enter_async_context(open_producer(bench.bootstrap, linger_ms=5))
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -266,6 +271,7 @@ class Scenario:
                 profiler.kill()
         if self.conn:
             await self.conn.close()
+        await self._closing.aclose()
         await delete_topics(self.bench.bootstrap, isolated_topics(self.env))
         admin = await asyncpg.connect(self.bench.admin_url)
         try:
@@ -300,7 +306,7 @@ class Scenario:
         """Publish ``count`` events to the orders topic (at ``rate_per_s`` if given); returns their ids."""
         ids: list[str] = []
         futures = []
-        producer = self.bench.producer
+        producer = self.producer
         began = time.monotonic()
         for i in range(count):
             if rate_per_s is not None:
@@ -445,7 +451,6 @@ class Bench:
     endpoint_max_queued: int = ENDPOINT_MAX_QUEUED
     template: str = ""
     sink: SinkProcess | None = None
-    producer: object = None
 
     async def measure_delivery(self, sc: Scenario, ids: list[str], hooks: list[str], t0: float,
                                status: StatusReader) -> tuple[float, list]:
@@ -833,8 +838,8 @@ async def amain(args: argparse.Namespace) -> int:
     runs: list[dict[str, float]] = []
     try:
         await migrate(with_database(admin_url, bench.template))
-        async with SinkProcess(log_dir) as sink, open_producer(bootstrap, linger_ms=5) as producer:
-            bench.sink, bench.producer = sink, producer
+        async with SinkProcess(log_dir) as sink:
+            bench.sink = sink
             for i in range(1, sizes.runs + 1):
                 runs.append(await run_once(bench, only, i))
     except BenchFailure as exc:
