@@ -288,7 +288,8 @@ class Router:
     async def _deliver_batch(
         self, good: list[tuple[SourceRecord, DomainEvent, str]], rejected: list[tuple[SourceRecord, Rejection]]
     ) -> None:
-        dead_letters = asyncio.ensure_future(self._dead_letter(rejected))
+        # Dead-letter copies go out while the batch is stored; most batches have none.
+        dead_letters = asyncio.ensure_future(self._dead_letter(rejected)) if rejected else None
         sends: list[asyncio.Future] = []
         tasks: list[DeliveryTask] = []
         try:
@@ -297,9 +298,11 @@ class Router:
             for task in tasks:
                 sends.append(await self._producer.send(
                     self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
-            await self._producer.acked(sends)
+            if sends:
+                await self._producer.acked(sends)
         finally:
-            await dead_letters
+            if dead_letters is not None:
+                await dead_letters
         for record, rejection in rejected:
             metrics.EVENTS_REJECTED.labels(rejection.reason).inc()
             log.info("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset,
