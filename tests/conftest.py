@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import secrets
 import socket
@@ -22,6 +23,7 @@ from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
+from aiokafka.errors import KafkaError
 
 from services.core.db import migrate
 from services.core.settings import Settings
@@ -139,7 +141,10 @@ async def hs_env(infra_env, database_url) -> AsyncIterator[dict[str, str]]:
         "HOOKSTREAM_LOG_LEVEL": "INFO",
     }
     yield env
-    await delete_topics(env["KAFKA_BOOTSTRAP_SERVERS"], isolated_topics(env))
+    try:
+        await delete_topics(env["KAFKA_BOOTSTRAP_SERVERS"], isolated_topics(env))
+    except KafkaError as exc:  # housekeeping: a broker left down by a failed test must not add an error
+        logging.getLogger(__name__).warning("could not delete this test's topics: %r", exc)
 
 
 @pytest.fixture

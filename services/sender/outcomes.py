@@ -172,8 +172,7 @@ class OutcomeSink:
         The rows are written only after Kafka has acknowledged the batch's status records. A crash
         before the write leaves the attempts unrecorded, so they are replayed and their status records
         sent again (duplicates); a crash after it finds both durable. Never a recorded attempt without
-        its status record. The write is one statement (one round trip; it used to be a transaction of
-        five, written while the acknowledgements were pending).
+        its status record.
         """
         attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
         delay = _BACKOFF_START_S
