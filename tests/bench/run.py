@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import collections
 import contextlib
 import dataclasses
 import datetime as dt
@@ -113,6 +114,11 @@ def with_database(url: str, name: str) -> str:
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
+
+
+def latencies_ms(records: list, ids: set[str]) -> list[float]:
+    """Publish-to-sink latency of each sink record for one of ``ids`` that carried its publish time."""
+    return [(r[2] - r[3]) * 1000 for r in records if r[1] in ids and r[3] is not None]
 
 
 def event_bytes(org_id: str, n: int, *, sent_at: float | None = None) -> tuple[str, bytes, bytes]:
@@ -539,11 +545,10 @@ class Bench:
                 _, records = await self.measure_delivery(sc, ids, sc.hooks, time.time(), status)
             # Every event is delivered and verified; the first ``warm`` (the ramp from idle) are not timed.
             wanted = set(ids[warm:])
-            latencies = [(r[2] - r[3]) * 1000 for r in records if r[1] in wanted and r[3] is not None]
+            latencies = latencies_ms(records, wanted)
             if len(latencies) < count:
                 raise BenchFailure(f"latency: only {len(latencies)} of {count} events carried their publish time")
-            ramp_ids = set(ids[:warm])
-            ramp = [(r[2] - r[3]) * 1000 for r in records if r[1] in ramp_ids and r[3] is not None]
+            ramp = latencies_ms(records, set(ids[:warm]))
             if ramp:
                 log(f"{sc.name}: ramp from idle (first {warm} events, not timed): p50={percentile(ramp, 0.5):.0f}ms"
                     f" p99={percentile(ramp, 0.99):.0f}ms")
@@ -577,9 +582,7 @@ class Bench:
         total.sort()
         start = min(t[1] for t in total)
         slow = total[int(len(total) * 0.99):]
-        seconds: dict[int, int] = {}
-        for t in slow:
-            seconds[int(t[1] - start)] = seconds.get(int(t[1] - start), 0) + 1
+        seconds = collections.Counter(int(t[1] - start) for t in slow)
         log(f"{sc.name}: slowest 1% by second of the run: "
             + ", ".join(f"{s}s:{n}" for s, n in sorted(seconds.items()))
             + "; their stages (median ms): " + ", ".join(

@@ -8,6 +8,7 @@ import datetime as dt
 import asyncpg
 import pytest
 
+from services.core.db import open_pool
 from services.core.model import AttemptRecord, Deferred, DeliveryTask, Failed, Succeeded
 from services.sender.outcomes import write_outcomes
 from tests.support import make_org, make_webhook
@@ -47,11 +48,8 @@ async def test_a_mixed_batch_records_attempts_summaries_and_deferrals(db, databa
         AttemptRecord(deferred, STARTED, 0.0, Deferred("endpoint saturated", 60.0), "deferred",
                       next_attempt_at=later),
     ]
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
+    async with open_pool(database_url, max_size=2) as pool:
         await write_outcomes(pool, batch)
-    finally:
-        await pool.close()
 
     attempts = await db.fetch("SELECT delivery_id, attempt, http_status, error, response_excerpt, outcome,"
                               " duration_ms FROM attempts ORDER BY delivery_id")
@@ -83,12 +81,9 @@ async def test_a_batch_that_fails_writes_nothing_not_even_its_deferrals(db, data
         AttemptRecord(ok, STARTED, 12.5, Succeeded(http_status=200, response_excerpt=None), "succeeded"),
         AttemptRecord(gone, STARTED, 12.5, Succeeded(http_status=200, response_excerpt=None), "succeeded"),
     ]
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
-    try:
+    async with open_pool(database_url, max_size=2) as pool:
         with pytest.raises(asyncpg.ForeignKeyViolationError):
             await write_outcomes(pool, batch)
-    finally:
-        await pool.close()
     assert await db.fetchval("SELECT count(*) FROM attempts") == 0
     assert [tuple(r) for r in await db.fetch("SELECT status, attempts, next_attempt_at FROM deliveries")] == [
         ("pending", 0, None), ("pending", 0, None)]
