@@ -75,6 +75,9 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     if settings.secret_key is None:
         log.warning("HOOKSTREAM_SECRET_KEY is not set: webhook secrets are stored unencrypted (development only)")
 
+    from services.core import liveness
+
+    liveness.configure(settings.liveness_stale_s)
     stop = asyncio.Event()
     install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:

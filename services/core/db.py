@@ -10,10 +10,6 @@ from pathlib import Path
 import asyncpg
 import orjson
 
-# Errors after which the same work can be tried again on another connection: network and server
-# errors, and a connection left unusable mid-operation (InternalClientError) by a server restart.
-TRANSIENT_DB_ERRORS = (OSError, asyncpg.PostgresError, asyncpg.InterfaceError, asyncpg.InternalClientError)
-
 MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "schemas" / "sql"
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every hookstream process.

@@ -18,16 +18,29 @@ from aiokafka.errors import (
     UnknownProducerId,
 )
 
+from services.core.errors import is_transient
+from services.core.settings import DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+
 log = logging.getLogger(__name__)
 
 # Enough partitions that several sender replicas share the delivery topic.
 INTERNAL_TOPIC_PARTITIONS = 12
 # Room on the dead-letter topic for a copy of a record at the broker's default limit plus headers.
 DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# The delivery topic's limit, equal to the sender's max_partition_fetch_bytes so that any task the
+# broker accepts can be fetched. The router refuses (dead-letters as too_large) an event whose
+# delivery task would not fit; HOOKSTREAM_MAX_EVENT_BYTES is capped at a quarter of it, since a
+# task can be up to ~4x its event (numbers re-serialised, e.g. 1e15 -> 1000000000000000.0, then the
+# body escaped into a JSON string).
+DELIVERY_MAX_MESSAGE_BYTES = DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+FETCH_MAX_PARTITION_BYTES = DELIVERY_MAX_MESSAGE_BYTES
+# Record and batch overhead Kafka adds around a value (key, headers, batch header), with room to spare.
+RECORD_OVERHEAD_BYTES = 4 * 1024
 
 
-def internal_topic_configs(dead_letter_topic: str) -> dict[str, dict[str, str]]:
-    return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}}
+def internal_topic_configs(dead_letter_topic: str, delivery_topic: str) -> dict[str, dict[str, str]]:
+    return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)},
+            delivery_topic: {"max.message.bytes": str(DELIVERY_MAX_MESSAGE_BYTES)}}
 
 
 # How long a batch of sends may wait for acknowledgements before the producer is presumed stuck.
@@ -105,6 +118,32 @@ class RenewableProducer:
                     await asyncio.wait_for(old.stop(), _STOP_STUCK_PRODUCER_S)
 
 
+async def send_isolated(producer: RenewableProducer, topic: str,
+                        records: list[tuple[bytes | None, bytes]]) -> list[Exception | None]:
+    """Send ``(key, value)`` records and wait for every acknowledgement; returns, per record, None or
+    the permanent error Kafka refused it with. A transient failure raises (the caller retries all).
+
+    The broker refuses whole producer batches, so a record refused in a batch is sent once more on
+    its own: only the records that Kafka refuses by themselves are reported, never their neighbours.
+    """
+    def check(result: object) -> Exception | None:
+        if not isinstance(result, BaseException):
+            return None
+        if is_transient(result) or not isinstance(result, Exception):
+            raise result
+        return result
+
+    sends = [await producer.send(topic, value=value, key=key) for key, value in records]
+    outcomes = [check(r) for r in await producer.acked(sends, return_exceptions=True)]
+    for i, outcome in enumerate(outcomes):
+        if outcome is not None:
+            key, value = records[i]
+            [alone] = await producer.acked([await producer.send(topic, value=value, key=key)],
+                                           return_exceptions=True)
+            outcomes[i] = check(alone)
+    return outcomes
+
+
 def discard(futures: list[asyncio.Future]) -> None:
     """Let go of send futures whose outcome no longer matters, without waiting for them (a stuck
     producer may never complete them) and without leaving an exception unretrieved."""
@@ -153,7 +192,7 @@ def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsume
         # the router's CPU from 38 % to 33 % of a core and the sender's from 48 % to 41 % (BENCHMARKS.md).
         "fetch_max_wait_ms": 10,
         "fetch_min_bytes": 64 * 1024,
-        "max_partition_fetch_bytes": 4 * 1024 * 1024,
+        "max_partition_fetch_bytes": FETCH_MAX_PARTITION_BYTES,
         "session_timeout_ms": 10_000,
         "heartbeat_interval_ms": 1_000,
         "max_poll_interval_ms": 300_000,

@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
+from services.core import liveness
+
 EVENTS_CONSUMED = Counter("hookstream_events_consumed_total", "Domain-event records read by the router", ["topic"])
 EVENTS_REJECTED = Counter(
     "hookstream_events_rejected_total", "Domain-event records sent to the dead-letter topic", ["reason"]
@@ -61,6 +63,16 @@ FLUSH_DURATION = Histogram(
     "hookstream_outcome_flush_duration_seconds", "Time to make one batch of outcomes durable",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+POISON_RECORDS = Counter(
+    "hookstream_poison_records_total",
+    "Records PostgreSQL or Kafka refused permanently, isolated from their batch and dealt with alone"
+    " (stage: router | outcomes | retry_pump; action: dead_lettered | recorded_reduced | dropped | failed)",
+    ["stage", "action"],
+)
+ATTEMPT_CRASHES = Counter(
+    "hookstream_attempt_crashes_total",
+    "Attempts that raised instead of returning an outcome (recorded as failed, retryable attempts)",
+)
 CONSUMER_LAG = Gauge(
     "hookstream_consumer_lag", "Records behind the partition's end, per consumer group and partition",
     ["group", "topic", "partition"],
@@ -94,12 +106,18 @@ async def handle_metrics(_request: web.Request) -> web.Response:
     return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
 
 
+async def handle_healthz(_request: web.Request) -> web.Response:
+    """Liveness: 200 while every long-running loop of this process has beaten recently, else 503."""
+    status, body = liveness.health()
+    return web.json_response(body, status=status)
+
+
 @contextlib.asynccontextmanager
 async def serve_metrics(host: str, port: int) -> AsyncIterator[None]:
     """A tiny HTTP server with /metrics and /healthz, for the router and sender processes."""
     app = web.Application()
     app.router.add_get("/metrics", handle_metrics)
-    app.router.add_get("/healthz", lambda _r: web.json_response({"status": "ok"}))
+    app.router.add_get("/healthz", handle_healthz)
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, host, port)

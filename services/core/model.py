@@ -6,16 +6,61 @@ router --DeliveryTask--> delivery topic --> sender --AttemptResult--> AttemptRec
 from __future__ import annotations
 
 import datetime as dt
+import re
 from dataclasses import dataclass
 
 import orjson
 
 DELIVERY_TASK_VERSION = 1
+# Bytes of an encoded task besides its body: ids of at most 128 characters (up to 4 UTF-8 bytes
+# each, some escaped), the event type and time, small numbers and the keys, with room to spare.
+TASK_ENVELOPE_MAX_BYTES = 8 * 1024
+
+
+_RFC3339_RE = re.compile(
+    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]{1,9}))?"
+    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
+)
 
 
 def parse_rfc3339(value: str) -> dt.datetime:
-    """An RFC 3339 timestamp (``Z`` or an offset) as an aware datetime."""
-    return dt.datetime.fromisoformat(value.replace("Z", "+00:00").replace("z", "+00:00"))
+    """An RFC 3339 date-time with a zone (``Z`` or ``±hh:mm``) as an aware datetime in UTC: the one
+    parser of event and record times, so whatever validation accepts, storage and the code accept.
+
+    - A leap second (``23:59:60``) is the next second's ``:00``, as POSIX time counts it.
+    - Fractions are kept to the microsecond (digits beyond the sixth are dropped, not rounded).
+    - The instant must lie within years 0001-9999 in UTC (what PostgreSQL's and Python's
+      timestamps share): ``0001-01-01T00:30:00+01:00`` (year 0 in UTC) and
+      ``9999-12-31T23:30:00-01:00`` (year 10000) are refused.
+
+    Raises ValueError, saying why, for anything else.
+    """
+    match = _RFC3339_RE.fullmatch(value) if isinstance(value, str) else None
+    if match is None:
+        raise ValueError(f"{value!r:.80} is not an RFC 3339 date-time with a zone")
+    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
+    if int(hour) > 23 or int(minute) > 59 or int(second) > 60:
+        raise ValueError(f"{value!r:.80} has an hour, minute or second out of range")
+    if sign is not None and (int(off_h) > 23 or int(off_m) > 59):
+        raise ValueError(f"{value!r:.80} has a zone offset out of range")
+    try:
+        midnight = dt.datetime(int(year), int(month), int(day), tzinfo=dt.UTC)  # raises on 30 February, year 0
+    except ValueError:
+        raise ValueError(f"{value!r:.80} is not a real date") from None
+    since_midnight = dt.timedelta(hours=int(hour), minutes=int(minute), seconds=int(second),
+                                  microseconds=int((fraction or "").ljust(6, "0")[:6]))
+    if sign is not None:
+        offset = dt.timedelta(hours=int(off_h), minutes=int(off_m))
+        since_midnight += -offset if sign == "+" else offset
+    try:
+        return midnight + since_midnight
+    except OverflowError:
+        raise ValueError(f"{value!r:.80} lies outside the years 0001-9999 in UTC") from None
+
+
+def format_rfc3339(value: dt.datetime) -> str:
+    """The one formatter: UTC, ``Z``, microseconds only when there are any."""
+    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
 
 
 class BadTaskError(ValueError):
@@ -154,6 +199,6 @@ class AttemptRecord:
                 "http_status": self.http_status,
                 "error": self.error,
                 "duration_ms": round(self.duration_ms, 3),
-                "at": self.finished_at.isoformat().replace("+00:00", "Z"),
+                "at": format_rfc3339(self.finished_at),
             }
         )

@@ -49,20 +49,33 @@ class RetryPolicy:
         return base * (1 - self.jitter_ratio + 2 * self.jitter_ratio * draw)
 
 
-def parse_retry_after_s(value: str | None) -> float | None:
-    """Seconds from a ``Retry-After`` header (delta-seconds only; HTTP dates are rare for webhooks)."""
+# Longer than any delay the policy would wait (the caller caps it anyway), and finite.
+MAX_RETRY_AFTER_S = 366 * 86400.0
+MAX_RETRY_AFTER_CHARS = 64
+
+
+def parse_retry_after_s(value: str | None, now: dt.datetime | None = None) -> float | None:
+    """Seconds from a ``Retry-After`` header: delta-seconds or an HTTP date (RFC 9110 §10.2.3).
+
+    The header is the endpoint's, so hostile: whatever it holds, the answer is None (ignored) or a
+    finite number of seconds in [0, MAX_RETRY_AFTER_S]; it never raises. A date in the year
+    99999999999, a 400-digit number or a date without a zone cannot stall or crash an attempt.
+    """
     if value is None:
         return None
     value = value.strip()
+    if not value or len(value) > MAX_RETRY_AFTER_CHARS:
+        return None
     if value.isascii() and value.isdigit():
-        return float(value)
+        return min(float(value), MAX_RETRY_AFTER_S)
     try:
         when = parsedate_to_datetime(value)
-    except (TypeError, ValueError):
+        if when.tzinfo is None:
+            return None
+        seconds = (when - (now or dt.datetime.now(dt.UTC))).total_seconds()
+    except (TypeError, ValueError, OverflowError, IndexError):
         return None
-    if when.tzinfo is None:
-        return None
-    return max(0.0, (when - dt.datetime.now(dt.UTC)).total_seconds())
+    return min(max(0.0, seconds), MAX_RETRY_AFTER_S)
 
 
 def is_retryable_status(status: int) -> bool:

@@ -18,6 +18,10 @@ _UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _TRUE = {"1", "true", "yes", "on"}
 _FALSE = {"0", "false", "no", "off", ""}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
+# services.core.kafka.DELIVERY_MAX_MESSAGE_BYTES (kept here so settings import nothing): an event's
+# delivery task (its body re-serialised and escaped into JSON) can be ~4x the event.
+DELIVERY_TOPIC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
+MAX_EVENT_BYTES_LIMIT = DELIVERY_TOPIC_MAX_MESSAGE_BYTES // 4
 
 
 class SettingsError(ValueError):
@@ -107,6 +111,17 @@ class Settings:
     def __repr__(self) -> str:  # never print the secret key or database password
         return f"Settings(kafka={self.kafka_bootstrap_servers!r}, api={self.api_listen!r})"
 
+    @property
+    def drain_timeout_s(self) -> float:
+        """How long a sender waits for attempts in flight when it stops or loses partitions."""
+        return self.request_timeout_s + 10
+
+    @property
+    def liveness_stale_s(self) -> float:
+        """A loop not heard from for longer than this is wedged (``/healthz`` fails): longer than the
+        longest wait of a healthy turn (a drain, a producer's 30 s acknowledgement wait)."""
+        return max(90.0, self.drain_timeout_s + 60)
+
     def metrics_listen_for(self, service: str) -> tuple[str, int]:
         """Where ``router`` or ``sender`` serves /metrics when run as its own process."""
         if self.metrics_listen_override is not None:
@@ -161,8 +176,11 @@ class Settings:
             kwargs["metrics_listen_override"] = parse_listen("HOOKSTREAM_METRICS_LISTEN", raw)
         if (raw := get("HOOKSTREAM_MAX_EVENT_BYTES")) is not None:
             size = parse_size_bytes("HOOKSTREAM_MAX_EVENT_BYTES", raw)
-            if not 1024 <= size <= 16 * 1024 * 1024:
-                raise SettingsError(f"HOOKSTREAM_MAX_EVENT_BYTES={raw!r}: must be between 1KiB and 16MiB")
+            if not 1024 <= size <= MAX_EVENT_BYTES_LIMIT:
+                raise SettingsError(
+                    f"HOOKSTREAM_MAX_EVENT_BYTES={raw!r}: must be between 1KiB and {MAX_EVENT_BYTES_LIMIT // 1024}KiB"
+                    " (an event's delivery task can be about 4x its size and must fit the delivery topic's"
+                    f" {DELIVERY_TOPIC_MAX_MESSAGE_BYTES // (1024 * 1024)} MiB max.message.bytes)")
             kwargs["max_event_bytes"] = size
         if (raw := get("HOOKSTREAM_MAX_RESPONSE_EXCERPT")) is not None:
             size = parse_size_bytes("HOOKSTREAM_MAX_RESPONSE_EXCERPT", raw)

@@ -21,24 +21,29 @@ duplicate_keys        an object repeats a key (parsers disagree on which value w
 missing_field         a required envelope field is absent
 wrong_type            an envelope field has the wrong JSON type
 bad_id                ``id`` is not 1-128 characters of [A-Za-z0-9_-]
-bad_timestamp         ``occurred_at`` is not an RFC 3339 date-time with a zone, or not a real date
+bad_timestamp         ``occurred_at`` is not an RFC 3339 date-time with a zone, not a real date, or
+                      outside the years 0001-9999 once converted to UTC
 unknown_type          ``type`` is not one of the 12 supported events
 invalid_data          ``data`` does not match ``schemas/events/<type>.schema.json``
 schema                any other envelope violation (empty store id, unknown top-level field, ...)
+unstorable            passed every check here, but PostgreSQL refused it (set by the router, with
+                      the database's reason; never expected, kept so the pipeline never stops)
 internal_error        a bug in this module; never expected, kept so the pipeline never stops
 ====================  =====================================================================
 """
 
 from __future__ import annotations
 
+import datetime as dt
 import re
 from dataclasses import dataclass
-from datetime import date
 from pathlib import Path
 from typing import Any, Final
 
 import fastjsonschema
 import orjson
+
+from services.core.model import parse_rfc3339
 
 __all__ = [
     "DEFAULT_MAX_EVENT_BYTES",
@@ -90,6 +95,7 @@ REJECTION_REASONS: Final = (
     "unknown_type",
     "invalid_data",
     "schema",
+    "unstorable",
     "internal_error",
 )
 
@@ -105,6 +111,7 @@ ENVELOPE_FIELDS: Final = ("id", "type", "occurred_at", "organization_id", "store
 _INT_MIN: Final = -(2**63)
 _INT_MAX: Final = 2**63 - 1
 _FLOAT_LIMIT: Final = float(2**63)
+_EPOCH: Final = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 
 @dataclass(frozen=True, slots=True)
@@ -118,6 +125,9 @@ class DomainEvent:
     store_id: str
     data: dict[str, Any]
     occurred_at_epoch_s: float
+    # occurred_at normalised to UTC by services.core.model.parse_rfc3339 (a leap second is the next
+    # second); the outbound body keeps the text as published.
+    occurred_at_utc: dt.datetime
 
 
 @dataclass(frozen=True, slots=True)
@@ -250,34 +260,6 @@ def _inspect_tree(root: dict[str, Any], raw: bytes) -> Rejection | None:
 
 
 # --------------------------------------------------------------------------------------------------
-# occurred_at -> epoch seconds (the schema pattern has already checked the shape and the ranges).
-
-_TIMESTAMP_RE: Final = re.compile(
-    r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt]([0-9]{2}):([0-9]{2}):([0-9]{2})(\.[0-9]{1,9})?"
-    r"(?:[Zz]|([+-])([0-9]{2}):([0-9]{2}))"
-)
-_EPOCH_ORDINAL: Final = date(1970, 1, 1).toordinal()
-
-
-def _parse_timestamp(text: str) -> float | None:
-    """Epoch seconds of an RFC 3339 date-time with zone; None if it names no real instant."""
-    match = _TIMESTAMP_RE.fullmatch(text)
-    if match is None:
-        return None
-    year, month, day, hour, minute, second, fraction, sign, off_h, off_m = match.groups()
-    try:
-        ordinal = date(int(year), int(month), int(day)).toordinal()
-    except ValueError:  # 30 February, year 0 ...
-        return None
-    # A leap second (:60) lands on the next minute's :00, which is what POSIX time does too.
-    seconds = (ordinal - _EPOCH_ORDINAL) * 86400 + int(hour) * 3600 + int(minute) * 60 + int(second)
-    if sign is not None:
-        offset = int(off_h) * 3600 + int(off_m) * 60
-        seconds += -offset if sign == "+" else offset
-    return seconds + float(fraction) if fraction else float(seconds)
-
-
-# --------------------------------------------------------------------------------------------------
 # Mapping schema errors to reasons.
 
 _JSON_TYPE_NAMES: Final = {
@@ -325,6 +307,8 @@ def _envelope_rejection(event: dict[str, Any], error: fastjsonschema.JsonSchemaV
             "bad_timestamp",
             f"occurred_at {_short_repr(error.value)} is not an RFC 3339 date-time with a zone",
         )
+    if field in ("organization_id", "store_id") and rule == "pattern":
+        return Rejection("schema", f"{field} must not contain control characters (U+0000-U+001F, U+007F-U+009F)")
     if field == "type":
         return Rejection(
             "unknown_type",
@@ -385,9 +369,10 @@ def _validate_event(value: bytes | None, max_bytes: int) -> DomainEvent | Reject
         return _envelope_rejection(event, exc)
 
     occurred_at = event["occurred_at"]
-    epoch_s = _parse_timestamp(occurred_at)
-    if epoch_s is None:
-        return Rejection("bad_timestamp", f"occurred_at {_short_repr(occurred_at)} is not a real date")
+    try:
+        occurred_at_utc = parse_rfc3339(occurred_at)
+    except ValueError as exc:
+        return Rejection("bad_timestamp", _clip(f"occurred_at: {exc}"))
 
     event_type = event["type"]
     data = event["data"]
@@ -403,7 +388,8 @@ def _validate_event(value: bytes | None, max_bytes: int) -> DomainEvent | Reject
         organization_id=event["organization_id"],
         store_id=event["store_id"],
         data=data,
-        occurred_at_epoch_s=epoch_s,
+        occurred_at_epoch_s=(occurred_at_utc - _EPOCH).total_seconds(),
+        occurred_at_utc=occurred_at_utc,
     )
 
 

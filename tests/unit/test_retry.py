@@ -141,3 +141,21 @@ def test_410_gone_is_not_retryable() -> None:
 @pytest.mark.parametrize("status", [301, 302, 307, 400, 401, 403, 404, 408, 429, 500, 502, 503, 504])
 def test_other_failures_are_retryable(status: int) -> None:
     assert is_retryable_status(status) is True
+
+
+@pytest.mark.parametrize("value", [
+    "Mon, 1 Jan 99999999999 00:00:00 GMT",  # OverflowError inside the date parser
+    "Mon, 99 Jan 2000 00:00:00 GMT",
+    "Wed, 21 Oct 2015 07:28:00",  # no zone
+    "\x00", "", "   ", "1" * 65, "-5", "1.5",
+])
+def test_parse_retry_after_hostile_values_are_ignored_never_raise(value: str) -> None:
+    assert parse_retry_after_s(value) is None
+
+
+def test_parse_retry_after_is_always_finite_and_capped() -> None:
+    from services.core.retry import MAX_RETRY_AFTER_S
+
+    assert parse_retry_after_s("9" * 64) == MAX_RETRY_AFTER_S
+    assert parse_retry_after_s("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S
+    assert parse_retry_after_s("Mon, 1 Jan 0001 00:00:00 GMT") == 0.0

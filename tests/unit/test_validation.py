@@ -4,6 +4,7 @@ and never an exception, whatever the bytes."""
 from __future__ import annotations
 
 import dataclasses
+import datetime as dt
 import json
 from typing import Any
 
@@ -105,6 +106,7 @@ def test_contract_example_is_accepted_with_its_fields() -> None:
         store_id="store_042",
         data={"order": {"id": "ord_991", "total": "42.10", "currency": "USD"}},
         occurred_at_epoch_s=1795774500.123,
+        occurred_at_utc=dt.datetime(2026, 11, 27, 10, 15, 0, 123000, tzinfo=dt.UTC),
     )
     with pytest.raises(dataclasses.FrozenInstanceError):
         result.id = "other"  # type: ignore[misc]
@@ -134,6 +136,41 @@ def test_occurred_at_is_parsed_to_epoch_seconds(occurred_at: str, epoch_s: float
     result = accepted(encode(event(occurred_at=occurred_at)))
     assert result.occurred_at == occurred_at
     assert result.occurred_at_epoch_s == pytest.approx(epoch_s, abs=1e-6)
+    # the stored time is the same instant, in UTC, to the microsecond
+    assert result.occurred_at_utc.utcoffset() == dt.timedelta(0)
+    assert result.occurred_at_utc.timestamp() == pytest.approx(epoch_s, abs=1e-6)
+
+
+@pytest.mark.parametrize(
+    ("occurred_at", "utc"),
+    [
+        ("2016-12-31T23:59:60Z", dt.datetime(2017, 1, 1, tzinfo=dt.UTC)),
+        ("0001-01-01T00:30:00-01:00", dt.datetime(1, 1, 1, 1, 30, tzinfo=dt.UTC)),
+        ("0001-01-01T00:00:00Z", dt.datetime(1, 1, 1, tzinfo=dt.UTC)),
+        ("9999-12-31T23:59:59.999999Z", dt.datetime(9999, 12, 31, 23, 59, 59, 999999, tzinfo=dt.UTC)),
+        ("9999-12-31T23:30:00+01:00", dt.datetime(9999, 12, 31, 22, 30, tzinfo=dt.UTC)),
+    ],
+)
+def test_edge_timestamps_are_normalised_to_utc(occurred_at: str, utc: dt.datetime) -> None:
+    result = accepted(encode(event(occurred_at=occurred_at)))
+    assert result.occurred_at == occurred_at  # the body keeps the text as published
+    assert result.occurred_at_utc == utc
+
+
+@pytest.mark.parametrize("occurred_at", ["0001-01-01T00:30:00+01:00", "9999-12-31T23:30:00-01:00",
+                                         "9999-12-31T23:59:60Z"])
+def test_instants_outside_years_1_to_9999_in_utc_are_bad_timestamps(occurred_at: str) -> None:
+    result = validate_event(encode(event(occurred_at=occurred_at)))
+    assert isinstance(result, Rejection) and result.reason == "bad_timestamp", result
+    assert "0001-9999" in result.detail
+
+
+@pytest.mark.parametrize("field", ["organization_id", "store_id"])
+@pytest.mark.parametrize("char", ["\x00", "\x1b", "\n", "\x7f", "\x85"])
+def test_control_characters_in_ids_are_refused(field: str, char: str) -> None:
+    result = validate_event(encode(event(**{field: f"a{char}b"})))
+    assert isinstance(result, Rejection) and result.reason == "schema", result
+    assert field in result.detail and "control characters" in result.detail
 
 
 def test_bytes_like_values_are_accepted() -> None:
@@ -304,7 +341,8 @@ def test_rejection_reason(value: Any, reason: str) -> None:
 
 
 def test_every_reason_but_internal_error_is_exercised() -> None:
-    assert {r for _, _, r in REJECTED} == set(REJECTION_REASONS) - {"internal_error"}
+    # unstorable is the router's (PostgreSQL refused an event validation accepted), not the validator's
+    assert {r for _, _, r in REJECTED} == set(REJECTION_REASONS) - {"internal_error", "unstorable"}
 
 
 def test_missing_field_detail_names_every_missing_field() -> None:
