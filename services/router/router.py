@@ -24,17 +24,21 @@ import orjson
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
-from services.core import metrics
-from services.core.db import TRANSIENT_DB_ERRORS
+from services.core import liveness, metrics
+from services.core.deliveries import fail_undeliverable
+from services.core.errors import Stopped, describe, isolate_poison, retry_transient
 from services.core.kafka import (
+    DELIVERY_MAX_MESSAGE_BYTES,
+    RECORD_OVERHEAD_BYTES,
     RenewableProducer,
     commit_offsets,
     ensure_topics,
     internal_topic_configs,
     make_consumer,
     open_producer,
+    send_isolated,
 )
-from services.core.model import DeliveryTask, parse_rfc3339
+from services.core.model import TASK_ENVELOPE_MAX_BYTES, DeliveryTask
 from services.core.settings import Settings
 from services.core.tasks import cancel_and_wait
 from services.core.validation import DomainEvent, Rejection, validate_event
@@ -44,8 +48,11 @@ log = logging.getLogger(__name__)
 
 MAX_BATCH_RECORDS = 1000
 COMMIT_INTERVAL_S = 0.2
-_BACKOFF_START_S = 0.2
-_BACKOFF_MAX_S = 5.0
+# The largest delivery task the delivery topic takes (the body is escaped into the task's JSON).
+MAX_TASK_BYTES = DELIVERY_MAX_MESSAGE_BYTES - RECORD_OVERHEAD_BYTES
+HEARTBEAT = "router"
+# How long a rebalance waits for this replica's revoke (the batch in hand, then a commit).
+ROUTER_REVOKE_BOUND_S = 60.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -105,8 +112,8 @@ WITH input AS (
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
 ), routed AS (
-    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id)
-    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id
+    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight)
+    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true
     FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
     JOIN routable r USING (organization_id, event_id)
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
@@ -137,7 +144,7 @@ async def store_batch(
         [e.id for _, e, _ in events],
         [e.type for _, e, _ in events],
         [e.store_id for _, e, _ in events],
-        [parse_rfc3339(e.occurred_at) for _, e, _ in events],
+        [e.occurred_at_utc for _, e, _ in events],
         [body for _, _, body in events],
         [r.topic for r, _, _ in events],
         [r.partition for r, _, _ in events],
@@ -164,7 +171,8 @@ class Router:
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group)
+        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group,
+                                 rebalance_timeout_ms=int(ROUTER_REVOKE_BOUND_S * 1000))
         router = self
 
         class CommitOnRevoke(ConsumerRebalanceListener):
@@ -183,6 +191,7 @@ class Router:
                    asyncio.create_task(self._commit_periodically(consumer, stop), name="router-commit")]
         try:
             while not stop.is_set():
+                liveness.beat(HEARTBEAT)
                 batches = await consumer.getmany(timeout_ms=200, max_records=MAX_BATCH_RECORDS)
                 if not batches:
                     continue
@@ -197,6 +206,7 @@ class Router:
                     self._done.update({tp: messages[-1].offset + 1 for tp, messages in batches.items()})
             await self._commit_done(consumer)
         finally:
+            liveness.forget(HEARTBEAT)
             for helper in helpers:
                 await cancel_and_wait(helper)
             await consumer.stop()
@@ -221,10 +231,23 @@ class Router:
                     del self._done[tp]
 
     async def route_batch(self, records: Sequence[SourceRecord], stop: asyncio.Event) -> bool:
-        """Validate, store, match and enqueue one batch, retrying until it is durable (never skipped).
+        """Validate, store, match and enqueue one batch, retrying transient failures until it is
+        durable (never skipped). A record that PostgreSQL or Kafka refuses permanently is isolated and
+        dealt with on its own (dead-lettered, or its delivery marked failed); the rest goes through.
 
         Returns False only when ``stop`` is set before that succeeded: the caller must not commit.
         """
+        good, rejected = self.validate_batch(records)
+        try:
+            await retry_transient(lambda: self._deliver_batch(good, rejected),
+                                  what=f"routing a batch of {len(records)} records", stop=stop, heartbeat=HEARTBEAT)
+        except Stopped:
+            return False
+        return True
+
+    def validate_batch(self, records: Sequence[SourceRecord]) -> tuple[
+            list[tuple[SourceRecord, DomainEvent, str]], list[tuple[SourceRecord, Rejection]]]:
+        """Split a batch into events to route (with their webhook body) and rejected records."""
         good: list[tuple[SourceRecord, DomainEvent, str]] = []
         rejected: list[tuple[SourceRecord, Rejection]] = []
         seen: set[tuple[str, str]] = set()
@@ -238,21 +261,18 @@ class Router:
             if key in seen:  # the same id twice in one batch: the first one wins
                 metrics.EVENTS_DUPLICATE.inc()
                 continue
+            body = build_webhook_body(result)
+            # Re-serialising can grow a body (1e15 -> 1000000000000000.0) and the task escapes it
+            # again: a task the delivery topic would refuse is refused here, before anything is stored.
+            task_bytes = len(orjson.dumps(body)) + TASK_ENVELOPE_MAX_BYTES
+            if task_bytes > MAX_TASK_BYTES:
+                rejected.append((record, Rejection(
+                    "too_large", f"its delivery task would be about {task_bytes} bytes; the delivery topic"
+                                 f" takes at most {MAX_TASK_BYTES}")))
+                continue
             seen.add(key)
-            good.append((record, result, build_webhook_body(result)))
-
-        delay = _BACKOFF_START_S
-        while True:
-            try:
-                await self._deliver_batch(good, rejected)
-                return True
-            except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
-                log.warning("routing a batch of %d records failed (%s: %s); retrying in %.1fs",
-                            len(records), type(exc).__name__, exc, delay)
-            if stop.is_set():
-                return False
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+            good.append((record, result, body))
+        return good, rejected
 
     async def _send_dead_letter(self, record: SourceRecord, rejection: Rejection, *, omit_value: bool = False):
         """Queue one dead-letter copy; returns the send's future."""
@@ -275,6 +295,8 @@ class Router:
         is sent without its value, saying so in headers: a record that cannot be copied must not
         stop the flow, and its source position still points at the original.
         """
+        if not rejected:
+            return
         sends = [await self._send_dead_letter(record, rejection) for record, rejection in rejected]
         results = await self._producer.acked(sends, return_exceptions=True)
         retries = []
@@ -290,34 +312,66 @@ class Router:
     ) -> None:
         # Dead-letter copies go out while the batch is stored; most batches have none.
         dead_letters = asyncio.ensure_future(self._dead_letter(rejected)) if rejected else None
-        sends: list[asyncio.Future] = []
         tasks: list[DeliveryTask] = []
+        unstorable: list[tuple[SourceRecord, Rejection]] = []
         try:
             if good:
-                tasks = await self._store(good)
-            for task in tasks:
-                sends.append(await self._producer.send(
-                    self._settings.delivery_topic, value=task.encode(), key=task.kafka_key))
-            if sends:
-                await self._producer.acked(sends)
+                tasks, unstorable = await self._store(good)
+                await self._dead_letter(unstorable)
+            if tasks:
+                await self._enqueue(tasks)
         finally:
             if dead_letters is not None:
                 await dead_letters
-        for record, rejection in rejected:
+        for record, rejection in (*rejected, *unstorable):
             metrics.EVENTS_REJECTED.labels(rejection.reason).inc()
             log.info("dead-lettered %s[%d]@%d: %s (%s)", record.topic, record.partition, record.offset,
                      rejection.reason, rejection.detail)
+        if unstorable:
+            metrics.POISON_RECORDS.labels("router", "dead_lettered").inc(len(unstorable))
         for task in tasks:
             metrics.DELIVERIES_SCHEDULED.labels(task.event_type).inc()
 
-    async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]]) -> list[DeliveryTask]:
-        """Match, store, and return the delivery tasks to enqueue (pending deliveries only)."""
-        matches = [(hook.id, event) for _, event, _ in good
-                   for hook in self._directory.match(event.organization_id, event.type, event.store_id)]
-        rows, duplicates = await store_batch(self._pool, good, matches)
-        if duplicates:
-            metrics.EVENTS_DUPLICATE.inc(duplicates)
-        bodies = {(event.organization_id, event.id): body for _, event, body in good}
+    async def _enqueue(self, tasks: list[DeliveryTask]) -> None:
+        """Put the tasks on the delivery topic. A task Kafka refuses for good (too large for a topic
+        created before its limit was raised, say) fails its delivery at once, saying why; a transient
+        refusal raises, and the whole batch is tried again."""
+        results = await send_isolated(self._producer, self._settings.delivery_topic,
+                                      [(task.kafka_key, task.encode()) for task in tasks])
+        refused = [(task, exc) for task, exc in zip(tasks, results, strict=True) if exc is not None]
+        if refused:
+            await fail_undeliverable(self._pool, [(t.delivery_id, f"Kafka refused the delivery task: {describe(e)}")
+                                                  for t, e in refused])
+            metrics.POISON_RECORDS.labels("router", "failed").inc(len(refused))
+            for task, exc in refused:
+                log.error("delivery task refused by Kafka; delivery marked failed (%s)", describe(exc),
+                          extra={"event_id": task.event_id, "webhook_id": task.webhook_id})
+
+    async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]]) -> tuple[
+            list[DeliveryTask], list[tuple[SourceRecord, Rejection]]]:
+        """Match, store, and return the delivery tasks to enqueue (pending deliveries only), and the
+        events PostgreSQL refused for good, each with the database's reason (isolated by halving
+        the batch until the refused events stand alone; everything else is stored)."""
+        tasks: list[DeliveryTask] = []
+        unstorable: list[tuple[SourceRecord, Rejection]] = []
+
+        async def write(part: Sequence[tuple[SourceRecord, DomainEvent, str]]) -> None:
+            matches = [(hook.id, event) for _, event, _ in part
+                       for hook in self._directory.match(event.organization_id, event.type, event.store_id)]
+            rows, duplicates = await store_batch(self._pool, part, matches)
+            if duplicates:
+                metrics.EVENTS_DUPLICATE.inc(duplicates)
+            tasks.extend(self._tasks_for(part, matches, rows))
+
+        async def refuse(item: tuple[SourceRecord, DomainEvent, str], exc: BaseException) -> None:
+            unstorable.append((item[0], Rejection("unstorable", f"PostgreSQL refused the event: {describe(exc)}")))
+
+        await isolate_poison(good, write, refuse)
+        return tasks, unstorable
+
+    @staticmethod
+    def _tasks_for(part, matches, rows) -> list[DeliveryTask]:
+        bodies = {(event.organization_id, event.id): body for _, event, body in part}
         by_pair = {(webhook_id, event.id): event for webhook_id, event in matches}
         tasks = []
         for row in rows:
@@ -349,7 +403,7 @@ async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
     """Run one router replica until ``stop`` is set."""
     await ensure_topics(settings.kafka_bootstrap_servers,
                         [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
-                        configs=internal_topic_configs(settings.dead_letter_topic))
+                        configs=internal_topic_configs(settings.dead_letter_topic, settings.delivery_topic))
     try:
         # Upstream owns the source topics; creating missing ones keeps a fresh setup quiet and lets
         # the consumer see them at once. Without the right to create topics, just wait for them.

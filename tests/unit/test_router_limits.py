@@ -1,0 +1,43 @@
+"""The router refuses, before storing anything, an event whose delivery task the delivery topic
+could not take (issue 11, case 6): re-serialising grows numbers (1e15 -> 1000000000000000.0) and the
+task escapes the body again."""
+
+from __future__ import annotations
+
+import orjson
+
+from services.core.settings import Settings
+from services.router import router as router_module
+from services.router.router import Router, SourceRecord
+
+
+def record(value: bytes, offset: int = 0) -> SourceRecord:
+    return SourceRecord("aiq.orders", 0, offset, b"ord_1", value, ())
+
+
+def event(event_id: str, data: dict) -> bytes:
+    return orjson.dumps({"id": event_id, "type": "product.created", "occurred_at": "2026-11-27T10:15:00Z",
+                         "organization_id": "org_1", "store_id": "s1", "data": {"product": {"id": "p1", **data}}})
+
+
+def test_an_event_whose_task_would_outgrow_the_delivery_topic_is_dead_lettered(monkeypatch) -> None:
+    router = Router(Settings(max_event_bytes=1024 * 1024), pool=None, directory=None, producer=None)
+    # ~10 KB as published ("1e15" is how upstream wrote it), ~38 KB once re-serialised
+    growing = event("evt_grows", {"numbers": "NUMBERS"}).replace(b'"NUMBERS"', b"[" + b",".join([b"1e15"] * 2000) + b"]")
+    small = event("evt_small", {"title": "fine"})
+    monkeypatch.setattr(router_module, "MAX_TASK_BYTES", 30_000 + router_module.TASK_ENVELOPE_MAX_BYTES)
+    assert len(growing) < 30_000
+    good, rejected = router.validate_batch([record(growing, 0), record(small, 1)])
+    assert [e.id for _, e, _ in good] == ["evt_small"]
+    [(rejected_record, rejection)] = rejected
+    assert rejected_record.offset == 0 and rejection.reason == "too_large"
+    assert "delivery task" in rejection.detail
+
+
+def test_the_settings_cap_keeps_every_accepted_event_within_the_delivery_topic() -> None:
+    from services.core.kafka import DELIVERY_MAX_MESSAGE_BYTES
+    from services.core.settings import MAX_EVENT_BYTES_LIMIT
+
+    # the worst growth we know of: 5 bytes ("1e15,") become 19 ("1000000000000000.0,")
+    assert MAX_EVENT_BYTES_LIMIT * 19 / 5 + router_module.TASK_ENVELOPE_MAX_BYTES <= router_module.MAX_TASK_BYTES
+    assert router_module.MAX_TASK_BYTES < DELIVERY_MAX_MESSAGE_BYTES
