@@ -10,9 +10,10 @@ Redelivery (a decision, documented in the OpenAPI description too):
 * a delivery that is waiting for an automatic retry has that retry pulled forward to now; it
   stays automatic, so if it fails the remaining retries still follow;
 * any other delivery (succeeded, failed, or pending with an attempt in flight) gets one new
-  manual attempt now, whose outcome is final (no automatic retries after it). It is recorded like
-  any attempt, with the next attempt number. Redelivering while an attempt is in flight may send
-  the event twice, which at-least-once delivery allows; it never loses one;
+  manual attempt, whose outcome is final for itself (no automatic retries after it). It is recorded
+  like any attempt, with the next attempt number. While an attempt is in flight the manual one
+  waits for it to finish (one attempt of a delivery at a time): the redelivery is never lost and
+  never cancels the automatic retries that attempt may schedule;
 * a disabled webhook answers 409: the sender would not send anyway.
 """
 
@@ -37,7 +38,8 @@ LOG_EVENT_TYPES = frozenset((*EVENT_TYPES, TEST_EVENT_TYPE))
 MAX_FILTER_CHARS = 256
 
 LOG_COLUMNS = ("d.id, d.event_id, d.event_type, d.store_id, d.status, d.attempts, d.last_http_status,"
-               " d.last_error, d.created_at, d.last_attempt_at, d.next_attempt_at")
+               " d.last_error, d.created_at, d.last_attempt_at,"
+               " LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at")
 
 
 def delivery_json(row: asyncpg.Record) -> dict[str, Any]:
@@ -142,12 +144,15 @@ _REDELIVER_SQL = """
 UPDATE deliveries AS d SET
     status = 'pending',
     finished_at = NULL,
-    next_attempt_at = now(),
-    -- an automatic retry that is waiting stays automatic; everything else is one manual attempt
-    next_manual = NOT (d.status = 'pending' AND d.next_attempt_at IS NOT NULL AND NOT d.next_manual)
+    -- an automatic retry that is waiting is pulled forward and stays automatic; anything else is
+    -- one manual attempt, requested apart from the automatic schedule (it waits for an attempt in
+    -- flight to finish, and neither overwrites the other's schedule)
+    next_attempt_at = CASE WHEN d.next_attempt_at IS NOT NULL THEN now() END,
+    manual_due_at = CASE WHEN d.next_attempt_at IS NOT NULL THEN d.manual_due_at ELSE now() END
 FROM webhooks w
 WHERE w.id = d.webhook_id AND w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3
-RETURNING d.event_id, d.status, d.next_attempt_at, d.next_manual
+RETURNING d.event_id, d.status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at,
+          d.next_attempt_at IS NULL AS manual
 """
 
 
@@ -162,7 +167,7 @@ async def redeliver(request: web.Request) -> web.Response:
         if row is None:
             raise not_found("event")
     return json_response({"event_id": row["event_id"], "status": row["status"],
-                          "next_attempt_at": row["next_attempt_at"], "manual": row["next_manual"]}, status=202)
+                          "next_attempt_at": row["next_attempt_at"], "manual": row["manual"]}, status=202)
 
 
 def add_routes(app: web.Application) -> None:

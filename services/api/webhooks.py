@@ -219,8 +219,8 @@ async def send_test_event(request: web.Request) -> web.Response:
             " source_topic, source_partition, source_offset) VALUES ($1, $2, $3, $4, $5, $6, 'api', -1, -1)"
             " RETURNING seq", org_id, event_id, TEST_EVENT_TYPE, store_id, occurred_at, body)
         await conn.execute(
-            "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, next_attempt_at,"
-            " next_manual) VALUES ($1, $2, $3, $4, $5, now(), true)",
+            "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, manual_due_at)"
+            " VALUES ($1, $2, $3, $4, $5, now())",
             webhook_id, seq, event_id, TEST_EVENT_TYPE, store_id)
     return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": "pending"}, status=202)
 

@@ -6,10 +6,13 @@ A webhook that hangs or fails every time must not slow the others:
   its next retry without touching the network; that retry is scheduled no earlier than the
   breaker's probe, so an open breaker does not burn through a delivery's retries. After the open
   period one probe is let through: success closes the breaker, failure opens it again.
-- While it is unhealthy (failing, or with a call running longer than ``SLOW_CALL_S``) and already
-  has ``max_concurrency + max_queued`` deliveries waiting, more of them are deferred: put back in
-  the durable schedule for a moment without using up an attempt, so they do not hold the sender's
-  in-flight slots that healthy endpoints need. A fast, healthy endpoint is never deferred.
+- Fair capacity: a webhook runs at most ``min(max_concurrency, max_in_flight // 4)`` attempts at
+  once. While it is unhealthy (failing, or with a call running longer than ``SLOW_CALL_S``) it holds
+  no more of the sender's in-flight slots than that: new deliveries beyond it are deferred at once,
+  and those already queued are deferred within ``QUEUE_RECHECK_S`` of it turning unhealthy —
+  put back in the durable schedule for a moment without using up an attempt, so a few hanging
+  webhooks cannot hold the slots healthy webhooks need. A fast, healthy endpoint is never deferred
+  (its queue turns over quickly, and a single busy webhook may use the whole sender).
 """
 
 from __future__ import annotations
@@ -26,6 +29,8 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # A call running longer than this marks its endpoint as slow (only overflow is deferred then).
 SLOW_CALL_S = 1.0
 DEFER_S = 1.0
+# How often a delivery queued behind a busy endpoint checks whether that endpoint turned unhealthy.
+QUEUE_RECHECK_S = 0.25
 
 
 @dataclass(slots=True)
@@ -43,18 +48,21 @@ class EndpointGate:
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.max_concurrency)
 
-    def is_unhealthy(self, now: float) -> bool:
-        if self.consecutive_failures or self.state != CLOSED:
-            return True
+    def is_slow(self, now: float) -> bool:
         return bool(self.call_started) and now - min(self.call_started.values()) > SLOW_CALL_S
+
+    def is_unhealthy(self, now: float) -> bool:
+        return bool(self.consecutive_failures) or self.state != CLOSED or self.is_slow(now)
 
 
 class EndpointGates:
     def __init__(self, *, max_concurrency: int, max_queued: int, failure_threshold: int, open_s: float,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 max_in_flight: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
         self._gates: dict[str, EndpointGate] = {}
-        self._max_concurrency = max_concurrency
-        self._max_queued = max_queued
+        # No webhook holds more than a quarter of the sender's in-flight slots while unhealthy.
+        share = max(1, max_in_flight // 4) if max_in_flight is not None else max_concurrency + max_queued
+        self._max_concurrency = min(max_concurrency, share)
+        self._max_queued = max(0, min(max_queued, share - self._max_concurrency))
         self._failure_threshold = failure_threshold
         self._open_s = open_s
         self._clock = clock
@@ -98,12 +106,14 @@ class EndpointGates:
         refused = self._refusal(gate)
         if refused is not None:
             return refused
-        if gate.waiting >= self._max_concurrency + self._max_queued and gate.is_unhealthy(self._clock()):
-            metrics.DELIVERIES_DEFERRED.inc()
-            return Deferred("endpoint is slow or failing and has too many deliveries waiting", DEFER_S)
+        now = self._clock()
+        if gate.is_unhealthy(now) and gate.waiting >= self._unhealthy_cap(gate, now):
+            return self._defer()
         gate.waiting += 1
         try:
-            async with gate.semaphore:
+            if not await self._acquire(gate):
+                return self._defer()
+            try:
                 refused = self._admit(gate)
                 if refused is not None:
                     return refused
@@ -118,8 +128,36 @@ class EndpointGates:
                         gate.probe_in_flight = False
                 self._observe(gate, result)
                 return result
+            finally:
+                gate.semaphore.release()
         finally:
             gate.waiting -= 1
+
+    def _unhealthy_cap(self, gate: EndpointGate, now: float) -> int:
+        """Deliveries an unhealthy endpoint may hold (running or queued) before more are deferred: its
+        running attempts and ``max_queued`` behind them while it fails fast (its queue turns over);
+        only the running ones while an attempt hangs (a queue behind it would just wait)."""
+        return self._max_concurrency + (0 if gate.is_slow(now) else self._max_queued)
+
+    async def _acquire(self, gate: EndpointGate) -> bool:
+        """Take one of the endpoint's slots; False when it turned unhealthy while this delivery waited
+        behind its running attempts (the delivery is deferred rather than hold a sender slot)."""
+        if not gate.semaphore.locked():
+            await gate.semaphore.acquire()
+            return True
+        while True:
+            try:
+                await asyncio.wait_for(gate.semaphore.acquire(), QUEUE_RECHECK_S)
+                return True
+            except TimeoutError:
+                now = self._clock()
+                if gate.is_unhealthy(now) and gate.waiting > self._unhealthy_cap(gate, now):
+                    return False
+
+    @staticmethod
+    def _defer() -> Deferred:
+        metrics.DELIVERIES_DEFERRED.inc()
+        return Deferred("endpoint is slow or failing and already holds its share of the sender", DEFER_S)
 
     def _observe(self, gate: EndpointGate, result: AttemptResult) -> None:
         if isinstance(result, Succeeded) or (isinstance(result, Failed) and not result.sent):

@@ -6,8 +6,10 @@ Every way an attempt can go wrong comes back as a :class:`Failed` value, never a
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import datetime as dt
 import ssl
+import zlib
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -43,7 +45,7 @@ def make_session(*, allow_private_networks: bool) -> aiohttp.ClientSession:
         trust_env=False,
         auto_decompress=False,
         cookie_jar=aiohttp.DummyCookieJar(),
-        skip_auto_headers=("User-Agent",),
+        skip_auto_headers=("User-Agent", "Accept-Encoding"),
     )
 
 
@@ -55,21 +57,67 @@ def build_headers(task: DeliveryTask, webhook: Webhook, body: bytes, now: dt.dat
         "webhook-timestamp": str(timestamp),
         "webhook-signature": signature_header(webhook.signing_keys(now), task.event_id, timestamp, body),
         "user-agent": USER_AGENT,
+        # Only the excerpt is kept, so compression buys nothing; an endpoint that compresses anyway
+        # has its excerpt decompressed within the cap (read_excerpt).
+        "accept-encoding": "identity",
     }
 
 
 async def read_excerpt(response: aiohttp.ClientResponse, cap_bytes: int) -> tuple[str, bool]:
-    """Up to ``cap_bytes`` of the body as text, and whether the whole body was read."""
+    """Up to ``cap_bytes`` of the body as text PostgreSQL can store, and whether the whole body was read.
+
+    The body is the endpoint's, so hostile: a gzip or deflate body (sent though we ask for identity)
+    is decompressed, but never to more than ``cap_bytes`` (a zip bomb costs nothing); the text is
+    then made valid (see :func:`excerpt_text`).
+    """
     chunks: list[bytes] = []
     remaining = cap_bytes
+    complete = False
     while remaining > 0:
         chunk = await response.content.read(remaining)
         if not chunk:
-            return b"".join(chunks).decode("utf-8", "replace"), True
+            complete = True
+            break
         chunks.append(chunk)
         remaining -= len(chunk)
-    complete = response.content.at_eof()
-    return b"".join(chunks).decode("utf-8", "replace"), complete
+    else:
+        complete = response.content.at_eof()
+    raw = b"".join(chunks)
+    encoding = response.headers.get("Content-Encoding", "").strip().lower()
+    if encoding in ("gzip", "x-gzip", "deflate"):
+        raw = decompress_bounded(raw, encoding, cap_bytes)
+    return excerpt_text(raw, cap_bytes), complete
+
+
+def decompress_bounded(raw: bytes, encoding: str, cap_bytes: int) -> bytes:
+    """At most ``cap_bytes`` of the decompressed body; what cannot be decompressed stays as it came."""
+    # wbits: 16+MAX_WBITS reads a gzip header, MAX_WBITS a zlib stream, -MAX_WBITS raw deflate
+    # (servers disagree on what "deflate" means, so both are tried).
+    candidates = (16 + zlib.MAX_WBITS,) if encoding != "deflate" else (zlib.MAX_WBITS, -zlib.MAX_WBITS)
+    for wbits in candidates:
+        try:
+            out = zlib.decompressobj(wbits).decompress(raw, cap_bytes)
+        except zlib.error:
+            continue
+        return out
+    return raw
+
+
+def excerpt_text(raw: bytes, cap_bytes: int) -> str:
+    """Bytes as storable text of at most ``cap_bytes`` UTF-8 bytes: invalid UTF-8 and U+0000 (which
+    PostgreSQL text refuses) become U+FFFD, and a character cut by the cap is dropped."""
+    text = raw.decode("utf-8", "replace")
+    if "\x00" in text:
+        text = text.replace("\x00", "\ufffd")
+    encoded = text.encode("utf-8")
+    if len(encoded) > cap_bytes:
+        text = encoded[:cap_bytes].decode("utf-8", "ignore")
+    return text
+
+
+def storable_error(error: str) -> str:
+    """An error message as storable text: exception texts can quote the endpoint's bytes."""
+    return excerpt_text(error.encode("utf-8", "replace"), MAX_ERROR_CHARS)
 
 
 def _describe(exc: BaseException) -> str:
@@ -86,7 +134,24 @@ async def post_webhook(
     excerpt_cap_bytes: int,
     allow_private_networks: bool,
 ) -> AttemptResult:
-    """Make one signed POST; any 2xx is success, everything else (3xx included) a failure."""
+    """Make one signed POST; any 2xx is success, everything else (3xx included) a failure. Never
+    raises for anything the endpoint does; every text in the result is storable."""
+    result = await _post(session, webhook, task, timeout_s=timeout_s, excerpt_cap_bytes=excerpt_cap_bytes,
+                         allow_private_networks=allow_private_networks)
+    if isinstance(result, Failed):
+        result = dataclasses.replace(result, error=storable_error(result.error))
+    return result
+
+
+async def _post(
+    session: aiohttp.ClientSession,
+    webhook: Webhook,
+    task: DeliveryTask,
+    *,
+    timeout_s: float,
+    excerpt_cap_bytes: int,
+    allow_private_networks: bool,
+) -> AttemptResult:
     body = task.body.encode()
     try:
         check_connect_host(urlsplit(webhook.url).hostname or "", allow_private_networks=allow_private_networks)

@@ -2,71 +2,92 @@
 
 ``record()`` returns once the outcome is durable in both places; the caller commits the delivery's
 offset only then. A batch is flushed when it reaches ``outcome_flush_max`` records or has waited
-``outcome_flush_interval_ms``. A failing flush is retried with backoff (nothing is dropped);
-meanwhile callers wait, in-flight work stays bounded and the consumer stops fetching.
+``outcome_flush_interval_ms``. A flush that fails transiently is retried with backoff (nothing is
+dropped); meanwhile callers wait, in-flight work stays bounded and the consumer stops fetching. A
+record PostgreSQL refuses for good is isolated from its batch (see ``_make_durable``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 
 import asyncpg
 from aiokafka.errors import KafkaError
 
-from services.core import metrics
-from services.core.db import TRANSIENT_DB_ERRORS
+from services.core import liveness, metrics
+from services.core.errors import BACKOFF_MAX_S, BACKOFF_START_S, describe, is_transient, isolate_poison
 from services.core.kafka import RenewableProducer, discard
-from services.core.model import AttemptRecord
+from services.core.model import AttemptRecord, Failed, Succeeded
 from services.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
 
-_BACKOFF_START_S = 0.2
-_BACKOFF_MAX_S = 5.0
 EXIT_FLUSH_TIMEOUT_S = 15.0
+HEARTBEAT = "outcome-flusher"
+IDLE_BEAT_S = 5.0
+MAX_STORED_ERROR_CHARS = 1000
+
+# The delivery's status after an attempt. An automatic outcome: its own, except that a failure
+# with a manual redelivery still waiting stays pending. A manual outcome (a redelivery or test
+# send, one attempt that never schedules retries): a success is final and clears a waiting
+# automatic retry; a failure leaves a waiting automatic retry or redelivery in place (pending).
+_NEW_STATUS = """CASE
+    WHEN u.outcome = 'succeeded' THEN 'succeeded'
+    WHEN NOT u.manual AND u.outcome = 'retrying' THEN 'pending'
+    WHEN NOT u.manual AND d.manual_due_at IS NOT NULL THEN 'pending'
+    WHEN u.manual AND (d.next_attempt_at IS NOT NULL OR d.manual_due_at IS NOT NULL) THEN 'pending'
+    ELSE 'failed' END"""
 
 # One statement, so one round trip and atomic without an explicit transaction: insert the attempts
-# and update each delivery's summary and retry schedule.
-_RECORD_ATTEMPTS_SQL = """
+# (of deliveries that still exist: a webhook deleted mid-attempt takes its deliveries with it) and
+# update each delivery's summary and schedule. Only automatic outcomes write the automatic retry
+# schedule; every outcome ends the attempt in flight.
+_RECORD_ATTEMPTS_SQL = f"""
 WITH u AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[],
-                         $7::text[], $8::text[], $9::text[], $10::timestamptz[], $11::int[])
-        AS u(id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome, status,
+                         $7::text[], $8::text[], $9::bool[], $10::timestamptz[], $11::int[])
+        AS u(id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome, manual,
              next_attempt_at, next_retry_index)
 ), recorded AS (
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, response_excerpt,
                           outcome)
     SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome FROM u
+    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)
 )
 UPDATE deliveries AS d SET
-    status = u.status,
+    status = {_NEW_STATUS},
     attempts = GREATEST(d.attempts, u.attempt),
     last_attempt_at = u.started_at,
     last_http_status = u.http_status,
     last_error = u.error,
-    finished_at = CASE WHEN u.status = 'pending' THEN NULL ELSE now() END,
-    next_attempt_at = u.next_attempt_at,
-    next_retry_index = u.next_retry_index,
-    next_manual = false
+    finished_at = CASE WHEN {_NEW_STATUS} = 'pending' THEN NULL ELSE now() END,
+    next_attempt_at = CASE WHEN NOT u.manual THEN u.next_attempt_at
+                           WHEN u.outcome = 'succeeded' THEN NULL ELSE d.next_attempt_at END,
+    next_retry_index = CASE WHEN NOT u.manual THEN u.next_retry_index
+                            WHEN u.outcome = 'succeeded' THEN NULL ELSE d.next_retry_index END,
+    next_manual = false,
+    in_flight = false
 FROM u
 WHERE d.id = u.id AND d.attempts <= u.attempt
 """
 
+# A deferral puts the task back without using up an attempt: an automatic one into the automatic
+# schedule (same retry index), a manual one into the manual request.
 _DEFER_DELIVERIES_SQL = """
 UPDATE deliveries AS d SET
-    next_attempt_at = u.next_attempt_at,
-    next_retry_index = u.retry_index,
-    next_manual = u.manual
+    next_attempt_at = CASE WHEN u.manual THEN d.next_attempt_at ELSE u.next_attempt_at END,
+    next_retry_index = CASE WHEN u.manual THEN d.next_retry_index ELSE u.retry_index END,
+    manual_due_at = CASE WHEN u.manual THEN u.next_attempt_at ELSE d.manual_due_at END,
+    next_manual = false,
+    in_flight = false
 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
     AS u(id, attempt, next_attempt_at, retry_index, manual)
 WHERE d.id = u.id AND d.attempts < u.attempt
 """
-
-DELIVERY_STATUS = {"succeeded": "succeeded", "retrying": "pending", "failed": "failed"}
-
 
 async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[AttemptRecord]) -> None:
     """Insert the attempts and update each delivery's summary and retry schedule, atomically: one
@@ -100,7 +121,7 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
             [r.error for r in records],
             [r.result.response_excerpt for r in records],
             [r.status for r in records],
-            [DELIVERY_STATUS[r.status] for r in records],
+            [r.task.manual for r in records],
             [r.next_attempt_at for r in records],
             [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
         )
@@ -127,6 +148,7 @@ class OutcomeSink:
         """Flush whatever is buffered, then stop; gives up after ``EXIT_FLUSH_TIMEOUT_S`` (for example
         while Kafka or PostgreSQL is down): what was not flushed is not committed, so it is replayed."""
         await cancel_and_wait(self._task)
+        liveness.forget(HEARTBEAT)
         try:
             async with asyncio.timeout(EXIT_FLUSH_TIMEOUT_S):
                 while self._buffer:
@@ -145,7 +167,11 @@ class OutcomeSink:
 
     async def _run(self) -> None:
         while True:
-            await self._has_work.wait()
+            liveness.beat(HEARTBEAT)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._has_work.wait(), IDLE_BEAT_S)
+            if not self._has_work.is_set():
+                continue
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._full.wait(), self._interval_s)
             await self._flush_once()
@@ -167,15 +193,20 @@ class OutcomeSink:
                 future.set_result(None)
 
     async def _make_durable(self, records: list[AttemptRecord]) -> None:
-        """Make a batch durable in both places, retrying until it is.
+        """Make a batch durable in both places, trying again until it is.
 
         The rows are written only after Kafka has acknowledged the batch's status records. A crash
         before the write leaves the attempts unrecorded, so they are replayed and their status records
         sent again (duplicates); a crash after it finds both durable. Never a recorded attempt without
         its status record.
+
+        Transient failures (and any refusal by the status topic, which is infrastructure, not a
+        tenant's record) are retried with capped backoff. A record PostgreSQL refuses for good is
+        isolated (:func:`isolate_poison`) and recorded without its details, or dropped when its
+        delivery no longer exists: one tenant's attempt never holds up the others' outcomes.
         """
         attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
-        delay = _BACKOFF_START_S
+        delay = BACKOFF_START_S
         while True:
             sends: list[asyncio.Future] = []
             try:
@@ -183,12 +214,51 @@ class OutcomeSink:
                     sends.append(await self._producer.send(
                         self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
                 await self._producer.acked(sends)
-                await write_outcomes(self._pool, records)
+                await isolate_poison(records, lambda part: write_outcomes(self._pool, list(part)),
+                                     self._record_poison)
                 return
-            except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
-                log.warning("recording %d outcomes failed (%s: %s); retrying in %.1fs",
-                            len(records), type(exc).__name__, exc, delay)
+            except Exception as exc:
+                if is_transient(exc) or isinstance(exc, KafkaError):
+                    log.warning("recording %d outcomes failed (%s); retrying in %.1fs",
+                                len(records), describe(exc), delay)
+                else:  # not a database refusal (those are isolated): a bug, which must not wedge the sender
+                    log.exception("recording %d outcomes failed unexpectedly; retrying in %.1fs", len(records), delay)
             finally:
                 discard(sends)  # after success they are all done; after a failure they are retried
+            liveness.beat(HEARTBEAT)
             await asyncio.sleep(delay)
-            delay = min(delay * 2, _BACKOFF_MAX_S)
+            delay = min(delay * 2, BACKOFF_MAX_S)
+
+    async def _record_poison(self, record: AttemptRecord, exc: BaseException) -> None:
+        """One outcome PostgreSQL refused for good: record it without the details the database refused
+        (response excerpt, error text), or drop it with a log line when its delivery is gone."""
+        extra = {"event_id": record.task.event_id, "webhook_id": record.task.webhook_id}
+        if isinstance(exc, asyncpg.ForeignKeyViolationError):
+            metrics.POISON_RECORDS.labels("outcomes", "dropped").inc()
+            log.info("delivery deleted while its attempt was in flight (webhook deleted); outcome dropped",
+                     extra=extra)
+            return
+        reduced = dataclasses.replace(record, result=reduced_result(record.result, exc))
+        try:
+            await write_outcomes(self._pool, [reduced])
+        except Exception as again:
+            if is_transient(again):
+                raise
+            metrics.POISON_RECORDS.labels("outcomes", "dropped").inc()
+            log.error("outcome refused by PostgreSQL even without its details (%s); dropped", describe(again),
+                      extra=extra)
+            return
+        metrics.POISON_RECORDS.labels("outcomes", "recorded_reduced").inc()
+        log.warning("outcome refused by PostgreSQL (%s); recorded without its details", describe(exc), extra=extra)
+
+
+def reduced_result(result, exc: BaseException):
+    """``result`` with no response excerpt and an ASCII error naming why the details are missing."""
+    note = f"details not stored: PostgreSQL refused them ({describe(exc, 200)})"
+    note = note.encode("ascii", "backslashreplace").decode("ascii")
+    if isinstance(result, Failed):
+        original = (result.error or "").encode("ascii", "backslashreplace").decode("ascii")[:300]
+        return dataclasses.replace(result, error=f"{original} [{note}]", response_excerpt=None)
+    if isinstance(result, Succeeded):
+        return dataclasses.replace(result, response_excerpt=None)
+    return result

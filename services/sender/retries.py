@@ -5,7 +5,10 @@ it, so no waiting retry exists only in memory. Every sender replica runs a pump 
 rows (``FOR UPDATE SKIP LOCKED``: replicas never claim the same row), puts them back on the
 delivery topic and clears the schedule in the same transaction once Kafka has acknowledged them:
 a crash in between re-sends (a possible duplicate), never loses. A retry waiting 30 minutes is
-just a row, so it blocks nothing. Redeliveries and test sends from the API use the same path.
+just a row, so it blocks nothing. Redeliveries and test sends from the API use the same path, as
+``manual_due_at`` requests kept apart from the automatic schedule; a delivery with an attempt in
+flight (``in_flight``) is never claimed, so a redelivery waits for that attempt to finish and the
+two never overwrite each other's schedule.
 """
 
 from __future__ import annotations
@@ -14,27 +17,44 @@ import asyncio
 import logging
 
 import asyncpg
-from aiokafka.errors import KafkaError
 
-from services.core import metrics
-from services.core.db import TRANSIENT_DB_ERRORS
-from services.core.kafka import RenewableProducer
-from services.core.model import DeliveryTask
+from services.core import liveness, metrics
+from services.core.deliveries import fail_undeliverable
+from services.core.errors import describe, is_transient
+from services.core.kafka import RenewableProducer, send_isolated
+from services.core.model import DeliveryTask, format_rfc3339
 
 log = logging.getLogger(__name__)
 
 PUMP_BATCH = 500
 PUMP_IDLE_S = 0.1
 BACKLOG_REFRESH_S = 5.0
+HEARTBEAT = "retry-pump"
 
-_CLAIM_DUE_SQL = """
+_SELECT_TASK = """
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.store_id, d.attempts, d.next_retry_index,
-       d.next_manual, e.organization_id, e.occurred_at, e.body
+       e.organization_id, e.occurred_at, e.body
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
-WHERE d.next_attempt_at <= now()
+"""
+# Due automatic retries first (a pulled-forward retry is one of them), then due manual requests;
+# never a delivery with an attempt in flight, so one delivery never has two attempts at once.
+_CLAIM_DUE_RETRIES_SQL = _SELECT_TASK + """
+WHERE d.next_attempt_at <= now() AND NOT d.in_flight
 ORDER BY d.next_attempt_at
 LIMIT $1
 FOR UPDATE OF d SKIP LOCKED
+"""
+_CLAIM_DUE_MANUAL_SQL = _SELECT_TASK + """
+WHERE d.manual_due_at <= now() AND NOT d.in_flight AND NOT (d.id = ANY($2::bigint[]))
+ORDER BY d.manual_due_at
+LIMIT $1
+FOR UPDATE OF d SKIP LOCKED
+"""
+_ISSUED_SQL = """
+UPDATE deliveries SET in_flight = true,
+    next_attempt_at = CASE WHEN id = ANY($1::bigint[]) THEN NULL ELSE next_attempt_at END,
+    manual_due_at = CASE WHEN id = ANY($2::bigint[]) THEN NULL ELSE manual_due_at END
+WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])
 """
 
 _BACKLOG_SQL = """
@@ -43,30 +63,40 @@ WHERE next_attempt_at IS NOT NULL GROUP BY next_retry_index
 """
 
 
-def _iso(value) -> str:
-    return value.isoformat().replace("+00:00", "Z")
-
-
-def task_from_row(row: asyncpg.Record) -> DeliveryTask:
+def task_from_row(row: asyncpg.Record, *, manual: bool) -> DeliveryTask:
     return DeliveryTask(
         delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=row["organization_id"],
         event_id=row["event_id"], event_type=row["event_type"], store_id=row["store_id"],
-        occurred_at=_iso(row["occurred_at"]), attempt=row["attempts"] + 1,
-        retry_index=row["next_retry_index"] or 0, manual=row["next_manual"], body=row["body"],
+        occurred_at=format_rfc3339(row["occurred_at"]), attempt=row["attempts"] + 1,
+        retry_index=0 if manual else row["next_retry_index"] or 0, manual=manual, body=row["body"],
     )
 
 
 async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, delivery_topic: str) -> int:
-    """Move one batch of due deliveries back onto the delivery topic; returns how many."""
+    """Move one batch of due deliveries back onto the delivery topic; returns how many.
+
+    A task Kafka refuses for good (too large for the topic's limit) fails its delivery, saying why,
+    instead of being claimed again forever; a transient refusal rolls the claim back.
+    """
     async with pool.acquire() as conn, conn.transaction():
-        rows = await conn.fetch(_CLAIM_DUE_SQL, PUMP_BATCH)
-        if not rows:
+        automatic = await conn.fetch(_CLAIM_DUE_RETRIES_SQL, PUMP_BATCH)
+        manual = []
+        if len(automatic) < PUMP_BATCH:
+            manual = await conn.fetch(_CLAIM_DUE_MANUAL_SQL, PUMP_BATCH - len(automatic),
+                                      [r["id"] for r in automatic])
+        if not automatic and not manual:
             return 0
-        tasks = [task_from_row(row) for row in rows]
-        sends = [await producer.send(delivery_topic, value=t.encode(), key=t.kafka_key) for t in tasks]
-        await producer.acked(sends)
-        await conn.execute("UPDATE deliveries SET next_attempt_at = NULL WHERE id = ANY($1::bigint[])",
-                           [t.delivery_id for t in tasks])
+        tasks = ([task_from_row(row, manual=False) for row in automatic]
+                 + [task_from_row(row, manual=True) for row in manual])
+        results = await send_isolated(producer, delivery_topic, [(t.kafka_key, t.encode()) for t in tasks])
+        refused = [(task.delivery_id, f"Kafka refused the delivery task: {describe(exc)}")
+                   for task, exc in zip(tasks, results, strict=True) if exc is not None]
+        await conn.execute(_ISSUED_SQL, [t.delivery_id for t in tasks if not t.manual],
+                           [t.delivery_id for t in tasks if t.manual])
+        if refused:
+            await fail_undeliverable(conn, refused)
+            metrics.POISON_RECORDS.labels("retry_pump", "failed").inc(len(refused))
+            log.error("%d delivery tasks refused by Kafka; their deliveries are marked failed", len(refused))
     return len(tasks)
 
 
@@ -74,23 +104,30 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
                          stop: asyncio.Event) -> None:
     loop = asyncio.get_running_loop()
     next_backlog = 0.0
-    while not stop.is_set():
-        try:
-            moved = await pump_due_retries(pool, producer, delivery_topic)
-            if loop.time() >= next_backlog:
-                next_backlog = loop.time() + BACKLOG_REFRESH_S
-                async with pool.acquire() as conn:
-                    rows = await conn.fetch(_BACKLOG_SQL)
-                for tier in ("1", "2", "3"):
-                    metrics.RETRY_BACKLOG.labels(tier).set(0)
-                for row in rows:
-                    metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
-        except (*TRANSIENT_DB_ERRORS, KafkaError, TimeoutError) as exc:
-            log.warning("retry pump failed (%s: %s); trying again shortly", type(exc).__name__, exc)
-            moved = 0
-            await asyncio.sleep(1.0)
-        if moved < PUMP_BATCH:
+    try:
+        while not stop.is_set():
+            liveness.beat(HEARTBEAT)
             try:
-                await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)
-            except TimeoutError:
-                pass
+                moved = await pump_due_retries(pool, producer, delivery_topic)
+                if loop.time() >= next_backlog:
+                    next_backlog = loop.time() + BACKLOG_REFRESH_S
+                    async with pool.acquire() as conn:
+                        rows = await conn.fetch(_BACKLOG_SQL)
+                    for tier in ("1", "2", "3"):
+                        metrics.RETRY_BACKLOG.labels(tier).set(0)
+                    for row in rows:
+                        metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
+            except Exception as exc:
+                if not is_transient(exc):
+                    log.exception("retry pump stopped by a permanent error")
+                    raise
+                log.warning("retry pump failed (%s); trying again shortly", describe(exc))
+                moved = 0
+                await asyncio.sleep(1.0)
+            if moved < PUMP_BATCH:
+                try:
+                    await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)
+                except TimeoutError:
+                    pass
+    finally:
+        liveness.forget(HEARTBEAT)

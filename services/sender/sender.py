@@ -29,8 +29,8 @@ import aiohttp
 import asyncpg
 from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 
-from services.core import metrics
-from services.core.db import TRANSIENT_DB_ERRORS
+from services.core import liveness, metrics
+from services.core.errors import describe, retry_transient
 from services.core.kafka import (
     commit_offsets,
     ensure_topics,
@@ -53,7 +53,7 @@ from services.core.settings import Settings
 from services.core.tasks import cancel_and_wait
 from services.core.webhooks import Webhook, WebhookDirectory
 from services.sender.endpoints import EndpointGates
-from services.sender.http import make_session, post_webhook
+from services.sender.http import make_session, post_webhook, storable_error
 from services.sender.offsets import OffsetTracker
 from services.sender.outcomes import OutcomeSink
 from services.sender.retries import run_retry_pump
@@ -61,6 +61,7 @@ from services.sender.retries import run_retry_pump
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.2
+HEARTBEAT = "sender"
 # Records stamped up to this long after a partition's assignment are still checked for replays,
 # to allow for clock differences between the producing router and this sender.
 REPLAY_CLOCK_SKEW_MS = 10_000
@@ -98,7 +99,8 @@ class Sender:
         self._policy = RetryPolicy(settings.retry_delays_s, settings.retry_jitter_ratio)
         self._gates = EndpointGates(
             max_concurrency=settings.endpoint_max_concurrency, max_queued=settings.endpoint_max_queued,
-            failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s)
+            failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
+            max_in_flight=settings.sender_max_in_flight)
         self._tracker = OffsetTracker()
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
         self._capacity = asyncio.Event()
@@ -106,16 +108,20 @@ class Sender:
         self._assigned_at_ms: dict[TopicPartition, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group)
+        # The group waits for this replica's revoke drain (up to drain_timeout_s) before it moves on.
+        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group,
+                                 rebalance_timeout_ms=int((self._settings.drain_timeout_s + 10) * 1000))
         consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
         await consumer.start()
         committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")
         try:
             await self._consume(consumer, stop)
             # Drain: no more fetching; let what is in flight finish and be recorded, then commit.
-            await self._wait_for_tasks(set(self._tasks), self._settings.request_timeout_s + 10)
+            await self._wait_for_tasks(set(self._tasks), self._settings.drain_timeout_s)
             await self._commit(consumer, None)
         finally:
+            liveness.forget(HEARTBEAT)
+            liveness.forget("sender-commit")
             await cancel_and_wait(committer)
             for task in list(self._tasks):
                 task.cancel()
@@ -125,6 +131,7 @@ class Sender:
     async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         limit = self._settings.sender_max_in_flight
         while not stop.is_set():
+            liveness.beat(HEARTBEAT)
             room = limit - len(self._tasks)
             if room <= 0:
                 self._capacity.clear()
@@ -172,8 +179,8 @@ class Sender:
             rows = await self._pool.fetch(
                 "SELECT id, attempts FROM deliveries WHERE id = ANY($1::bigint[])",
                 list({t.delivery_id for t in tasks}))
-        except TRANSIENT_DB_ERRORS as exc:
-            log.warning("could not check for replayed deliveries (%s); sending them all", exc)
+        except Exception as exc:
+            log.warning("could not check for replayed deliveries (%s); sending them all", describe(exc))
             return set()
         attempts = {r["id"]: r["attempts"] for r in rows}
         return {(t.delivery_id, t.attempt) for t in tasks if attempts.get(t.delivery_id, 0) >= t.attempt}
@@ -186,7 +193,16 @@ class Sender:
         self._capacity.set()
 
     async def _deliver(self, task: DeliveryTask, tp: TopicPartition, offset: int) -> None:
-        record = await self.attempt(task)
+        try:
+            record = await self.attempt(task)
+        except Exception as exc:
+            # Whatever went wrong, the delivery still reaches an outcome: a failed, retryable attempt
+            # saying why (a bug must not leave it pending with nothing scheduled, nor pin the offset).
+            metrics.ATTEMPT_CRASHES.inc()
+            log.exception("attempt crashed; recorded as a failed attempt",
+                          extra={"webhook_id": task.webhook_id, "event_id": task.event_id})
+            failed = Failed(retryable=True, error=storable_error(f"internal error: {describe(exc)}"))
+            record = decide_outcome(task, failed, self._policy, dt.datetime.now(dt.UTC), 0.0)
         if record is not None:
             await self._sink.record(record)
             self._observe(record)
@@ -214,16 +230,14 @@ class Sender:
         return decide_outcome(task, result, self._policy, started_at, duration_ms)
 
     async def _lookup_webhook(self, webhook_id: str) -> Webhook | None:
-        """The webhook, from memory or (when just created) PostgreSQL; waits out database outages."""
-        delay = 0.2
-        while True:
-            try:
-                return await self._directory.fetch(self._pool, webhook_id)
-            except TRANSIENT_DB_ERRORS as exc:
-                log.warning("looking up webhook failed (%s); retrying in %.1fs", exc, delay,
-                            extra={"webhook_id": webhook_id})
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, 5.0)
+        """The webhook, from memory or (when just created) PostgreSQL; waits out database outages and
+        raises permanent errors (the caller records them as the attempt's outcome)."""
+        webhook = self._directory.get(webhook_id)
+        if webhook is not None:
+            return webhook
+        return await retry_transient(lambda: self._directory.fetch(self._pool, webhook_id),
+                                     what="looking up a webhook", heartbeat=HEARTBEAT,
+                                     extra={"webhook_id": webhook_id})
 
     def _observe(self, record: AttemptRecord) -> None:
         if record.status == "deferred":
@@ -251,7 +265,7 @@ class Sender:
     async def drain_partitions(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
         """On revocation: finish the revoked partitions' attempts, commit them, forget them."""
         tasks = {t for t, tp in self._tasks.items() if tp in revoked}
-        await self._wait_for_tasks(tasks, self._settings.request_timeout_s + 10)
+        await self._wait_for_tasks(tasks, self._settings.drain_timeout_s)
         await self._commit(consumer, revoked)
         self._tracker.forget(revoked)
         metrics.forget_lag(self._settings.sender_group, revoked)
@@ -266,6 +280,7 @@ class Sender:
         last: dict[TopicPartition, int] = {}
         while not stop.is_set():
             await asyncio.sleep(COMMIT_INTERVAL_S)
+            liveness.beat("sender-commit")
             offsets = self._tracker.committable(consumer.assignment())
             if offsets and offsets != last and await commit_offsets(consumer, offsets, owner="sender",
                                                                    otherwise="will retry"):
@@ -297,7 +312,7 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
     """Run one sender replica (attempts, outcome flusher, retry pump) until ``stop`` is set, then drain."""
     await ensure_topics(settings.kafka_bootstrap_servers,
                         [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
-                        configs=internal_topic_configs(settings.dead_letter_topic))
+                        configs=internal_topic_configs(settings.dead_letter_topic, settings.delivery_topic))
     async with open_producer(settings.kafka_bootstrap_servers) as producer, \
             make_session(allow_private_networks=settings.allow_private_networks) as session:
         async with OutcomeSink(pool, producer, settings.status_topic,

@@ -1,0 +1,57 @@
+"""Response bodies are data (issue 11): whatever bytes an endpoint sends, the excerpt is text that
+PostgreSQL stores, within the cap, decompressed when the endpoint compressed it, without a zip bomb."""
+
+from __future__ import annotations
+
+import gzip
+import zlib
+
+from hypothesis import given
+from hypothesis import strategies as st
+
+from services.sender.http import decompress_bounded, excerpt_text, storable_error
+
+CAP = 4096
+
+
+def storable(text: str) -> bool:
+    """What PostgreSQL text accepts: valid UTF-8 without U+0000."""
+    return "\x00" not in text and text.encode("utf-8", "strict") is not None
+
+
+@given(st.binary(max_size=3 * CAP), st.integers(min_value=0, max_value=CAP))
+def test_any_bytes_become_storable_text_within_the_cap(raw: bytes, cap: int) -> None:
+    text = excerpt_text(raw, cap)
+    assert storable(text)
+    assert len(text.encode()) <= cap
+
+
+def test_nul_and_invalid_utf8_become_the_replacement_character() -> None:
+    assert excerpt_text(b"ok\x00", CAP) == "ok\ufffd"
+    assert excerpt_text(b"\xff\xfeok", CAP) == "\ufffd\ufffdok"
+    assert excerpt_text("h\u00e9llo".encode(), CAP) == "h\u00e9llo"
+
+
+def test_a_character_cut_by_the_cap_is_dropped_not_mangled() -> None:
+    assert excerpt_text("aé".encode(), 2) == "a"
+
+
+def test_gzip_bomb_decompresses_to_the_cap_only() -> None:
+    bomb = gzip.compress(b"\x00" * 50_000_000)
+    out = decompress_bounded(bomb[:CAP], "gzip", CAP)
+    assert len(out) == CAP
+
+
+def test_both_meanings_of_deflate_are_decompressed() -> None:
+    assert decompress_bounded(zlib.compress(b"hello"), "deflate", CAP) == b"hello"
+    raw = zlib.compressobj(wbits=-zlib.MAX_WBITS)
+    assert decompress_bounded(raw.compress(b"hello") + raw.flush(), "deflate", CAP) == b"hello"
+
+
+def test_a_body_that_lies_about_its_encoding_stays_as_it_came() -> None:
+    assert decompress_bounded(b"not gzip at all", "gzip", CAP) == b"not gzip at all"
+
+
+@given(st.text(max_size=2000))
+def test_errors_are_storable(error: str) -> None:
+    assert storable(storable_error(error))
