@@ -20,7 +20,7 @@ from aiokafka.admin import AIOKafkaAdminClient
 
 from services.api.errors import json_response
 from services.api.keys import POOL
-from services.core.db import TRANSIENT_DB_ERRORS
+from services.core import liveness
 from services.core.metrics import handle_metrics
 
 log = logging.getLogger(__name__)
@@ -38,7 +38,7 @@ async def check_postgres(pool: asyncpg.Pool) -> str | None:
             await pool.fetchval("SELECT 1")
     except TimeoutError:
         return f"no answer within {CHECK_TIMEOUT_S:g}s"
-    except TRANSIENT_DB_ERRORS as exc:
+    except Exception as exc:  # any failure means "not ready"; the reason is shown
         return f"{type(exc).__name__}: {exc}"[:MAX_REASON_CHARS]
     return None
 
@@ -87,7 +87,10 @@ PROBE = web.AppKey("readiness_probe", ReadinessProbe)
 
 
 async def healthz(_request: web.Request) -> web.Response:
-    return json_response({"status": "ok"})
+    """Liveness: 503 when a long-running loop of this process (router, sender, flusher, retry pump,
+    webhook directory, in ``all``) has not beaten for longer than its bound."""
+    status, body = liveness.health()
+    return json_response(body, status=status)
 
 
 async def readyz(request: web.Request) -> web.Response:

@@ -78,6 +78,10 @@ def bearer_key(request: web.Request) -> str | None:
     key = key.strip()
     if scheme.lower() != "bearer" or not key or len(key) > MAX_API_KEY_CHARS:
         return None
+    # Keys are printable ASCII; anything else (bytes aiohttp kept as surrogates, control characters)
+    # is simply not a key: 401, never an encoding error.
+    if not (key.isascii() and key.isprintable()):
+        return None
     return key
 
 

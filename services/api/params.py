@@ -24,6 +24,8 @@ MAX_LIMIT = 200
 MAX_CURSOR_CHARS = 512
 
 _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+# Far deeper than any webhook or store body; checked before anything walks the body recursively.
+MAX_BODY_DEPTH = 32
 _ONE_MICROSECOND = dt.timedelta(microseconds=1)
 _RFC3339_RE = re.compile(
     r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+\- ]\d{2}:\d{2})$"
@@ -41,9 +43,24 @@ async def read_json_object(request: web.Request) -> dict[str, Any]:
         raise ApiError(400, "invalid_json", f"request body is not valid JSON ({exc})") from None
     if not isinstance(body, dict):
         raise ApiError(400, "invalid_json", "request body must be a JSON object")
+    if json_depth_exceeds(body, MAX_BODY_DEPTH):
+        raise ApiError(400, "invalid_json", f"request body nests deeper than {MAX_BODY_DEPTH} levels")
     if (where := find_nul(body)) is not None:
         raise field_error(where, "must not contain the NUL character (U+0000)")
     return body
+
+
+def json_depth_exceeds(root: Any, limit: int) -> bool:
+    """True when containers nest deeper than ``limit`` (iterative: a hostile body cannot exhaust
+    the interpreter's recursion limit)."""
+    stack = [(root, 1)]
+    while stack:
+        node, depth = stack.pop()
+        if depth > limit:
+            return True
+        children = node.values() if isinstance(node, dict) else node
+        stack.extend((child, depth + 1) for child in children if isinstance(child, dict | list))
+    return False
 
 
 def find_nul(value: Any, path: str = "") -> str | None:

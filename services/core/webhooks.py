@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import asyncpg
 
-from services.core.db import TRANSIENT_DB_ERRORS
+from services.core import liveness
 from services.core.secretbox import SecretBox, SecretBoxError
 from services.core.signing import decode_secret
 from services.core.tasks import cancel_and_wait
@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 NOTIFY_CHANNEL = "hookstream_webhooks"
 FULL_RELOAD_INTERVAL_S = 30.0
 _RECONNECT_DELAY_S = 1.0
+HEARTBEAT = "webhook-directory"
 
 _SELECT = (
     "SELECT id, organization_id, url, event_types, store_ids, enabled, secret,"
@@ -120,6 +121,7 @@ class WebhookDirectory:
 
     async def __aexit__(self, *exc_info) -> None:
         await cancel_and_wait(self._task)
+        liveness.forget(HEARTBEAT)
 
     def get(self, webhook_id: str) -> Webhook | None:
         return self._by_id.get(webhook_id)
@@ -151,11 +153,15 @@ class WebhookDirectory:
             conn = None
             try:
                 conn = await asyncpg.connect(self._database_url)
+                # A lost connection wakes the loop at once (not after the reload interval), so the
+                # reconnect and full reload follow a PostgreSQL restart within about a second.
+                conn.add_termination_listener(lambda _conn: self._wake.set())
                 await conn.add_listener(NOTIFY_CHANNEL, self._on_notify)
                 # Listen first, then load: nothing that changes in between is missed.
                 await self._reload_all(conn)
                 self.ready.set()
                 while not conn.is_closed():
+                    liveness.beat(HEARTBEAT)
                     with contextlib.suppress(TimeoutError):
                         await asyncio.wait_for(self._wake.wait(), FULL_RELOAD_INTERVAL_S)
                     if self._wake.is_set():
@@ -164,10 +170,11 @@ class WebhookDirectory:
                         await self._reload_some(conn, changed)
                     else:
                         await self._reload_all(conn)
-            except TRANSIENT_DB_ERRORS as exc:
+            except Exception as exc:  # a cache: whatever failed, reconnect and reload everything
                 if first and not self.ready.is_set():
                     raise
-                log.warning("webhook directory lost PostgreSQL (%s); reconnecting", exc)
+                log.warning("webhook directory lost PostgreSQL (%s: %s); reconnecting", type(exc).__name__, exc)
+                liveness.beat(HEARTBEAT)
             finally:
                 first = False
                 if conn is not None:

@@ -475,8 +475,8 @@ async def test_test_send_creates_event_and_due_delivery(api):
     assert dt.datetime.fromisoformat(body["created_at"].replace("Z", "+00:00")) == event["occurred_at"]
     delivery = await api.db.fetchrow("SELECT * FROM deliveries WHERE event_id = $1", sent["event_id"])
     assert delivery["webhook_id"] == wh["id"] and delivery["event_seq"] == event["seq"]
-    assert delivery["status"] == "pending" and delivery["next_manual"] is True
-    assert delivery["next_attempt_at"] is not None and delivery["next_attempt_at"] <= dt.datetime.now(dt.UTC)
+    assert delivery["status"] == "pending" and delivery["next_attempt_at"] is None
+    assert delivery["manual_due_at"] is not None and delivery["manual_due_at"] <= dt.datetime.now(dt.UTC)
     _, log = await api.call("GET", f"/v1/webhooks/{wh['id']}/events", status=200)
     assert [(d["event_id"], d["event_type"], d["status"]) for d in log["data"]] == [
         (sent["event_id"], "webhook.test", "pending")]
@@ -646,8 +646,8 @@ async def test_redeliver_schedules_one_manual_attempt(api):
     _, body = await api.call("POST", f"/v1/webhooks/{wh['id']}/events/{failed}/redeliver", status=202)
     assert body["event_id"] == failed and body["status"] == "pending" and body["manual"] is True
     row = await api.db.fetchrow("SELECT * FROM deliveries WHERE event_id = $1", failed)
-    assert row["status"] == "pending" and row["next_manual"] is True and row["finished_at"] is None
-    assert row["next_attempt_at"] >= before and row["attempts"] == 4
+    assert row["status"] == "pending" and row["finished_at"] is None
+    assert row["manual_due_at"] >= before and row["next_attempt_at"] is None and row["attempts"] == 4
     _, log = await api.call("GET", f"/v1/webhooks/{wh['id']}/events", status=200)
     assert log["data"][0]["status"] == "pending" and log["data"][0]["next_attempt_at"] is not None
 
@@ -658,7 +658,7 @@ async def test_redeliver_schedules_one_manual_attempt(api):
     _, body = await api.call("POST", f"/v1/webhooks/{wh['id']}/events/{waiting}/redeliver", status=202)
     assert body["manual"] is False
     row = await api.db.fetchrow("SELECT * FROM deliveries WHERE event_id = $1", waiting)
-    assert row["next_manual"] is False and row["next_retry_index"] == 2
+    assert row["manual_due_at"] is None and row["next_retry_index"] == 2
     assert row["next_attempt_at"] <= await api.db.fetchval("SELECT now()")
 
     await api.call("POST", f"/v1/webhooks/{wh['id']}/events/evt_nope/redeliver", status=404)
@@ -814,3 +814,40 @@ async def test_run_api_serves_until_stopped(database_url, pool, infra_env):
     with pytest.raises(OSError):
         _, writer = await asyncio.open_connection("127.0.0.1", port)
         writer.close()
+
+
+# ----------------------------------------------------------------------------------------------
+# Hostile API inputs (issue 11, case 7): 4xx, never a 500.
+
+
+async def raw_request(api, head: bytes, body: bytes = b"") -> tuple[int, bytes]:
+    """Send bytes no HTTP client library would (a header with byte 0xFF) and return status and body."""
+    reader, writer = await asyncio.open_connection(api.client.server.host, api.client.server.port)
+    try:
+        writer.write(head + b"\r\nContent-Length: " + str(len(body)).encode() + b"\r\nConnection: close\r\n\r\n"
+                     + body)
+        await writer.drain()
+        response = await reader.read()
+    finally:
+        writer.close()
+    status_line, _, rest = response.partition(b"\r\n")
+    return int(status_line.split()[1]), rest.partition(b"\r\n\r\n")[2]
+
+
+@pytest.mark.parametrize("key", [b"hsk_ab_\xff", b"hsk_ab_\xc3\xbf", b"\xff\xfe", b"hsk_\xe2\x80\xae_x"])
+async def test_an_undecodable_or_non_ascii_api_key_is_401(api, key):
+    status, body = await raw_request(api, b"GET /v1/webhooks HTTP/1.1\r\nHost: t\r\nAuthorization: Bearer " + key)
+    assert status == 401, body
+    assert orjson.loads(body)["error"]["code"] == "unauthorized"
+
+
+@pytest.mark.parametrize("depth", [33, 990, 1100])
+async def test_an_over_deep_json_body_is_400(api, depth):
+    nested = b'{"a":' * depth + b"1" + b"}" * depth
+    body = b'{"url": "https://example.com/hook", "event_types": ["order.created"], "store_ids": ["s1"],' \
+           b' "description": ' + nested + b"}"
+    status, raw = await raw_request(
+        api, b"POST /v1/webhooks HTTP/1.1\r\nHost: t\r\nContent-Type: application/json\r\nAuthorization: Bearer "
+        + api.a.key.encode(), body)
+    assert status == 400, raw
+    assert orjson.loads(raw)["error"]["code"] == "invalid_json"
