@@ -7,6 +7,7 @@ connection, a Retry-After header, or a script of answers (e.g. fail twice, then 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
@@ -37,6 +38,7 @@ class Behaviour:
     headers: dict[str, str] = field(default_factory=dict)
     body: str = "ok"
     delay_s: float = 0.0  # answer after this long
+    raw: bytes | None = None  # the body as bytes, instead of ``body`` (any bytes: NULs, gzip, ...)
 
 
 class Receiver:
@@ -47,6 +49,7 @@ class Receiver:
         self._runner: web.AppRunner | None = None
         self.port = 0
         self._arrived = asyncio.Event()
+        self._released = asyncio.Event()
 
     async def __aenter__(self) -> Receiver:
         app = web.Application(client_max_size=16 * 1024 * 1024)
@@ -73,6 +76,10 @@ class Receiver:
         """Answer the next requests to ``path`` with these, in order."""
         self._scripts[path].extend(behaviours)
 
+    def release_hangs(self) -> None:
+        """Let every hanging request (and any later one) answer now, so a test can end quickly."""
+        self._released.set()
+
     def at(self, path: str) -> list[Received]:
         return [r for r in self.requests if r.path == path]
 
@@ -83,7 +90,8 @@ class Receiver:
         script = self._scripts.get(request.path)
         behaviour = script.pop(0) if script else self._defaults.get(request.path, Behaviour())
         if behaviour.mode == "hang":
-            await asyncio.sleep(3600)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._released.wait(), 3600)
         if behaviour.delay_s:
             await asyncio.sleep(behaviour.delay_s)
         if behaviour.mode == "close":
@@ -93,4 +101,6 @@ class Receiver:
         if behaviour.mode == "redirect":
             return web.Response(status=behaviour.status if 300 <= behaviour.status < 400 else 302,
                                 headers={"Location": self.url("/redirected"), **behaviour.headers})
+        if behaviour.raw is not None:
+            return web.Response(status=behaviour.status, body=behaviour.raw, headers=behaviour.headers)
         return web.Response(status=behaviour.status, text=behaviour.body, headers=behaviour.headers)
