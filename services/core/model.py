@@ -23,6 +23,10 @@ _RFC3339_RE = re.compile(
 )
 
 
+# asyncpg writes these two as PostgreSQL's -infinity and infinity (and reads them back naive).
+_TIMESTAMP_ENDS = frozenset({dt.datetime.min.replace(tzinfo=dt.UTC), dt.datetime.max.replace(tzinfo=dt.UTC)})
+
+
 def parse_rfc3339(value: str) -> dt.datetime:
     """An RFC 3339 date-time with a zone (``Z`` or ``±hh:mm``) as an aware datetime in UTC: the one
     parser of event and record times, so whatever validation accepts, storage and the code accept.
@@ -31,7 +35,9 @@ def parse_rfc3339(value: str) -> dt.datetime:
     - Fractions are kept to the microsecond (digits beyond the sixth are dropped, not rounded).
     - The instant must lie within years 0001-9999 in UTC (what PostgreSQL's and Python's
       timestamps share): ``0001-01-01T00:30:00+01:00`` (year 0 in UTC) and
-      ``9999-12-31T23:30:00-01:00`` (year 10000) are refused.
+      ``9999-12-31T23:30:00-01:00`` (year 10000) are refused, and so are the two instants at the
+      very ends, ``0001-01-01T00:00:00Z`` and ``9999-12-31T23:59:59.999999Z``, which asyncpg
+      stores as PostgreSQL's ``-infinity`` and ``infinity``.
 
     Raises ValueError, saying why, for anything else.
     """
@@ -53,9 +59,13 @@ def parse_rfc3339(value: str) -> dt.datetime:
         offset = dt.timedelta(hours=int(off_h), minutes=int(off_m))
         since_midnight += -offset if sign == "+" else offset
     try:
-        return midnight + since_midnight
+        instant = midnight + since_midnight
     except OverflowError:
-        raise ValueError(f"{value!r:.80} lies outside the years 0001-9999 in UTC") from None
+        instant = None
+    if instant is None or instant in _TIMESTAMP_ENDS:
+        raise ValueError(f"{value!r:.80} lies outside the years 0001-9999 in UTC"
+                         " (exclusive of their first and last microsecond)")
+    return instant
 
 
 def format_rfc3339(value: dt.datetime) -> str:

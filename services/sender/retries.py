@@ -20,7 +20,7 @@ import asyncpg
 
 from services.core import liveness, metrics
 from services.core.deliveries import fail_undeliverable
-from services.core.errors import describe, is_transient
+from services.core.errors import Stopped, describe, retry_transient
 from services.core.kafka import RenewableProducer, send_isolated
 from services.core.model import DeliveryTask, format_rfc3339
 
@@ -102,28 +102,35 @@ async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, deli
 
 async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delivery_topic: str,
                          stop: asyncio.Event) -> None:
+    """Pump due deliveries until ``stop`` is set. Outages are waited out (``retry_transient``); a
+    permanent error stops the pump loudly (its heartbeat then goes stale and ``/healthz`` fails)."""
     loop = asyncio.get_running_loop()
     next_backlog = 0.0
+
+    async def pump_once() -> int:
+        nonlocal next_backlog
+        moved = await pump_due_retries(pool, producer, delivery_topic)
+        if loop.time() >= next_backlog:
+            next_backlog = loop.time() + BACKLOG_REFRESH_S
+            async with pool.acquire() as conn:
+                rows = await conn.fetch(_BACKLOG_SQL)
+            for tier in ("1", "2", "3"):
+                metrics.RETRY_BACKLOG.labels(tier).set(0)
+            for row in rows:
+                metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
+        return moved
+
     try:
         while not stop.is_set():
             liveness.beat(HEARTBEAT)
             try:
-                moved = await pump_due_retries(pool, producer, delivery_topic)
-                if loop.time() >= next_backlog:
-                    next_backlog = loop.time() + BACKLOG_REFRESH_S
-                    async with pool.acquire() as conn:
-                        rows = await conn.fetch(_BACKLOG_SQL)
-                    for tier in ("1", "2", "3"):
-                        metrics.RETRY_BACKLOG.labels(tier).set(0)
-                    for row in rows:
-                        metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
-            except Exception as exc:
-                if not is_transient(exc):
-                    log.exception("retry pump stopped by a permanent error")
-                    raise
-                log.warning("retry pump failed (%s); trying again shortly", describe(exc))
-                moved = 0
-                await asyncio.sleep(1.0)
+                moved = await retry_transient(pump_once, what="retry pump", stop=stop, heartbeat=HEARTBEAT,
+                                              start_s=1.0)
+            except Stopped:
+                return
+            except Exception:
+                log.exception("retry pump stopped by a permanent error")
+                raise
             if moved < PUMP_BATCH:
                 try:
                     await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)

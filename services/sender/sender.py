@@ -88,6 +88,14 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
     return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
 
 
+def make_sender_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The delivery-topic consumer. The group waits for this replica's revoke drain (up to
+    ``drain_timeout_s``, plus room for the commit) before it hands the partitions on; with the default
+    rebalance timeout (the 10 s session timeout) a drain of up to 20 s would be cut short."""
+    return make_consumer(settings.kafka_bootstrap_servers, settings.sender_group,
+                         rebalance_timeout_ms=int((settings.drain_timeout_s + 10) * 1000))
+
+
 class Sender:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
                  session: aiohttp.ClientSession, sink: OutcomeSink) -> None:
@@ -108,9 +116,7 @@ class Sender:
         self._assigned_at_ms: dict[TopicPartition, float] = {}
 
     async def run(self, stop: asyncio.Event) -> None:
-        # The group waits for this replica's revoke drain (up to drain_timeout_s) before it moves on.
-        consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.sender_group,
-                                 rebalance_timeout_ms=int((self._settings.drain_timeout_s + 10) * 1000))
+        consumer = make_sender_consumer(self._settings)
         consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
         await consumer.start()
         committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")

@@ -9,6 +9,7 @@ import datetime as dt
 import io
 import re
 import secrets
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
@@ -851,3 +852,18 @@ async def test_an_over_deep_json_body_is_400(api, depth):
         + api.a.key.encode(), body)
     assert status == 400, raw
     assert orjson.loads(raw)["error"]["code"] == "invalid_json"
+
+
+async def test_healthz_fails_naming_a_wedged_loop(api):
+    from services.core import liveness
+
+    _, body = await api.call("GET", "/healthz", status=200)
+    assert body == {"status": "ok"}
+    liveness._beats["outcome-flusher"] = time.monotonic() - 10_000
+    try:
+        status, body = await api.call("GET", "/healthz")
+        assert status == 503 and body["status"] == "unhealthy"
+        assert list(body["stale_loops"]) == ["outcome-flusher"] and "outcome-flusher" in body["error"]["message"]
+    finally:
+        liveness.forget("outcome-flusher")
+    await api.call("GET", "/healthz", status=200)

@@ -155,3 +155,17 @@ def test_liveness_reports_stale_loops_only() -> None:
     finally:
         liveness.forget("fresh")
         liveness.forget("wedged")
+
+
+async def test_the_sender_rebalance_waits_for_its_whole_drain() -> None:
+    from services.core.settings import Settings
+    from services.sender.sender import make_sender_consumer
+
+    settings = Settings.from_env({"HOOKSTREAM_REQUEST_TIMEOUT": "25s"})
+    consumer = make_sender_consumer(settings)
+    try:
+        assert consumer._rebalance_timeout_ms == 45_000 > consumer._session_timeout_ms
+    finally:
+        await consumer.stop()  # never started: only releases what the constructor made
+    assert settings.drain_timeout_s == 35
+    assert settings.liveness_stale_s > settings.drain_timeout_s + 30  # a drain plus an ack wait is not "wedged"
