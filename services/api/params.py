@@ -85,7 +85,8 @@ def parse_limit(query: dict[str, str] | Any) -> int:
     raw = query.get("limit")
     if raw is None:
         return DEFAULT_LIMIT
-    if not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
+    # the length first: int() of thousands of digits raises (Python's integer-string limit)
+    if len(raw) > 6 or not raw.isascii() or not raw.isdigit() or not 1 <= int(raw) <= MAX_LIMIT:
         raise field_error("limit", f"must be a whole number from 1 to {MAX_LIMIT}")
     return int(raw)
 

@@ -80,20 +80,25 @@ class Webhook:
 
 
 def match_subscriptions(
-    index: dict[tuple[str, str, str], list[Webhook]], organization_id: str, event_type: str, store_id: str
+    index: dict[tuple[str, str], list[Webhook]], organization_id: str, event_type: str, store_id: str
 ) -> list[Webhook]:
     """Enabled webhooks of the organization subscribed to this event type and store."""
-    return index.get((organization_id, event_type, store_id), [])
+    return [hook for hook in index.get((organization_id, event_type), ()) if store_id in hook.store_ids]
 
 
-def build_index(webhooks: Iterable[Webhook]) -> dict[tuple[str, str, str], list[Webhook]]:
-    index: dict[tuple[str, str, str], list[Webhook]] = defaultdict(list)
+def build_index(webhooks: Iterable[Webhook]) -> dict[tuple[str, str], list[Webhook]]:
+    """Enabled webhooks by (organization, event type); the store is checked against each webhook's set.
+
+    Linear in webhooks × event types (at most 12), not × stores: a tenant whose webhooks list
+    thousands of stores cannot make the rebuild after every change (which runs on the event loop of
+    every router and sender) expensive for everyone.
+    """
+    index: dict[tuple[str, str], list[Webhook]] = defaultdict(list)
     for hook in webhooks:
         if not hook.enabled:
             continue
         for event_type in hook.event_types:
-            for store_id in hook.store_ids:
-                index[(hook.organization_id, event_type, store_id)].append(hook)
+            index[(hook.organization_id, event_type)].append(hook)
     return dict(index)
 
 
@@ -104,7 +109,7 @@ class WebhookDirectory:
         self._database_url = database_url
         self._box = box or SecretBox(None)
         self._by_id: dict[str, Webhook] = {}
-        self._index: dict[tuple[str, str, str], list[Webhook]] = {}
+        self._index: dict[tuple[str, str], list[Webhook]] = {}
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
         self._task: asyncio.Task | None = None

@@ -112,16 +112,16 @@ WITH input AS (
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
 ), routed AS (
-    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight)
-    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true
+    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight, issued_attempt)
+    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true, 1
     FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
     JOIN routable r USING (organization_id, event_id)
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
-    RETURNING d.id, d.webhook_id, d.event_id, d.status
+    RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight
 )
-SELECT id, webhook_id, event_id, status FROM routed
+SELECT id, webhook_id, event_id, status, first_in_flight FROM routed
 UNION ALL
-SELECT NULL, NULL, s.event_id, NULL FROM stored s
+SELECT NULL, NULL, s.event_id, NULL, NULL FROM stored s
 WHERE NOT EXISTS (SELECT 1 FROM routable r
                   WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
 """
@@ -375,8 +375,11 @@ class Router:
         by_pair = {(webhook_id, event.id): event for webhook_id, event in matches}
         tasks = []
         for row in rows:
-            if row["status"] != "pending":
-                continue  # a replay of an event whose delivery already finished
+            if not row["first_in_flight"]:
+                # a replay of an event whose delivery already moved on (attempted, finished, or waiting
+                # in the retry schedule): the pump or the sender has it, enqueueing it again would only
+                # repeat attempt 1
+                continue
             event = by_pair[(row["webhook_id"], row["event_id"])]
             tasks.append(DeliveryTask(
                 delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,

@@ -12,7 +12,9 @@ A webhook that hangs or fails every time must not slow the others:
   and those already queued are deferred within ``QUEUE_RECHECK_S`` of it turning unhealthy —
   put back in the durable schedule for a moment without using up an attempt, so a few hanging
   webhooks cannot hold the slots healthy webhooks need. A fast, healthy endpoint is never deferred
-  (its queue turns over quickly, and a single busy webhook may use the whole sender).
+  (its queue turns over quickly, and a single busy webhook may use the whole sender). Nor may one
+  organization, over all its webhooks, hold more than half of the slots while the webhook at hand
+  is unhealthy.
 """
 
 from __future__ import annotations
@@ -63,6 +65,10 @@ class EndpointGates:
         share = max(1, max_in_flight // 4) if max_in_flight is not None else max_concurrency + max_queued
         self._max_concurrency = min(max_concurrency, share)
         self._max_queued = max(0, min(max_queued, share - self._max_concurrency))
+        # Nor does one organization, over all its webhooks, hold more than half of them while the
+        # webhook at hand is unhealthy (many slow webhooks of one tenant must leave room for others).
+        self._org_share = max(1, max_in_flight // 2) if max_in_flight is not None else None
+        self._org_held: dict[str, int] = {}
         self._failure_threshold = failure_threshold
         self._open_s = open_s
         self._clock = clock
@@ -98,7 +104,13 @@ class EndpointGates:
             gate.probe_in_flight = True
         return None
 
-    async def call(self, webhook_id: str, attempt: Callable[[], Awaitable[AttemptResult]]) -> AttemptResult:
+    def _org_over_share(self, organization_id: str | None) -> bool:
+        if self._org_share is None or organization_id is None:
+            return False
+        return self._org_held.get(organization_id, 0) >= self._org_share
+
+    async def call(self, webhook_id: str, attempt: Callable[[], Awaitable[AttemptResult]],
+                   organization_id: str | None = None) -> AttemptResult:
         gate = self._gates.get(webhook_id)
         if gate is None:
             gate = self._gates[webhook_id] = EndpointGate(self._max_concurrency)
@@ -107,9 +119,12 @@ class EndpointGates:
         if refused is not None:
             return refused
         now = self._clock()
-        if gate.is_unhealthy(now) and gate.waiting >= self._unhealthy_cap(gate, now):
+        if gate.is_unhealthy(now) and (gate.waiting >= self._unhealthy_cap(gate, now)
+                                       or self._org_over_share(organization_id)):
             return self._defer()
         gate.waiting += 1
+        if organization_id is not None:
+            self._org_held[organization_id] = self._org_held.get(organization_id, 0) + 1
         try:
             if not await self._acquire(gate):
                 return self._defer()
@@ -132,6 +147,12 @@ class EndpointGates:
                 gate.semaphore.release()
         finally:
             gate.waiting -= 1
+            if organization_id is not None:
+                left = self._org_held[organization_id] - 1
+                if left:
+                    self._org_held[organization_id] = left
+                else:
+                    del self._org_held[organization_id]
 
     def _unhealthy_cap(self, gate: EndpointGate, now: float) -> int:
         """Deliveries an unhealthy endpoint may hold (running or queued) before more are deferred: its

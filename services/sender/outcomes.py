@@ -43,7 +43,8 @@ _NEW_STATUS = """CASE
     ELSE 'failed' END"""
 
 # One statement, so one round trip and atomic without an explicit transaction: insert the attempts
-# (of deliveries that still exist: a webhook deleted mid-attempt takes its deliveries with it) and
+# (of deliveries that still exist: a webhook deleted mid-attempt takes its deliveries with it; once
+# per attempt number: an at-least-once duplicate of an attempt is not recorded twice) and
 # update each delivery's summary and schedule. Only automatic outcomes write the automatic retry
 # schedule; every outcome ends the attempt in flight.
 _RECORD_ATTEMPTS_SQL = f"""
@@ -57,6 +58,9 @@ WITH u AS (
                           outcome)
     SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome FROM u
     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)
+    ON CONFLICT (delivery_id, attempt) DO NOTHING  -- a duplicate of an attempt already recorded
+), latest AS (  -- one row per delivery (its newest attempt), so the UPDATE is not order-dependent
+    SELECT DISTINCT ON (id) * FROM u ORDER BY id, attempt DESC
 )
 UPDATE deliveries AS d SET
     status = {_NEW_STATUS},
@@ -71,8 +75,9 @@ UPDATE deliveries AS d SET
                             WHEN u.outcome = 'succeeded' THEN NULL ELSE d.next_retry_index END,
     next_manual = false,
     in_flight = false
-FROM u
-WHERE d.id = u.id AND d.attempts <= u.attempt
+FROM latest AS u
+-- an outcome older than the attempt last issued (a replayed or duplicated task) changes nothing
+WHERE d.id = u.id AND d.attempts <= u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 # A deferral puts the task back without using up an attempt: an automatic one into the automatic
@@ -86,7 +91,7 @@ UPDATE deliveries AS d SET
     in_flight = false
 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
     AS u(id, attempt, next_attempt_at, retry_index, manual)
-WHERE d.id = u.id AND d.attempts < u.attempt
+WHERE d.id = u.id AND d.attempts < u.attempt AND d.in_flight AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[AttemptRecord]) -> None:
@@ -247,9 +252,28 @@ class OutcomeSink:
             metrics.POISON_RECORDS.labels("outcomes", "dropped").inc()
             log.error("outcome refused by PostgreSQL even without its details (%s); dropped", describe(again),
                       extra=extra)
+            await self._end_attempt_unrecorded(record, again)
             return
         metrics.POISON_RECORDS.labels("outcomes", "recorded_reduced").inc()
         log.warning("outcome refused by PostgreSQL (%s); recorded without its details", describe(exc), extra=extra)
+
+    async def _end_attempt_unrecorded(self, record: AttemptRecord, exc: BaseException) -> None:
+        """Last resort for an outcome that cannot be stored at all: the delivery must not stay in
+        flight with nothing scheduled, so its attempt ends as a failure that is retried (or, for a
+        manual attempt, simply ends) with an error saying why."""
+        try:
+            await self._pool.execute(
+                "UPDATE deliveries SET in_flight = false, last_error = $2,"
+                " next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + interval '30 seconds' END"
+                " WHERE id = $1 AND in_flight AND issued_attempt = $4",
+                record.task.delivery_id, f"outcome of attempt {record.task.attempt} could not be stored"
+                f" ({describe(exc, 200)})".encode("ascii", "backslashreplace").decode("ascii"),
+                record.task.manual, record.task.attempt)
+        except Exception as final:
+            if is_transient(final):
+                raise
+            log.error("could not end the unrecorded attempt (%s)", describe(final),
+                      extra={"event_id": record.task.event_id, "webhook_id": record.task.webhook_id})
 
 
 def reduced_result(result, exc: BaseException):

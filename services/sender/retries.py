@@ -36,22 +36,25 @@ SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.store_id, d.attempts, d.n
        e.organization_id, e.occurred_at, e.body
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
 """
-# Due automatic retries first (a pulled-forward retry is one of them), then due manual requests;
-# never a delivery with an attempt in flight, so one delivery never has two attempts at once.
-_CLAIM_DUE_RETRIES_SQL = _SELECT_TASK + """
-WHERE d.next_attempt_at <= now() AND NOT d.in_flight
-ORDER BY d.next_attempt_at
-LIMIT $1
-FOR UPDATE OF d SKIP LOCKED
-"""
+# Due manual requests (redeliveries, test sends: few, and a person waits for them) first, up to a
+# share of the batch, so a backlog of automatic retries never starves them; then due automatic
+# retries (a pulled-forward retry is one of them). Never a delivery with an attempt in flight, so
+# one delivery never has two attempts at once.
+PUMP_MANUAL_SHARE = PUMP_BATCH // 5
 _CLAIM_DUE_MANUAL_SQL = _SELECT_TASK + """
-WHERE d.manual_due_at <= now() AND NOT d.in_flight AND NOT (d.id = ANY($2::bigint[]))
+WHERE d.manual_due_at <= now() AND NOT d.in_flight
 ORDER BY d.manual_due_at
 LIMIT $1
 FOR UPDATE OF d SKIP LOCKED
 """
+_CLAIM_DUE_RETRIES_SQL = _SELECT_TASK + """
+WHERE d.next_attempt_at <= now() AND NOT d.in_flight AND NOT (d.id = ANY($2::bigint[]))
+ORDER BY d.next_attempt_at
+LIMIT $1
+FOR UPDATE OF d SKIP LOCKED
+"""
 _ISSUED_SQL = """
-UPDATE deliveries SET in_flight = true,
+UPDATE deliveries SET in_flight = true, issued_attempt = attempts + 1,
     next_attempt_at = CASE WHEN id = ANY($1::bigint[]) THEN NULL ELSE next_attempt_at END,
     manual_due_at = CASE WHEN id = ANY($2::bigint[]) THEN NULL ELSE manual_due_at END
 WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])
@@ -79,11 +82,8 @@ async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, deli
     instead of being claimed again forever; a transient refusal rolls the claim back.
     """
     async with pool.acquire() as conn, conn.transaction():
-        automatic = await conn.fetch(_CLAIM_DUE_RETRIES_SQL, PUMP_BATCH)
-        manual = []
-        if len(automatic) < PUMP_BATCH:
-            manual = await conn.fetch(_CLAIM_DUE_MANUAL_SQL, PUMP_BATCH - len(automatic),
-                                      [r["id"] for r in automatic])
+        manual = await conn.fetch(_CLAIM_DUE_MANUAL_SQL, PUMP_MANUAL_SHARE)
+        automatic = await conn.fetch(_CLAIM_DUE_RETRIES_SQL, PUMP_BATCH - len(manual), [r["id"] for r in manual])
         if not automatic and not manual:
             return 0
         tasks = ([task_from_row(row, manual=False) for row in automatic]
@@ -120,21 +120,20 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
                 metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])
         return moved
 
-    try:
-        while not stop.is_set():
-            liveness.beat(HEARTBEAT)
+    while not stop.is_set():
+        liveness.beat(HEARTBEAT)
+        try:
+            moved = await retry_transient(pump_once, what="retry pump", stop=stop, heartbeat=HEARTBEAT,
+                                          start_s=1.0)
+        except Stopped:
+            break
+        except Exception:
+            # The heartbeat is left to go stale: /healthz fails and the process is restarted.
+            log.exception("retry pump stopped by a permanent error; /healthz will fail")
+            raise
+        if moved < PUMP_BATCH:
             try:
-                moved = await retry_transient(pump_once, what="retry pump", stop=stop, heartbeat=HEARTBEAT,
-                                              start_s=1.0)
-            except Stopped:
-                return
-            except Exception:
-                log.exception("retry pump stopped by a permanent error")
-                raise
-            if moved < PUMP_BATCH:
-                try:
-                    await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)
-                except TimeoutError:
-                    pass
-    finally:
-        liveness.forget(HEARTBEAT)
+                await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)
+            except TimeoutError:
+                pass
+    liveness.forget(HEARTBEAT)  # stopped on purpose

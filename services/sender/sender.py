@@ -231,7 +231,7 @@ class Sender:
             result = await self._gates.call(webhook.id, lambda: post_webhook(
                 self._session, webhook, task, timeout_s=self._settings.request_timeout_s,
                 excerpt_cap_bytes=self._settings.max_response_excerpt_bytes,
-                allow_private_networks=self._settings.allow_private_networks))
+                allow_private_networks=self._settings.allow_private_networks), webhook.organization_id)
         duration_ms = (time.perf_counter() - clock) * 1000
         return decide_outcome(task, result, self._policy, started_at, duration_ms)
 
@@ -255,7 +255,9 @@ class Sender:
             metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()
         else:
             metrics.finished_counter(record.status).inc()
-        if record.status == "succeeded" and record.task.event_type != "webhook.test":
+        # End-to-end latency is the automatic path's: a redelivery of an old event, or a test send,
+        # would report how long ago the event happened, not how fast hookstream delivers.
+        if record.status == "succeeded" and not record.task.manual:
             with contextlib.suppress(ValueError):
                 occurred = parse_rfc3339(record.task.occurred_at)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 
 import asyncpg
@@ -28,8 +29,8 @@ async def _deliveries(db: asyncpg.Connection, n: int) -> list[DeliveryTask]:
             " VALUES ($1, $2, 'order.created', 's1', now(), '{}', 'orders', 0, $3) RETURNING seq",
             org, f"evt_{i}", i)
         delivery_id = await db.fetchval(
-            "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id)"
-            " VALUES ($1, $2, $3, 'order.created', 's1') RETURNING id", hook, seq, f"evt_{i}")
+            "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, in_flight, issued_attempt)"
+            " VALUES ($1, $2, $3, 'order.created', 's1', true, 1) RETURNING id", hook, seq, f"evt_{i}")  # as routed
         tasks.append(DeliveryTask(delivery_id=delivery_id, webhook_id=hook, organization_id=org, event_id=f"evt_{i}",
                                   event_type="order.created", store_id="s1", occurred_at="2026-11-28T12:00:00Z",
                                   attempt=1, retry_index=0, manual=False, body="{}"))
@@ -86,3 +87,37 @@ async def test_a_batch_that_fails_writes_nothing_not_even_its_deferrals(db, data
     assert await db.fetchval("SELECT count(*) FROM attempts") == 0
     assert [tuple(r) for r in await db.fetch("SELECT status, attempts, next_attempt_at FROM deliveries")] == [
         ("pending", 0, None), ("pending", 0, None)]
+
+
+async def test_a_stale_outcome_never_changes_a_delivery_whose_next_attempt_is_in_flight(db, database_url):
+    """A replayed or duplicated attempt 1 arrives after the pump issued attempt 2: it is logged as an
+    attempt, but the delivery stays in flight for attempt 2 (no success claimed, nothing rescheduled)."""
+    [task] = await _deliveries(db, 1)
+    first_failed = AttemptRecord(task, STARTED, 5.0, Failed(retryable=True, error="HTTP 500", http_status=500),
+                                 "retrying", next_attempt_at=STARTED)
+    async with open_pool(database_url, max_size=2) as pool:
+        await write_outcomes(pool, [first_failed])
+        # the pump issues attempt 2
+        await db.execute("UPDATE deliveries SET in_flight = true, issued_attempt = attempts + 1,"
+                         " next_attempt_at = NULL WHERE id = $1", task.delivery_id)
+        stale_ok = AttemptRecord(task, STARTED, 5.0, Succeeded(http_status=200, response_excerpt=None), "succeeded")
+        stale_defer = AttemptRecord(task, STARTED, 0.0, Deferred("busy", 1.0), "deferred", next_attempt_at=STARTED)
+        await write_outcomes(pool, [stale_ok])
+        await write_outcomes(pool, [stale_defer])
+    row = await db.fetchrow("SELECT * FROM deliveries WHERE id = $1", task.delivery_id)
+    assert (row["status"], row["in_flight"], row["issued_attempt"], row["next_attempt_at"]) == ("pending", True, 2, None)
+    # one attempt row per attempt number: the duplicate of attempt 1 is not recorded twice
+    assert await db.fetchval("SELECT count(*) FROM attempts WHERE delivery_id = $1", task.delivery_id) == 1
+
+
+async def test_two_attempts_of_one_delivery_in_one_flush_leave_the_newest(db, database_url):
+    [task] = await _deliveries(db, 1)
+    second = dataclasses.replace(task, attempt=2, retry_index=1)
+    await db.execute("UPDATE deliveries SET issued_attempt = 2 WHERE id = $1", task.delivery_id)
+    batch = [AttemptRecord(second, STARTED, 5.0, Succeeded(http_status=200, response_excerpt=None), "succeeded"),
+             AttemptRecord(task, STARTED, 5.0, Failed(retryable=True, error="HTTP 500", http_status=500), "retrying",
+                           next_attempt_at=STARTED)]
+    async with open_pool(database_url, max_size=2) as pool:
+        await write_outcomes(pool, batch)
+    row = await db.fetchrow("SELECT * FROM deliveries WHERE id = $1", task.delivery_id)
+    assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("succeeded", 2, None)

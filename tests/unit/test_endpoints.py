@@ -399,3 +399,58 @@ async def test_open_breaker_defers_the_retry_until_its_probe() -> None:
     clock.advance(10)
     refused = await gates.call(WH, endpoint)
     assert isinstance(refused, Failed) and refused.not_before_s == pytest.approx(20.0)
+
+
+# ------------------------------------------------------------------------------------- fair capacity
+
+
+async def test_deliveries_queued_behind_a_hanging_endpoint_are_deferred_once_it_is_slow() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=2, max_queued=10)
+    endpoint = BlockingEndpoint(OK)
+    calls = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(6)]  # 2 running, 4 queued
+    await wait_until(lambda: endpoint.running == 2)
+    clock.advance(SLOW_CALL_S + 0.1)  # the running calls now hang
+    # within QUEUE_RECHECK_S the queued ones give their sender slots back (deferred, not attempted)
+    await wait_until(lambda: sum(c.done() for c in calls) == 4, timeout_s=2.0)
+    assert all(isinstance(c.result(), Deferred) for c in calls if c.done())
+    assert endpoint.calls == 2
+    endpoint.release.set()
+    assert sum(r is OK for r in await asyncio.gather(*calls)) == 2
+
+
+async def test_one_webhook_runs_at_most_a_quarter_of_the_senders_slots() -> None:
+    gates = EndpointGates(max_concurrency=32, max_queued=256, failure_threshold=5, open_s=30, max_in_flight=40,
+                          clock=FakeClock())
+    endpoint = BlockingEndpoint(OK)
+    calls = [asyncio.create_task(gates.call(WH, endpoint)) for _ in range(30)]
+    await wait_until(lambda: endpoint.running == 10)
+    await asyncio.sleep(0.05)
+    assert endpoint.max_running == 10
+    endpoint.release.set()
+    await asyncio.gather(*calls)
+
+
+async def test_one_organization_holds_at_most_half_the_slots_while_unhealthy() -> None:
+    clock = FakeClock()
+    # 40 slots: 10 per webhook, 20 per organization
+    gates = EndpointGates(max_concurrency=32, max_queued=0, failure_threshold=5, open_s=30, max_in_flight=40,
+                          clock=clock)
+    hanging = BlockingEndpoint(OK)
+    held = [asyncio.create_task(gates.call(f"wh_{i}", hanging, "org_hostile")) for i in range(2) for _ in range(10)]
+    await wait_until(lambda: hanging.running == 20)
+    clock.advance(SLOW_CALL_S + 0.1)
+    # a third webhook of the same organization: its calls also hang, so it is unhealthy once slow
+    third = BlockingEndpoint(OK)
+    first_of_third = asyncio.create_task(gates.call("wh_2", third, "org_hostile"))
+    await wait_until(lambda: third.running == 1)
+    clock.advance(SLOW_CALL_S + 0.1)
+    extra = Endpoint(OK)
+    assert isinstance(await gates.call("wh_2", extra, "org_hostile"), Deferred)
+    assert extra.calls == 0
+    # another organization is not held back
+    healthy = Endpoint(OK)
+    assert await gates.call("wh_other", healthy, "org_healthy") is OK
+    hanging.release.set()
+    third.release.set()
+    await asyncio.gather(*held, first_of_third)
