@@ -294,20 +294,21 @@ class Result:
     finished: int
     lost: int
     duplicates: int
-    recovery_s: float
+    recovery_s: float | None
     drain_s: float | None
     detail: dict
 
     def line(self) -> str:
         return (f"RELIABILITY {self.scenario} events={self.events} pairs={self.pairs} finished={self.finished} "
-                f"lost={self.lost} duplicates={self.duplicates} recovery_s={self.recovery_s:.1f}")
+                f"lost={self.lost} duplicates={self.duplicates} recovery_s="
+                + ("none" if self.recovery_s is None else f"{self.recovery_s:.1f}"))
 
 
 async def account(stream: Stream, scenario: str, *, fault_start: float, fault_end: float,
                   all_done_at: float | None, answered_ok: Callable[[Received], bool] = lambda r: True) -> Result:
     """Count what reached a final state in PostgreSQL *and* on the status topic, and print the result.
 
-    lost: pairs not ``succeeded`` in both places. duplicates: 2xx-answered requests beyond the first
+    lost: pairs not answered 2xx by the endpoint and ``succeeded`` in both places. duplicates: 2xx-answered requests beyond the first
     per pair. recovery_s: from the end of the fault to the first successful request for an event
     published after the fault began (the pipeline carrying new work again); drain_s: from the end of
     the fault until every pair was ``succeeded`` in PostgreSQL.
@@ -324,12 +325,15 @@ async def account(stream: Stream, scenario: str, *, fault_start: float, fault_en
     ok_requests = [r for r in stream.receiver.requests if answered_ok(r)]
     received = collections.Counter((by_path[r.path], orjson.loads(r.body)["id"]) for r in ok_requests
                                    if r.path in by_path)
-    finished = expected & db_ok & topic_ok
+    # finished means what a user would call delivered: answered 2xx by the endpoint, and succeeded in
+    # PostgreSQL and on the status topic (a sender recording a 500 as success must not pass)
+    finished = expected & db_ok & topic_ok & set(received)
     lost = expected - finished
     fresh = stream.fresh_since(fault_start)
     first_fresh = min((r.at for r in ok_requests if r.at >= fault_end and orjson.loads(r.body)["id"] in fresh),
                       default=None)
-    recovery_s = max(0.0, first_fresh - fault_end) if first_fresh is not None else 0.0
+    # None when nothing published after the fault began was delivered after it ended: no recovery shown
+    recovery_s = max(0.0, first_fresh - fault_end) if first_fresh is not None else None
     status_counts = collections.Counter(db_status.get(p, "missing") for p in expected)
     detail = {
         "db_status": dict(status_counts),

@@ -500,7 +500,8 @@ async def test_test_send_is_delivered_signed_by_the_sender(database_url, db, poo
             spawn("sender")
             _, sent = await api.call("POST", f"/v1/webhooks/{wh['id']}/test", status=202)
             await wait_for(lambda: receiver.at("/hook"), timeout_s=60, message="the test event to arrive")
-            request = receiver.at("/hook")[0]
+            await asyncio.sleep(0.5)  # room for a wrong extra request to show
+            [request] = receiver.at("/hook")  # a test send is one manual attempt
             assert request.verify(wh["secret"])
             assert orjson.loads(request.body)["type"] == "webhook.test"
             assert request.headers["webhook-id"] == sent["event_id"]

@@ -51,6 +51,8 @@ async def _finish(stream: Stream, scenario: str, fault_start: float, fault_end: 
     result = await account(stream, scenario, fault_start=fault_start, fault_end=fault_end, all_done_at=done_at,
                            **kwargs)
     assert result.lost == 0, f"{scenario}: {result.lost} of {result.pairs} pairs lost; {result.detail}"
+    assert result.detail["never_received"] == 0, result.detail
+    assert result.recovery_s is not None, f"{scenario}: nothing published after the fault was delivered after it"
     return result
 
 
@@ -205,13 +207,19 @@ async def test_sigterm_each_service_under_load(database_url, hs_settings, spawn)
                 exits[name] = (code, round(seconds, 2))
                 assert code == 0, (f"{name} exited {code} after {seconds:.1f}s (bound {TERM_BOUND_S}s):\n"
                                    + procs[name].output()[-3000:])
+                if name == "sender":  # its drain recorded every attempt it started: nothing left to replay
+                    attempted = len(receiver.requests)
+                    rows = (await faults.query(stream.database_url, "SELECT count(*) AS n FROM attempts"))[0]["n"]
+                    assert rows == attempted, f"{attempted} requests made before the restart, {rows} recorded"
                 procs[name] = spawn(ROUTER if name == "router" else SENDER if name == "sender" else "api")
                 if name == "api":
                     await _wait_api(api_port)
             fault_end = time.time()
             print(f"\nSIGTERM exits (code, seconds): {exits}; API answers while cycling: {counts}")
-            await _finish(stream, "sigterm-router-sender-api", fault_start, fault_end)
+            result = await _finish(stream, "sigterm-router-sender-api", fault_start, fault_end)
+            assert result.duplicates == 0, f"a drained sender's attempts were made again: {result.detail}"
             assert_alive(*procs.values())
+            assert counts.get(200, 0) > 0, f"the API poller never got an answer: {counts}"
             assert not any(isinstance(s, int) and s >= 500 for s in counts), counts
         finally:
             stop_polling.set()

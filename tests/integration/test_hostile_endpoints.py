@@ -21,12 +21,13 @@ import trustme
 from aiohttp import web
 
 from services.core.model import DeliveryTask, Failed, Succeeded
-from services.core.signing import decode_secret, generate_secret
+from services.core.signing import decode_secret, generate_secret, signature_header
 from services.core.webhooks import Webhook
 from services.sender.http import make_session, post_webhook
 from tests.conftest import free_port, wait_for
 from tests.receiver import Behaviour, Receiver
 
+SECRET = generate_secret()
 TIMEOUT_S = 1.0
 TIMEOUT_SLACK_S = 1.5
 EXCERPT_CAP_BYTES = 4096
@@ -43,7 +44,7 @@ def make_webhook(url: str) -> Webhook:
         event_types=frozenset({"order.created"}),
         store_ids=frozenset({"store_1"}),
         enabled=True,
-        key=decode_secret(generate_secret()),
+        key=decode_secret(SECRET),
         previous_key=None,
         previous_key_expires_at=None,
     )
@@ -189,7 +190,10 @@ async def test_healthy_endpoint_succeeds_with_a_signed_post(session) -> None:
     assert elapsed < 1.0
     [request] = receiver.requests
     assert request.headers["webhook-id"] == "evt_hostile_1"
-    assert request.headers["webhook-signature"].startswith("v1,")
+    # the full Standard Webhooks signature over id.timestamp.body, with the webhook's key
+    expected = signature_header([decode_secret(SECRET)], "evt_hostile_1", int(request.headers["webhook-timestamp"]),
+                                request.body)
+    assert request.headers["webhook-signature"] == expected
 
 
 async def test_raw_server_answering_properly_succeeds(session) -> None:
