@@ -34,7 +34,7 @@ class Behaviour:
     """What to answer: ``status`` (with ``headers``), or ``mode`` hang / close / redirect."""
 
     status: int = 200
-    mode: str = "answer"  # answer | hang | close | redirect
+    mode: str = "answer"  # answer | hang | close | redirect | first_fails (500 to each event's first request)
     headers: dict[str, str] = field(default_factory=dict)
     body: str = "ok"
     delay_s: float = 0.0  # answer after this long
@@ -89,6 +89,10 @@ class Receiver:
                                       time.time()))
         script = self._scripts.get(request.path)
         behaviour = script.pop(0) if script else self._defaults.get(request.path, Behaviour())
+        if behaviour.mode == "first_fails":
+            event_id = request.headers.get("webhook-id", "")
+            seen = sum(1 for r in self.requests if r.path == request.path and r.headers.get("webhook-id") == event_id)
+            return web.Response(status=500 if seen == 1 else behaviour.status, text=behaviour.body)
         if behaviour.mode == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), 3600)

@@ -16,6 +16,7 @@ from aiohttp import web
 from prometheus_client import Counter, Histogram
 
 from services.api.errors import ApiError, error_response, field_error, from_http_exception
+from services.core.errors import describe, is_transient
 from services.core.orgs import authenticate
 
 log = logging.getLogger("services.api")
@@ -58,12 +59,15 @@ async def observe_and_shape_errors(request: web.Request, handler: Handler) -> we
         log.info("rejected a value PostgreSQL refused in %s %s: %s", request.method, route_label(request),
                  type(exc).__name__)
         response = error_response(ApiError(422, "invalid_value", "a value in the request cannot be stored"))
-    except (asyncpg.PostgresConnectionError, asyncpg.InterfaceError, asyncpg.InternalClientError, OSError):
-        log.warning("PostgreSQL unavailable while serving %s %s", request.method, request.path)
-        response = error_response(ApiError(503, "unavailable", "the database is unavailable; try again"))
-    except Exception:
-        log.exception("unhandled error in %s %s", request.method, route_label(request))
-        response = error_response(ApiError(500, "internal_error", "internal error"))
+    except Exception as exc:
+        if is_transient(exc):  # the database is down, restarting or overloaded: the client may retry
+            log.warning("PostgreSQL unavailable while serving %s %s (%s)", request.method, route_label(request),
+                        describe(exc))
+            response = error_response(ApiError(503, "unavailable", "the database is unavailable; try again",
+                                               headers={"Retry-After": "1"}))
+        else:
+            log.exception("unhandled error in %s %s", request.method, route_label(request))
+            response = error_response(ApiError(500, "internal_error", "internal error"))
     elapsed = time.perf_counter() - started
     method = request.method if request.method in _KNOWN_METHODS else "other"
     API_REQUESTS.labels(method, route_label(request), str(response.status)).inc()

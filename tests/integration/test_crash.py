@@ -11,7 +11,7 @@ import pytest
 
 from services.core.kafka import open_producer
 from tests.conftest import wait_for
-from tests.receiver import Receiver
+from tests.receiver import Behaviour, Receiver
 from tests.support import make_org, make_webhook, sample_event
 
 pytestmark = pytest.mark.integration
@@ -112,3 +112,29 @@ async def test_sigterm_drains_and_restart_loses_nothing(db, hs_settings, spawn):
         assert set(received) == {e["id"] for e in events}
         assert [e for e, n in received.items() if n > 1] == []  # the drained attempts were not made again
         assert await db.fetchval("SELECT count(*) FROM attempts") == EVENTS
+
+
+async def test_sigterm_with_hanging_attempts_exits_within_its_bound_and_records_them(db, hs_settings, spawn):
+    """Attempts that hang when SIGTERM comes run to their timeout, are recorded (a retry scheduled),
+    and the sender exits 0 within request timeout + 10 s; nothing is abandoned."""
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1",))
+        await make_webhook(db, org, receiver.url("/hang"), event_types=["order.created"], store_ids=["s1"])
+        receiver.set("/hang", Behaviour(mode="hang"))
+        env = {"HOOKSTREAM_REQUEST_TIMEOUT": "2s", "HOOKSTREAM_RETRY_DELAYS": "1h,1h,1h"}
+        spawn("router", env=env)
+        sender = spawn("sender", env=env)
+        await _publish(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(10)])
+        await wait_for(lambda: len(receiver.at("/hang")) == 10, timeout_s=60, message="ten hanging attempts")
+        loop = asyncio.get_running_loop()
+        started = loop.time()
+        code = await asyncio.to_thread(sender.terminate, 30)
+        took = loop.time() - started
+        assert code == 0, sender.output()[-2000:]
+        assert took < 2 + 10 + 3, f"the drain took {took:.1f}s"
+        rows = await db.fetch("SELECT d.status, d.next_attempt_at IS NOT NULL AS waiting, d.in_flight, a.error"
+                              " FROM deliveries d JOIN attempts a ON a.delivery_id = d.id")
+        assert len(rows) == 10, [tuple(r) for r in rows]
+        assert all((r["status"], r["waiting"], r["in_flight"]) == ("pending", True, False) for r in rows)
+        assert all("timeout" in r["error"] for r in rows)
+        receiver.release_hangs()

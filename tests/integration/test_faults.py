@@ -21,9 +21,10 @@ import aiohttp
 import pytest
 
 from tests import faults
-from tests.conftest import free_port
+from tests.conftest import free_port, wait_for
 from tests.faults import Stream, account, assert_alive, make_stream, terminate_within, wait_all_succeeded
 from tests.receiver import Behaviour, Receiver
+from tests.support import make_org
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -239,3 +240,37 @@ async def _wait_api(port: int, timeout_s: float = 30) -> None:
             assert time.monotonic() < deadline, f"the api never answered /healthz on port {port}"
             await asyncio.sleep(0.1)
 
+
+
+async def test_the_api_answers_503_in_its_error_shape_while_postgres_is_down(db, hs_env, spawn, restore_infra):
+    _, key = await make_org(db, "Org", stores=("s1",))
+    spawn("api")
+    port = int(hs_env["HOOKSTREAM_API_LISTEN"].rsplit(":", 1)[1])
+    await _wait_api(port)
+    base, headers = f"http://127.0.0.1:{port}", {"Authorization": f"Bearer {key}"}
+    async with aiohttp.ClientSession() as session:
+        async def get(path: str, **kwargs):
+            async with session.get(base + path, timeout=aiohttp.ClientTimeout(total=10), **kwargs) as resp:
+                return resp.status, await resp.json()
+
+        assert (await get("/v1/webhooks", headers=headers))[0] == 200
+        restore_infra.add("postgres")
+        async with faults.postgres_stopped():
+            status, body = await get("/v1/webhooks", headers=headers)
+            assert status == 503 and body == {"error": {"code": "unavailable",
+                                                        "message": "the database is unavailable; try again"}}
+            status, body = await get("/readyz")
+            assert status == 503 and body["status"] == "unavailable" and body["checks"]["postgres"] != "ok"
+            assert body["checks"]["kafka"] == "ok" and body["error"]["code"] == "not_ready"
+            assert (await get("/healthz"))[0] == 200  # alive: waiting for the database is not a wedge
+        restore_infra.discard("postgres")
+
+        async def back() -> bool:
+            return (await get("/v1/webhooks", headers=headers))[0] == 200
+
+        await wait_for(back, timeout_s=30, message="the API answering again")
+        await wait_for(lambda: _readyz_ok(get), timeout_s=30, message="/readyz ok again")
+
+
+async def _readyz_ok(get) -> bool:
+    return (await get("/readyz"))[0] == 200

@@ -309,3 +309,49 @@ async def _api_up(http: aiohttp.ClientSession, listen) -> bool:
             return response.status == 200
     except aiohttp.ClientError:
         return False
+
+
+# --- manual attempts, end to end (issue 18) --------------------------------------------------------
+
+
+async def test_a_failed_redelivery_is_final_and_a_pulled_forward_retry_keeps_its_retries(tenants, spawn):
+    t = tenants
+    gone = await t.hostile_webhook("/gone")
+    t.receiver.script("/gone", Behaviour(status=410))  # the first attempt: 410 ends the delivery
+    t.receiver.set("/gone", Behaviour(status=500))      # the redelivery fails
+    waiting = await t.hostile_webhook("/waiting", Behaviour(status=500))
+    spawn("all", env={"HOOKSTREAM_RETRY_DELAYS": "1h,1h,1h"})
+    await t.publish([hostile_order(t, "evt_manual")])
+    assert (await t.final_delivery(gone))["attempts"] == 1
+    await wait_for(lambda: _attempted(t, waiting), timeout_s=30, message="the first attempt of /waiting")
+    before = await t.delivery(waiting)
+    assert before["status"] == "pending" and before["next_retry_index"] == 1  # retry 1 of 3, an hour away
+
+    listen = t.settings.api_listen
+    async with aiohttp.ClientSession() as http:
+        await wait_for(lambda: _api_up(http, listen), timeout_s=30, message="the API")
+        for hook, manual in ((gone, True), (waiting, False)):
+            async with http.post(f"http://{listen[0]}:{listen[1]}/v1/webhooks/{hook}/events/evt_manual/redeliver",
+                                 headers={"Authorization": f"Bearer {t.hostile_key}"}) as response:
+                assert response.status == 202, await response.text()
+                assert (await response.json())["manual"] is manual
+
+    await wait_for(lambda: len(t.receiver.at("/gone")) == 2 and len(t.receiver.at("/waiting")) == 2,
+                   timeout_s=30, message="both redeliveries made")
+    final = await t.final_delivery(gone)
+    assert (final["status"], final["attempts"], final["next_attempt_at"]) == ("failed", 2, None)
+
+    async def retry_two_scheduled():
+        row = await t.delivery(waiting)
+        return row if row["attempts"] == 2 and row["next_retry_index"] == 2 else None
+
+    row = await wait_for(retry_two_scheduled, timeout_s=30, message="retry 2 scheduled after the pulled-forward one")
+    assert row["status"] == "pending" and row["next_attempt_at"] is not None
+    await asyncio.sleep(1.5)  # and nothing else is sent: the manual attempt stays final
+    assert len(t.receiver.at("/gone")) == 2 and len(t.receiver.at("/waiting")) == 2
+    await t.healthy_tenant_keeps_flowing()
+
+
+async def _attempted(t: Tenants, webhook_id: str) -> bool:
+    row = await t.delivery(webhook_id)
+    return row is not None and row["attempts"] >= 1

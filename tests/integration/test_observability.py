@@ -121,3 +121,67 @@ async def _ready(api_url: str) -> bool:
 async def _scrape_when(url: str):
     samples = await scrape(url)
     return samples if value(samples, "hookstream_deliveries_finished_total", status="failed") == 1 else None
+
+
+async def test_failure_path_metrics(db, hs_settings, spawn):
+    """The metrics a failure-rate dashboard needs move exactly: status class ``none`` (timeouts,
+    breaker refusals, a disabled webhook), breaker transitions, the retry backlog, consumer lag; and a
+    manual redelivery does not count in the end-to-end latency histogram."""
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1",))
+        ok, _ = await make_webhook(db, org, receiver.url("/ok"), event_types=["order.created"], store_ids=["s1"])
+        await make_webhook(db, org, receiver.url("/hang"), event_types=["order.updated"], store_ids=["s1"])
+        await make_webhook(db, org, receiver.url("/fail"), event_types=["order.cancelled"], store_ids=["s1"])
+        disabled, _ = await make_webhook(db, org, receiver.url("/off"), event_types=["order.closed"],
+                                         store_ids=["s1"], enabled=False)
+        receiver.set("/hang", Behaviour(mode="hang"))
+        receiver.set("/fail", Behaviour(status=500))
+        env = {"HOOKSTREAM_REQUEST_TIMEOUT": "500ms", "HOOKSTREAM_RETRY_DELAYS": "1h,1h,1h",
+               "HOOKSTREAM_BREAKER_FAILURE_THRESHOLD": "2", "HOOKSTREAM_BREAKER_OPEN": "1h"}
+        router_port, sender_port = free_port(), free_port()
+        spawn("router", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{router_port}"})
+        spawn("sender", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{sender_port}"})
+
+        async def publish(*events):
+            async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
+                for event in events:
+                    await producer.send_and_wait(hs_settings.source_topics[1], orjson.dumps(event), key=b"k")
+
+        ok_event = sample_event("order.created", org, "s1", 1)
+        await publish(ok_event, sample_event("order.updated", org, "s1", 2),
+                      sample_event("order.cancelled", org, "s1", 3), sample_event("order.cancelled", org, "s1", 4))
+        await wait_for(lambda: len(receiver.at("/fail")) == 2 and receiver.at("/ok"), timeout_s=60,
+                       message="the first attempts")
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 4 FROM attempts"), timeout_s=30, message="4 recorded")
+        await publish(sample_event("order.cancelled", org, "s1", 5))  # the breaker is open now: refused unsent
+        # a delivery for the disabled webhook (asked for before it was disabled), and a manual redelivery
+        seq = await db.fetchval("SELECT seq FROM events WHERE event_id = $1", ok_event["id"])
+        await db.execute("INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, manual_due_at)"
+                         " VALUES ($1, $2, $3, 'order.closed', 's1', now())", disabled, seq, ok_event["id"])
+        await db.execute("UPDATE deliveries SET manual_due_at = now(), status = 'pending' WHERE webhook_id = $1", ok)
+
+        async def settled():
+            samples = await scrape(f"http://127.0.0.1:{sender_port}/metrics")
+            done = (value(samples, "hookstream_delivery_attempts_total", outcome="success", status_class="2xx") == 2
+                    and value(samples, "hookstream_deliveries_finished_total", status="failed") == 1
+                    and value(samples, "hookstream_retry_backlog", tier="1") == 4)
+            return samples if done else None
+
+        sent = await wait_for(settled, timeout_s=40, interval_s=0.5, message="the failure-path metrics")
+        assert value(sent, "hookstream_delivery_attempts_total", outcome="failure", status_class="5xx") == 2
+        # the timeout, the breaker's refusal and the disabled webhook: no HTTP status
+        assert value(sent, "hookstream_delivery_attempts_total", outcome="failure", status_class="none") == 3
+        assert value(sent, "hookstream_circuit_breaker_transitions_total", state="open") == 1
+        assert value(sent, "hookstream_retries_scheduled_total", tier="1") == 4
+        assert value(sent, "hookstream_deliveries_finished_total", status="succeeded") == 2
+        # one automatic success counts in the latency histogram; the manual redelivery does not
+        assert value(sent, "hookstream_delivery_latency_seconds_count") == 1
+        assert len(receiver.at("/off")) == 0 and len(receiver.at("/ok")) == 2
+
+        async def lag_reported():
+            routed = await scrape(f"http://127.0.0.1:{router_port}/metrics")
+            return [labels for name, labels in routed if name == "hookstream_consumer_lag"]
+
+        lag = await wait_for(lag_reported, timeout_s=15, message="consumer lag of the router")
+        assert {dict(labels)["group"] for labels in lag} == {hs_settings.router_group}
+        receiver.release_hangs()

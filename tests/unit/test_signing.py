@@ -146,3 +146,29 @@ def test_signature_is_hmac_sha256_over_id_timestamp_body() -> None:
     key = b"k" * 32
     expected = hmac.new(key, b"msg_x.42.payload", hashlib.sha256).digest()
     assert sign(key, "msg_x", 42, b"payload") == "v1," + base64.b64encode(expected).decode()
+
+
+def test_the_previous_secret_stops_signing_when_its_grace_period_ends() -> None:
+    """What the sender puts on the wire around the rotation's expiry (the clock is the argument)."""
+    import datetime as dt
+
+    import orjson
+
+    from services.core.model import DeliveryTask
+    from services.core.webhooks import Webhook
+    from services.sender.http import build_headers
+
+    old, new = generate_secret(), generate_secret()
+    expires = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)
+    hook = Webhook("wh_1", "org_1", "https://example.com/h", frozenset({"order.created"}), frozenset({"s1"}), True,
+                   decode_secret(new), decode_secret(old), expires)
+    body = orjson.dumps({"id": "evt_1"})
+    task = DeliveryTask(1, "wh_1", "org_1", "evt_1", "order.created", "s1", "2026-12-01T00:00:00Z", 1, 0, False,
+                        body.decode())
+    during = build_headers(task, hook, body, expires - dt.timedelta(seconds=1))
+    after = build_headers(task, hook, body, expires + dt.timedelta(microseconds=1))
+    assert len(during["webhook-signature"].split(" ")) == 2
+    assert verify(old, "evt_1", int(during["webhook-timestamp"]), body, during["webhook-signature"])
+    assert len(after["webhook-signature"].split(" ")) == 1
+    assert verify(new, "evt_1", int(after["webhook-timestamp"]), body, after["webhook-signature"])
+    assert not verify(old, "evt_1", int(after["webhook-timestamp"]), body, after["webhook-signature"])
