@@ -283,3 +283,46 @@ async def test_every_event_that_passes_the_schema_is_stored_or_dead_lettered(rou
                 "SELECT occurred_at FROM events WHERE organization_id = $1 AND event_id = $2",
                 verdict.organization_id, verdict.id)
             assert stored == verdict.occurred_at_utc
+
+
+# --- the isolation paths themselves, with a refusal the database is made to give ----------------------
+
+
+async def test_an_event_postgresql_refuses_is_dead_lettered_and_its_batch_routed(router_parts, db, hs_settings):
+    """No known event passes validation and fails storage any more, so a CHECK constraint stands in for
+    the next unknown one: the batch is halved until the refused event stands alone."""
+    router, org_id, placed = router_parts
+    await db.execute("ALTER TABLE events ADD CONSTRAINT test_refuses_poison CHECK (store_id <> 'poison')")
+    values = [orjson.dumps({"id": f"evt_iso_{n}", "type": "order.created", "occurred_at": "2026-11-27T10:15:00Z",
+                            "organization_id": org_id, "store_id": "poison" if n == 5 else "s1",
+                            "data": {"order": {"id": f"o{n}"}}}) for n in range(8)]
+    records = [SourceRecord("aiq.orders", 0, next(_offsets), b"k", value, ()) for value in values]
+    placed.extend(values)
+    assert await asyncio.wait_for(router.route_batch(records, asyncio.Event()), 30) is True
+    stored = {r["event_id"] for r in await db.fetch("SELECT event_id FROM events WHERE event_id LIKE 'evt_iso_%'")}
+    assert stored == {f"evt_iso_{n}" for n in range(8) if n != 5}
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE event_id LIKE 'evt_iso_%'") == 7
+    dead = [r for r in await read_topic_to_end(hs_settings.kafka_bootstrap_servers, hs_settings.dead_letter_topic)
+            if orjson.loads(r.value)["id"] == "evt_iso_5"]
+    [record] = dead
+    headers = dict(record.headers)
+    assert headers["hookstream-reason"] == b"unstorable" and b"test_refuses_poison" in headers["hookstream-error"]
+
+
+async def test_an_outcome_postgresql_refuses_is_recorded_without_its_details(sender_parts):
+    db, org_id, _server, _session, sink, webhook = sender_parts
+    await db.execute("ALTER TABLE attempts ADD CONSTRAINT test_refuses_poison"
+                     " CHECK (response_excerpt IS NULL OR response_excerpt NOT LIKE '%poison%')")
+    good, bad = [await insert_delivery(db, org_id, webhook.id) for _ in range(2)]
+    now = dt.datetime.now(dt.UTC)
+    policy = RetryPolicy((30.0, 300.0, 1800.0))
+    records = [decide_outcome(good, Succeeded(200, "fine"), policy, now, 3.0),
+               decide_outcome(bad, Failed(retryable=True, error="HTTP 500", http_status=500,
+                                          response_excerpt="poison"), policy, now, 3.0)]
+    await asyncio.wait_for(asyncio.gather(*(sink.record(r) for r in records)), RECORD_WITHIN_S)
+    rows = {r["delivery_id"]: r for r in await db.fetch("SELECT * FROM attempts")}
+    assert rows[good.delivery_id]["response_excerpt"] == "fine"
+    assert rows[bad.delivery_id]["response_excerpt"] is None and rows[bad.delivery_id]["http_status"] == 500
+    assert "details not stored: PostgreSQL refused them" in rows[bad.delivery_id]["error"]
+    status = await db.fetchval("SELECT status FROM deliveries WHERE id = $1", bad.delivery_id)
+    assert status == "pending"  # its retry is scheduled as for any 500
