@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from services.api.errors import field_error
+from services.core.filters import FilterError, compile_filter
 from services.core.validation import EVENT_TYPES
 
 STORE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -21,7 +22,7 @@ MAX_DESCRIPTION_CHARS = 500
 MAX_LIST_ITEMS = 10_000
 MAX_STORE_ID_CHARS = 256  # ids referenced by webhooks; the same bound events use for their fields
 
-WEBHOOK_FIELDS = ("url", "event_types", "store_ids", "description", "enabled")
+WEBHOOK_FIELDS = ("url", "event_types", "store_ids", "description", "enabled", "filter")
 STORE_FIELDS = ("id", "name")
 _KNOWN_EVENT_TYPES = frozenset(EVENT_TYPES)
 
@@ -105,7 +106,18 @@ def _parse_enabled(value: Any) -> bool:
     return value
 
 
+def _parse_filter(value: Any) -> str | None:
+    """None (no filter) or a CEL expression that compiles; 422 on ``filter`` with the position otherwise."""
+    if value is None:
+        return None
+    try:
+        return compile_filter(value).source
+    except FilterError as exc:
+        raise field_error("filter", str(exc)) from None
+
+
 _PARSERS = {
+    "filter": _parse_filter,
     "url": _parse_url,
     "event_types": _parse_event_types,
     "store_ids": _parse_store_ids,

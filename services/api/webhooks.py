@@ -22,6 +22,13 @@ from services.api.keys import POOL, SECRET_BOX, SETTINGS
 from services.api.middleware import org_of
 from services.api.params import decode_cursor, encode_cursor, page, parse_limit, read_json_object
 from services.api.validate import parse_webhook_changes
+from services.core.filters import (
+    SAMPLE_PAYLOADS,
+    FilterError,
+    check_against_samples,
+    compile_filter,
+    evaluate,
+)
 from services.core.netguard import UnsafeEndpointError, check_endpoint
 from services.core.orgs import new_id
 from services.core.settings import Settings
@@ -35,10 +42,15 @@ TEST_EVENT_MESSAGE = "hookstream test event"
 
 # failures_24h is served by the deliveries_log_status index (webhook_id, status, created_at DESC, id DESC).
 WEBHOOK_COLUMNS = """
-    w.id, w.url, w.description, w.event_types, w.store_ids, w.enabled, w.created_at, w.updated_at,
+    w.id, w.url, w.description, w.event_types, w.store_ids, w.enabled, w.created_at, w.updated_at, w.filter,
     (SELECT count(*) FROM deliveries d
       WHERE d.webhook_id = w.id AND d.status = 'failed'
-        AND d.created_at > now() - interval '24 hours') AS failures_24h
+        AND d.created_at > now() - interval '24 hours') AS failures_24h,
+    (SELECT coalesce(sum(f.errors), 0)::bigint FROM filter_errors f
+      WHERE f.webhook_id = w.id AND f.hour > now() - interval '24 hours') AS filter_errors_24h,
+    (SELECT jsonb_build_object('error', f.last_error, 'event_id', f.last_event_id, 'at', f.last_at)
+       FROM filter_errors f WHERE f.webhook_id = w.id AND f.hour > now() - interval '24 hours'
+      ORDER BY f.hour DESC LIMIT 1) AS last_filter_error
 """
 
 
@@ -53,6 +65,9 @@ def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "failures_24h": row["failures_24h"],
+        "filter": row["filter"],
+        "filter_errors_24h": row["filter_errors_24h"],
+        "last_filter_error": row["last_filter_error"],
     }
 
 
@@ -82,6 +97,14 @@ async def validate_changes(request: web.Request, org_id: str, body: dict[str, An
                            creating: bool) -> dict[str, Any]:
     """Shape first (cheap), then stores (one query), then the URL (DNS)."""
     changes = parse_webhook_changes(body, creating=creating)
+    if changes.get("filter") is not None:
+        event_types = changes.get("event_types")
+        if event_types is None:
+            event_types = list(await request.app[POOL].fetchval(
+                "SELECT event_types FROM webhooks WHERE organization_id = $1 AND id = $2",
+                org_id, request.match_info["webhook_id"]) or [])
+        if (problem := check_against_samples(compile_filter(changes["filter"]), event_types)) is not None:
+            raise field_error("filter", problem)
     if "store_ids" in changes:
         async with request.app[POOL].acquire() as conn:
             await check_stores(conn, org_id, body["store_ids"])
@@ -130,10 +153,11 @@ async def create_webhook(request: web.Request) -> web.Response:
     changes = await validate_changes(request, org_id, await read_json_object(request), creating=True)
     secret, webhook_id = generate_secret(), new_id("wh")
     row = await request.app[POOL].fetchrow(
-        "INSERT INTO webhooks AS w (id, organization_id, url, description, event_types, store_ids, enabled, secret)"
-        f" VALUES ($1, $2, $3, $4, $5, $6, $7, $8) RETURNING {WEBHOOK_COLUMNS}",
+        "INSERT INTO webhooks AS w (id, organization_id, url, description, event_types, store_ids, enabled, secret,"
+        f" filter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}",
         webhook_id, org_id, changes["url"], changes["description"], changes["event_types"],
-        changes["store_ids"], changes["enabled"], request.app[SECRET_BOX].seal(secret, webhook_id))
+        changes["store_ids"], changes["enabled"], request.app[SECRET_BOX].seal(secret, webhook_id),
+        changes.get("filter"))
     return json_response({**webhook_json(row), "secret": secret}, status=201)
 
 
@@ -225,7 +249,33 @@ async def send_test_event(request: web.Request) -> web.Response:
     return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": "pending"}, status=202)
 
 
+async def test_filter(request: web.Request) -> web.Response:
+    """``POST /v1/filters/test {"filter", "event_type"}``: evaluate a filter on the sample event of that
+    type (the schemas' example, as the endpoint would receive it), or on ``event`` when given."""
+    body = await read_json_object(request)
+    unknown = set(body) - {"filter", "event_type", "event"}
+    if unknown:
+        raise field_error(sorted(unknown)[0], "unknown field; allowed: filter, event_type, event")
+    try:
+        compiled = compile_filter(body.get("filter"))
+    except FilterError as exc:
+        raise field_error("filter", str(exc)) from None
+    event = body.get("event")
+    if event is None:
+        event_type = body.get("event_type")
+        if event_type not in SAMPLE_PAYLOADS:
+            raise field_error("event_type", "must be one of the 12 event types (see GET /v1/event-types)")
+        event = SAMPLE_PAYLOADS[event_type]
+    elif not isinstance(event, dict):
+        raise field_error("event", "must be a webhook payload object")
+    outcome = evaluate(compiled, event)
+    if isinstance(outcome, bool):
+        return json_response({"result": outcome, "error": None, "event": event})
+    return json_response({"result": None, "error": outcome.error, "event": event})
+
+
 def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/filters/test", test_filter)
     app.router.add_get("/v1/webhooks", list_webhooks)
     app.router.add_post("/v1/webhooks", create_webhook)
     app.router.add_get("/v1/webhooks/{webhook_id}", get_webhook)

@@ -63,6 +63,15 @@ FLUSH_DURATION = Histogram(
     "hookstream_outcome_flush_duration_seconds", "Time to make one batch of outcomes durable",
     buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
 )
+EVENTS_UNMATCHED = Counter(
+    "hookstream_events_unmatched_total",
+    "Valid events routed to no webhook (reason: no_webhook | filtered, when every match was filtered out)",
+    ["reason"],
+)
+FILTER_ERRORS = Counter(
+    "hookstream_filter_errors_total",
+    "Filter evaluations that failed (a missing key, a bad conversion, a non-boolean result): nothing routed",
+)
 POISON_RECORDS = Counter(
     "hookstream_poison_records_total",
     "Records PostgreSQL or Kafka refused permanently, isolated from their batch and dealt with alone"

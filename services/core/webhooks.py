@@ -18,6 +18,7 @@ from dataclasses import dataclass
 import asyncpg
 
 from services.core import liveness
+from services.core.filters import CompiledFilter, FilterError, compile_filter
 from services.core.secretbox import SecretBox, SecretBoxError
 from services.core.signing import decode_secret
 from services.core.tasks import cancel_and_wait
@@ -31,7 +32,7 @@ HEARTBEAT = "webhook-directory"
 
 _SELECT = (
     "SELECT id, organization_id, url, event_types, store_ids, enabled, secret,"
-    " previous_secret, previous_secret_expires_at FROM webhooks"
+    " previous_secret, previous_secret_expires_at, filter FROM webhooks"
 )
 
 
@@ -47,6 +48,12 @@ class Webhook:
     previous_key: bytes | None
     previous_key_expires_at: dt.datetime | None
     key_error: str | None = None  # set when the stored secret could not be opened: nothing can be signed
+    filter: CompiledFilter | None = None  # compiled once, when the webhook is loaded
+    filter_error: str | None = None  # a stored filter this version cannot compile: nothing is routed to it
+
+    @property
+    def filtered(self) -> bool:
+        return self.filter is not None or self.filter_error is not None
 
     def signing_keys(self, now: dt.datetime) -> list[bytes]:
         """The current key, then the previous one while its rotation grace period lasts."""
@@ -65,6 +72,14 @@ class Webhook:
         except (SecretBoxError, ValueError) as exc:
             error = str(exc) if isinstance(exc, SecretBoxError) else "the stored secret is malformed"
             log.error("webhook secret unusable: %s", error, extra={"webhook_id": row["id"]})
+        compiled, filter_error = None, None
+        source = row.get("filter")
+        if source is not None:
+            try:
+                compiled = compile_filter(source)
+            except FilterError as exc:
+                filter_error = f"the stored filter does not compile: {exc}"
+                log.error("webhook filter unusable: %s", exc, extra={"webhook_id": row["id"]})
         return cls(
             id=row["id"],
             organization_id=row["organization_id"],
@@ -76,6 +91,8 @@ class Webhook:
             previous_key=previous,
             previous_key_expires_at=row["previous_secret_expires_at"],
             key_error=error,
+            filter=compiled,
+            filter_error=filter_error,
         )
 
 

@@ -26,7 +26,8 @@ from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import liveness, metrics
 from services.core.deliveries import fail_undeliverable
-from services.core.errors import Stopped, describe, isolate_poison, retry_transient
+from services.core.errors import Stopped, describe, is_transient, isolate_poison, retry_transient
+from services.core.filters import FilterFailure, evaluate, webhook_payload
 from services.core.kafka import (
     DELIVERY_MAX_MESSAGE_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -51,6 +52,7 @@ COMMIT_INTERVAL_S = 0.2
 # The largest delivery task the delivery topic takes (the body is escaped into the task's JSON).
 MAX_TASK_BYTES = DELIVERY_MAX_MESSAGE_BYTES - RECORD_OVERHEAD_BYTES
 HEARTBEAT = "router"
+FILTER_ERRORS_FLUSH_S = 2.0
 # How long a rebalance waits for this replica's revoke (the batch in hand, then a commit).
 ROUTER_REVOKE_BOUND_S = 60.0
 
@@ -157,6 +159,44 @@ async def store_batch(
     return deliveries, len(rows) - len(deliveries)
 
 
+class FilterErrorLog:
+    """Filter errors per webhook, added up in memory and written to ``filter_errors`` every
+    ``FILTER_ERRORS_FLUSH_S`` (one upsert per webhook and hour), for "filter errors in the last 24 h"."""
+
+    def __init__(self) -> None:
+        self._pending: dict[str, tuple[int, str, str]] = {}
+
+    def add(self, webhook_id: str, event_id: str, error: str) -> None:
+        count, _, _ = self._pending.get(webhook_id, (0, "", ""))
+        self._pending[webhook_id] = (count + 1, error, event_id)
+
+    async def flush(self, pool: asyncpg.Pool) -> None:
+        if not self._pending:
+            return
+        pending, self._pending = self._pending, {}
+        try:
+            await pool.execute(
+                """
+                INSERT INTO filter_errors AS f (webhook_id, hour, errors, last_error, last_event_id, last_at)
+                SELECT u.webhook_id, date_trunc('hour', now()), u.errors, u.last_error, u.last_event_id, now()
+                FROM unnest($1::text[], $2::bigint[], $3::text[], $4::text[])
+                    AS u(webhook_id, errors, last_error, last_event_id)
+                JOIN webhooks w ON w.id = u.webhook_id  -- a webhook deleted meanwhile: nothing to count
+                ON CONFLICT (webhook_id, hour) DO UPDATE SET errors = f.errors + EXCLUDED.errors,
+                    last_error = EXCLUDED.last_error, last_event_id = EXCLUDED.last_event_id, last_at = now()
+                """,
+                list(pending), [n for n, _, _ in pending.values()], [e for _, e, _ in pending.values()],
+                [i for _, _, i in pending.values()])
+        except Exception as exc:
+            if not is_transient(exc):
+                log.error("could not record %d webhooks' filter errors (%s); dropped", len(pending), describe(exc))
+                return
+            for webhook_id, (count, error, event_id) in pending.items():  # kept for the next flush
+                now_count, now_error, now_event = self._pending.get(webhook_id, (0, error, event_id))
+                self._pending[webhook_id] = (count + now_count, now_error, now_event)
+            log.warning("recording filter errors failed (%s); will retry", describe(exc))
+
+
 class Router:
     """One router replica. ``run()`` until ``stop`` is set; then it finishes the batch in hand and commits."""
 
@@ -169,6 +209,7 @@ class Router:
         self._batch_lock = asyncio.Lock()
         self._commit_lock = asyncio.Lock()
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
+        self.filter_errors = FilterErrorLog()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group,
@@ -188,7 +229,8 @@ class Router:
         consumer.subscribe(list(self._settings.source_topics), listener=CommitOnRevoke())
         await consumer.start()
         helpers = [asyncio.create_task(self._report_lag(consumer, stop), name="router-lag"),
-                   asyncio.create_task(self._commit_periodically(consumer, stop), name="router-commit")]
+                   asyncio.create_task(self._commit_periodically(consumer, stop), name="router-commit"),
+                   asyncio.create_task(self._flush_filter_errors(stop), name="router-filter-errors")]
         try:
             while not stop.is_set():
                 liveness.beat(HEARTBEAT)
@@ -210,6 +252,15 @@ class Router:
             for helper in helpers:
                 await cancel_and_wait(helper)
             await consumer.stop()
+
+    async def _flush_filter_errors(self, stop: asyncio.Event) -> None:
+        try:
+            while not stop.is_set():
+                await asyncio.sleep(FILTER_ERRORS_FLUSH_S)
+                await self.filter_errors.flush(self._pool)
+        finally:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.filter_errors.flush(self._pool), 2.0)
 
     async def _commit_periodically(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         """Offsets of durable batches are committed every ``COMMIT_INTERVAL_S``, off the hot loop; a
@@ -238,8 +289,9 @@ class Router:
         Returns False only when ``stop`` is set before that succeeded: the caller must not commit.
         """
         good, rejected = self.validate_batch(records)
+        matches = self.match_batch(good)  # once per batch: filter errors are counted once, whatever is retried
         try:
-            await retry_transient(lambda: self._deliver_batch(good, rejected),
+            await retry_transient(lambda: self._deliver_batch(good, matches, rejected),
                                   what=f"routing a batch of {len(records)} records", stop=stop, heartbeat=HEARTBEAT)
         except Stopped:
             return False
@@ -273,6 +325,38 @@ class Router:
             seen.add(key)
             good.append((record, result, body))
         return good, rejected
+
+    def match_batch(self, good: list[tuple[SourceRecord, DomainEvent, str]]) -> list[tuple[str, DomainEvent]]:
+        """(webhook id, event) for every webhook subscribed to an event's type and store whose filter,
+        if it has one, evaluates to true. A filter that fails routes nothing to its webhook and is
+        counted (metric, and per webhook in PostgreSQL for the API)."""
+        matches: list[tuple[str, DomainEvent]] = []
+        for _, event, _ in good:
+            hooks = self._directory.match(event.organization_id, event.type, event.store_id)
+            if not hooks:
+                metrics.EVENTS_UNMATCHED.labels("no_webhook").inc()
+                continue
+            payload = None
+            kept = 0
+            for hook in hooks:
+                if hook.filtered:
+                    if hook.filter is None:
+                        outcome: bool | FilterFailure = FilterFailure(hook.filter_error or "filter unusable")
+                    else:
+                        if payload is None:
+                            payload = webhook_payload(event.id, event.type, event.occurred_at, event.organization_id,
+                                                      event.store_id, event.data)
+                        outcome = evaluate(hook.filter, payload)
+                    if outcome is not True:
+                        if isinstance(outcome, FilterFailure):
+                            metrics.FILTER_ERRORS.inc()
+                            self.filter_errors.add(hook.id, event.id, outcome.error)
+                        continue
+                matches.append((hook.id, event))
+                kept += 1
+            if not kept:
+                metrics.EVENTS_UNMATCHED.labels("filtered").inc()
+        return matches
 
     async def _send_dead_letter(self, record: SourceRecord, rejection: Rejection, *, omit_value: bool = False):
         """Queue one dead-letter copy; returns the send's future."""
@@ -308,7 +392,8 @@ class Router:
         await self._producer.acked(retries)
 
     async def _deliver_batch(
-        self, good: list[tuple[SourceRecord, DomainEvent, str]], rejected: list[tuple[SourceRecord, Rejection]]
+        self, good: list[tuple[SourceRecord, DomainEvent, str]], matches: list[tuple[str, DomainEvent]],
+        rejected: list[tuple[SourceRecord, Rejection]],
     ) -> None:
         # Dead-letter copies go out while the batch is stored; most batches have none.
         dead_letters = asyncio.ensure_future(self._dead_letter(rejected)) if rejected else None
@@ -316,7 +401,7 @@ class Router:
         unstorable: list[tuple[SourceRecord, Rejection]] = []
         try:
             if good:
-                tasks, unstorable = await self._store(good)
+                tasks, unstorable = await self._store(good, matches)
                 await self._dead_letter(unstorable)
             if tasks:
                 await self._enqueue(tasks)
@@ -347,7 +432,8 @@ class Router:
                 log.error("delivery task refused by Kafka; delivery marked failed (%s)", describe(exc),
                           extra={"event_id": task.event_id, "webhook_id": task.webhook_id})
 
-    async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]]) -> tuple[
+    async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]],
+                     all_matches: list[tuple[str, DomainEvent]]) -> tuple[
             list[DeliveryTask], list[tuple[SourceRecord, Rejection]]]:
         """Match, store, and return the delivery tasks to enqueue (pending deliveries only), and the
         events PostgreSQL refused for good, each with the database's reason (isolated by halving
@@ -356,8 +442,9 @@ class Router:
         unstorable: list[tuple[SourceRecord, Rejection]] = []
 
         async def write(part: Sequence[tuple[SourceRecord, DomainEvent, str]]) -> None:
-            matches = [(hook.id, event) for _, event, _ in part
-                       for hook in self._directory.match(event.organization_id, event.type, event.store_id)]
+            keys = {(event.organization_id, event.id) for _, event, _ in part}
+            matches = all_matches if len(part) == len(good) else [
+                (hook_id, event) for hook_id, event in all_matches if (event.organization_id, event.id) in keys]
             rows, duplicates = await store_batch(self._pool, part, matches)
             if duplicates:
                 metrics.EVENTS_DUPLICATE.inc(duplicates)

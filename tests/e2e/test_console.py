@@ -6,8 +6,8 @@ console: sign in, add a webhook (the secret is shown once), publish an order.cre
 Kafka, watch the delivery log turn "successful", open the attempts (HTTP 200), redeliver, and
 check that the receiver got exactly two correctly signed requests.
 
-Screenshots land in ``.local/console-webhooks.png``, ``.local/console-events.png`` and
-``.local/console-attempts.png``.
+Screenshots land in ``.local/console-webhooks.png``, ``.local/console-filter.png``,
+``.local/console-events.png`` and ``.local/console-attempts.png``.
 """
 
 from __future__ import annotations
@@ -111,6 +111,20 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await dialog.get_by_test_id(f"store-{store_id}").check()
                 await expect(save).to_be_enabled()
                 await dialog.get_by_label("Description").fill("e2e receiver")
+                # A filter that does not compile is refused beside its field, with the position.
+                await dialog.get_by_test_id("wh-filter").fill("data.order.total >")
+                await save.click()
+                await expect(dialog.locator("#wh-filter-error")).to_contain_text("line 1, column")
+                await expect(dialog.get_by_test_id("wh-filter")).to_have_attribute("aria-invalid", "true")
+                # "Test this filter" evaluates it on the sample event of the chosen type.
+                await dialog.get_by_test_id("wh-filter").fill('type == "order.created"')
+                await dialog.get_by_test_id("wh-filter-sample").select_option("order.created")
+                await dialog.get_by_test_id("wh-filter-test").click()
+                await expect(dialog.get_by_test_id("wh-filter-result")).to_contain_text("Matches")
+                await dialog.get_by_test_id("wh-filter-sample").select_option("order.shipped")
+                await dialog.get_by_test_id("wh-filter-test").click()
+                await expect(dialog.get_by_test_id("wh-filter-result")).to_contain_text("Does not match")
+                await page.screenshot(path=SCREENSHOT_DIR / "console-filter.png")
                 await save.click()
 
                 # The secret is shown once, with a copy button, and leaves the page when dismissed.
@@ -129,6 +143,7 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await expect(rows).to_have_count(1)
                 row = rows.first
                 await expect(row.get_by_test_id("wh-row-url")).to_have_text(hook_url)
+                await expect(row.get_by_test_id("wh-row-filter")).to_have_text('filter: type == "order.created"')
                 await expect(row).to_contain_text("order.created")
                 await expect(row).to_contain_text(store_name)
                 await expect(row.get_by_role("switch")).to_be_checked()

@@ -282,7 +282,7 @@ async def test_create_webhook_returns_secret_once_and_normalises(api):
     assert "secret" not in got and "previous_secret" not in got
     assert got == {k: v for k, v in created.items() if k != "secret"}
     assert set(got) == {"id", "url", "description", "event_types", "store_ids", "enabled", "created_at",
-                        "updated_at", "failures_24h"}
+                        "updated_at", "failures_24h", "filter", "filter_errors_24h", "last_filter_error"}
 
     disabled = await api.webhook(enabled=False)
     assert disabled["enabled"] is False and disabled["description"] == ""
@@ -868,3 +868,50 @@ async def test_healthz_fails_naming_a_wedged_loop(api):
     finally:
         liveness.forget("outcome-flusher")
     await api.call("GET", "/healthz", status=200)
+
+
+# ----------------------------------------------------------------------------------------------
+# Filters (issue 15)
+
+
+async def test_a_filter_is_compiled_when_saved_and_returned_on_read(api):
+    wh = await api.webhook(filter='double(data.order.total) >= 100.0')
+    assert wh["filter"] == 'double(data.order.total) >= 100.0'
+    assert (wh["filter_errors_24h"], wh["last_filter_error"]) == (0, None)
+    _, got = await api.call("GET", f"/v1/webhooks/{wh['id']}", status=200)
+    assert got["filter"] == wh["filter"]
+    assert await api.db.fetchval("SELECT filter FROM webhooks WHERE id = $1", wh["id"]) == wh["filter"]
+
+    for bad, message in (("double(data.order.total) >", "line 1, column 27"), ("foo == 1", "unknown variable"),
+                         ("data.order.total > 100", "type error on the sample order.created event"),
+                         ("x" * 2001, "at most 2000"), ("", "non-empty"), (42, "non-empty")):
+        for method, path in (("POST", "/v1/webhooks"), ("PATCH", f"/v1/webhooks/{wh['id']}")):
+            body = {"filter": bad} if method == "PATCH" else {
+                "url": "https://example.com/hook", "event_types": ["order.created"], "store_ids": ["s1"], "filter": bad}
+            status, answer = await api.call(method, path, json=body)
+            assert status == 422, (method, bad, answer)
+            assert answer["error"]["field"] == "filter" and message in answer["error"]["message"], answer
+    # a PATCH checks the filter against the webhook's own event types
+    product = await api.webhook(event_types=["product.created"])
+    status, answer = await api.call("PATCH", f"/v1/webhooks/{product['id']}", json={"filter": "data.product.id > 1"})
+    assert status == 422 and "product.created" in answer["error"]["message"]
+
+    _, changed = await api.call("PATCH", f"/v1/webhooks/{wh['id']}", json={"filter": None}, status=200)
+    assert changed["filter"] is None
+    assert await api.db.fetchval("SELECT filter FROM webhooks WHERE id = $1", wh["id"]) is None
+
+
+async def test_a_filter_can_be_tested_on_the_sample_event_of_a_type(api):
+    _, answer = await api.call("POST", "/v1/filters/test", json={
+        "filter": 'data.order.currency == "USD"', "event_type": "order.created"}, status=200)
+    assert answer["result"] is True and answer["error"] is None and answer["event"]["type"] == "order.created"
+    _, answer = await api.call("POST", "/v1/filters/test", json={
+        "filter": 'data.product.vendor == "Acme"', "event_type": "order.created"}, status=200)
+    assert answer["result"] is None and "no such key" in answer["error"]
+    _, answer = await api.call("POST", "/v1/filters/test", json={
+        "filter": 'type == "order.shipped"', "event": {"type": "order.shipped"}}, status=200)
+    assert answer["result"] is True
+    status, answer = await api.call("POST", "/v1/filters/test", json={"filter": "a &&& b", "event_type": "order.created"})
+    assert status == 422 and answer["error"]["field"] == "filter"
+    status, answer = await api.call("POST", "/v1/filters/test", json={"filter": "true", "event_type": "order.refunded"})
+    assert status == 422 and answer["error"]["field"] == "event_type"

@@ -51,7 +51,8 @@ REQUEST_TIMEOUT_S = 10
 # No sender runs here, and the fixture's Kafka is real: /readyz may answer 503 while a broker is slow.
 NO_2XX_EXPECTED = frozenset({"GET /readyz"})
 VALID_BODIES = {"POST /v1/webhooks": {"url": "http://127.0.0.1:9/hook", "event_types": ["order.created"],
-                                      "store_ids": ["s1"]}}
+                                      "store_ids": ["s1"]},
+                "POST /v1/filters/test": {"filter": 'data.order.currency == "USD"', "event_type": "order.created"}}
 
 
 @dataclass

@@ -366,7 +366,13 @@ function webhookRow(wh) {
   return h("tr", { "data-testid": "webhook-row", "data-webhook-id": wh.id },
     h("td", { class: "cell-endpoint" },
       h("div", { class: "url", id: urlId, "data-testid": "wh-row-url" }, wh.url),
-      wh.description ? h("div", { class: "desc" }, wh.description) : null),
+      wh.description ? h("div", { class: "desc" }, wh.description) : null,
+      wh.filter ? h("div", { class: "desc mono", "data-testid": "wh-row-filter", title: "Filter" }, `filter: ${wh.filter}`) : null,
+      Number(wh.filter_errors_24h || 0) > 0
+        ? h("div", { class: "failures-some", "data-testid": "wh-row-filter-errors",
+            title: wh.last_filter_error ? `last: ${wh.last_filter_error.error} (event ${wh.last_filter_error.event_id})` : "" },
+          `${wh.filter_errors_24h} filter error${Number(wh.filter_errors_24h) === 1 ? "" : "s"} in the last 24 h`)
+        : null),
     h("td", {}, compactEvents(wh.event_types || [])),
     h("td", {}, compactStores(wh.store_ids || [])),
     h("td", {}, h("label", { class: "switch", title: wh.enabled ? "Enabled" : "Disabled" }, toggle, h("span", { class: "track", "aria-hidden": "true" }))),
@@ -514,6 +520,10 @@ async function openWebhookForm(wh = null) {
   $("webhook-dialog-title").textContent = wh ? "Edit webhook" : "Add webhook";
   $("wh-url").value = wh?.url || "";
   $("wh-description").value = wh?.description || "";
+  $("wh-filter").value = wh?.filter || "";
+  $("wh-filter-result").textContent = "";
+  $("wh-filter-sample").replaceChildren(...state.eventTypes.map((t) => h("option", { value: t.type }, t.type)));
+  if (wh?.event_types?.length) $("wh-filter-sample").value = wh.event_types[0];
   $("wh-enabled").checked = wh ? Boolean(wh.enabled) : true;
   renderEventChoices(new Set(wh?.event_types || []));
   renderStoreChoices(new Set(wh?.store_ids || []));
@@ -607,7 +617,7 @@ function onFormInput(field) {
   updateFormState();
 }
 
-const FIELD_CONTROLS = { url: "wh-url", event_types: "wh-events", store_ids: "wh-stores", description: "wh-description", enabled: "wh-enabled" };
+const FIELD_CONTROLS = { url: "wh-url", event_types: "wh-events", store_ids: "wh-stores", description: "wh-description", enabled: "wh-enabled", filter: "wh-filter" };
 
 function clearFieldError(field) {
   const err = $("webhook-form").querySelector(`[data-field-error="${field}"]`);
@@ -643,7 +653,27 @@ function showFormError(err, body) {
   const control = $(FIELD_CONTROLS[base]);
   if (control) {
     control.setAttribute("aria-invalid", "true");
-    (control.matches("input") ? control : control.querySelector("input"))?.focus();
+    (control.matches("input, textarea") ? control : control.querySelector("input"))?.focus();
+  }
+}
+
+/** "Test this filter": evaluate the filter on the schemas' sample event of the chosen type. */
+async function testFilter() {
+  const out = $("wh-filter-result");
+  clearFieldError("filter");
+  const filter = $("wh-filter").value.trim();
+  if (!filter) { out.textContent = "No filter: every event of the chosen types and stores is sent."; return; }
+  out.textContent = "Testing…";
+  try {
+    const res = await api("POST", "/v1/filters/test", { filter, event_type: $("wh-filter-sample").value });
+    out.textContent = res.error
+      ? `Error on this sample (such an event would not be sent): ${res.error}`
+      : res.result ? "Matches: this sample event would be sent." : "Does not match: this sample event would not be sent.";
+  } catch (err) {
+    out.textContent = "";
+    if (err instanceof ApiError && err.status === 401) return;
+    if (err instanceof ApiError) showFormError(err, { filter });
+    else out.textContent = String(err);
   }
 }
 
@@ -658,6 +688,7 @@ async function onSubmitWebhook(ev) {
     store_ids: chosen("store_ids"),
     description: $("wh-description").value.trim(),
     enabled: $("wh-enabled").checked,
+    filter: $("wh-filter").value.trim() || null,
   };
   state.form.submitting = true;
   const save = $("wh-save");
@@ -961,6 +992,8 @@ function wire() {
   form.addEventListener("submit", onSubmitWebhook);
   $("wh-url").addEventListener("input", () => onFormInput("url"));
   $("wh-description").addEventListener("input", () => onFormInput("description"));
+  $("wh-filter").addEventListener("input", () => { onFormInput("filter"); $("wh-filter-result").textContent = ""; });
+  $("wh-filter-test").addEventListener("click", testFilter);
   $("wh-enabled").addEventListener("change", () => onFormInput("enabled"));
   $("wh-stores-all").addEventListener("change", (ev) => {
     for (const box of $("wh-stores-list").querySelectorAll("input")) box.checked = ev.target.checked;
