@@ -1,7 +1,8 @@
 """The router: domain events in, one delivery per matched webhook out.
 
-consume_batches -> route_batch -> validate (services.core.validation) -> dead_letter | store_events
--> match (WebhookDirectory) -> store_deliveries -> enqueue_deliveries -> commit.
+Router.run -> route_batch -> validate_batch (services.core.validation) -> _dead_letter | match_batch
+(WebhookDirectory, then each webhook's filter) -> _store (store_batch; a refused event isolated and
+dead-lettered) -> _enqueue (delivery topic) -> commit.
 
 Offsets: a batch's source offsets are committed (every 200 ms, and on revocation and stop) only
 after its events and deliveries are stored in PostgreSQL and every delivery task and dead-letter

@@ -64,15 +64,20 @@ PUBLISH_TICK_S = 0.005
 LATENCY_WARMUP_S = 3.0
 
 RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "fanout_rps",
-               "isolation_ratio", "sender_peak_rss_mb", "scale_2_over_1")
+               "isolation_ratio", "sender_peak_rss_mb", "scale_2_over_1", "filters_rps", "filters_ratio")
 TARGETS = {  # key -> (description, check(results))
     "ratio": ("≥ 0.35", lambda r: r["ratio"] >= 0.35),
     "latency_p99_ms": ("≤ 150", lambda r: r["latency_p99_ms"] <= 150),
     "isolation_ratio": ("≥ 0.8", lambda r: r["isolation_ratio"] >= 0.8),
     "sender_peak_rss_mb": ("≤ 300", lambda r: r["sender_peak_rss_mb"] <= 300),
     "fanout_rps": ("≥ 0.8 × e2e_rps", lambda r: r["fanout_rps"] >= 0.8 * r["e2e_rps"]),
+    "filters_ratio": ("≥ 0.9", lambda r: r["filters_ratio"] >= 0.9),
 }
-SCENARIOS = ("baseline", "e2e", "latency", "fanout", "isolation", "backlog")
+SCENARIOS = ("baseline", "e2e", "latency", "fanout", "isolation", "backlog", "filters")
+# The filters scenario's webhook filter: true for every bench event, so the same deliveries are made
+# and the difference from e2e is the evaluation (a conversion, a comparison, a comprehension).
+BENCH_FILTER = ('double(data.order.total) >= 10.0 && data.order.currency == "USD"'
+                ' && data.order.lines.exists(l, l.quantity > 0)')
 
 
 class BenchFailure(RuntimeError):
@@ -198,6 +203,7 @@ class Scenario:
     bench: Bench
     name: str
     webhooks: int
+    filter: str | None = None  # set on every webhook of the scenario
     env: dict[str, str] = field(default_factory=dict)
     db_name: str = ""
     org_id: str = ""
@@ -250,9 +256,10 @@ class Scenario:
             webhook_id = f"wh_{secrets.token_hex(8)}"
             secret = generate_secret()
             await self.conn.execute(
-                "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret)"
-                " VALUES ($1, $2, $3, $4, $5, true, $6)",
-                webhook_id, self.org_id, bench.sink.url(f"/h/{webhook_id}"), [EVENT_TYPE], [STORE_ID], secret)
+                "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret, filter)"
+                " VALUES ($1, $2, $3, $4, $5, true, $6, $7)",
+                webhook_id, self.org_id, bench.sink.url(f"/h/{webhook_id}"), [EVENT_TYPE], [STORE_ID], secret,
+                self.filter)
             self.hooks.append(webhook_id)
             secrets_by_path[f"/h/{webhook_id}"] = secret
         await bench.sink.set_secrets(secrets_by_path)
@@ -512,8 +519,8 @@ class Bench:
         del event_id
         return n / elapsed
 
-    async def e2e(self) -> float:
-        async with Scenario(self, "e2e", 1) as sc:
+    async def e2e(self, name: str = "e2e", filter_: str | None = None) -> float:
+        async with Scenario(self, name, 1, filter=filter_) as sc:
             sc.start("router")
             sc.start("sender")
             await sc.warm_up()
@@ -761,6 +768,12 @@ async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]
         log(f"run {index}: e2e_rps={out['e2e_rps']:.0f}")
         if "baseline_rps" in out:
             out["ratio"] = out["e2e_rps"] / out["baseline_rps"]
+    if "filters" in only:
+        # the e2e scenario again, its webhook filtered: routed and delivered events per second
+        out["filters_rps"] = await bench.e2e("filters", BENCH_FILTER)
+        log(f"run {index}: filters_rps={out['filters_rps']:.0f}")
+        if "e2e_rps" in out:
+            out["filters_ratio"] = out["filters_rps"] / out["e2e_rps"]
     if "latency" in only:
         out["latency_p50_ms"], out["latency_p99_ms"] = await bench.latency()
         log(f"run {index}: latency p50={out['latency_p50_ms']:.1f}ms p99={out['latency_p99_ms']:.1f}ms")

@@ -30,5 +30,5 @@ def test_bench_smoke_run_writes_every_result(infra_env, tmp_path):
     for key in RESULT_KEYS:
         value = results[key]
         assert isinstance(value, int | float) and math.isfinite(value) and value > 0, (key, value)
-    for key in ("ratio", "latency_p99_ms", "isolation_ratio", "sender_peak_rss_mb", "fanout_rps"):
+    for key in ("ratio", "latency_p99_ms", "isolation_ratio", "sender_peak_rss_mb", "fanout_rps", "filters_ratio"):
         assert key in proc.stdout, f"the table has no {key} line"
