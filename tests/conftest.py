@@ -222,3 +222,18 @@ def spawn(tmp_path, hs_env) -> Iterator[Callable[..., HookstreamProcess]]:
     yield _spawn
     for process in started:
         process.stop()
+
+
+@pytest.fixture
+def restore_infra(database_url):
+    """Safety net for tests that stop the shared servers: whatever a test named here ("kafka",
+    "postgres") is started again even if the test failed or timed out. Depends on ``database_url`` so
+    it is torn down first (that fixture's teardown needs PostgreSQL)."""
+    from tests import faults
+
+    stopped: set[str] = set()
+    yield stopped
+    if "kafka" in stopped:
+        faults.start_sync(faults.KAFKA_START)
+    if "postgres" in stopped:
+        faults.start_sync(faults.PG_START)

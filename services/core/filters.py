@@ -16,6 +16,7 @@ at ``MAX_FILTER_CHARS``, so evaluation cost is bounded by the event's size.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass
 from typing import Any
@@ -55,7 +56,15 @@ class CompiledFilter:
 
 def compile_filter(source: str) -> CompiledFilter:
     """Compile ``source``; raises :class:`FilterError` for an empty, too long or malformed expression,
-    or one that uses a variable the payload does not have."""
+    or one that uses a variable the payload does not have. Compiled programs are cached by source, so
+    the routers' periodic full reload of webhooks does not compile unchanged filters again."""
+    if not isinstance(source, str):
+        raise FilterError("must be a non-empty CEL expression (or null for no filter)")
+    return _compile_cached(source)
+
+
+@functools.lru_cache(maxsize=4096)
+def _compile_cached(source: str) -> CompiledFilter:
     if not isinstance(source, str) or not source.strip():
         raise FilterError("must be a non-empty CEL expression (or null for no filter)")
     if len(source) > MAX_FILTER_CHARS:

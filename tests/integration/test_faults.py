@@ -34,18 +34,6 @@ SENDER = "sender"
 ROUTER = "router"
 
 
-@pytest.fixture
-def restore_infra(database_url):
-    """Safety net: whatever a scenario stopped is started again even if the test timed out. Depends on
-    ``database_url`` so it is torn down first (that fixture's teardown needs PostgreSQL)."""
-    stopped: set[str] = set()
-    yield stopped
-    if "kafka" in stopped:
-        faults.start_sync(faults.KAFKA_START)
-    if "postgres" in stopped:
-        faults.start_sync(faults.PG_START)
-
-
 async def _finish(stream: Stream, scenario: str, fault_start: float, fault_end: float, **kwargs):
     await stream.publisher.wait()
     done_at = await wait_all_succeeded(stream)

@@ -25,14 +25,6 @@ pytestmark = pytest.mark.integration
 CHANGE_WITHIN_S = 5.0
 
 
-@pytest.fixture
-def restore_postgres(database_url):
-    stopped: set[str] = set()
-    yield stopped
-    if stopped:
-        faults.start_sync(faults.PG_START)
-
-
 class Publisher:
     def __init__(self, settings, org: str) -> None:
         self.settings, self.org, self.n = settings, org, 0
@@ -59,7 +51,7 @@ async def assert_not_sent(receiver: Receiver, db, webhook_id: str, event_id: str
 
 
 async def test_changes_reach_running_processes_also_after_a_postgres_restart(db, database_url, hs_settings, spawn,
-                                                                             restore_postgres):
+                                                                             restore_infra):
     async with Receiver() as receiver:
         org, _ = await make_org(db, "Org", stores=("s1",))
         hook, secret = await make_webhook(db, org, receiver.url("/v1"), event_types=["order.created"],
@@ -90,10 +82,10 @@ async def test_changes_reach_running_processes_also_after_a_postgres_restart(db,
             assert signed.verify(new_secret) and len(signed.headers["webhook-signature"].split(" ")) == 2
 
         await change_and_check(db, "before")
-        restore_postgres.add("postgres")
+        restore_infra.add("postgres")
         async with faults.postgres_stopped():
             await asyncio.sleep(3)
-        restore_postgres.clear()
+        restore_infra.discard("postgres")
         conn = await asyncpg.connect(database_url)  # the test's own connection died with the server
         try:
             await change_and_check(conn, "after")

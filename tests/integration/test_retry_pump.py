@@ -23,14 +23,6 @@ EVENTS = 300
 SENDERS = 3
 
 
-@pytest.fixture
-def restore_postgres(database_url):
-    stopped: set[str] = set()
-    yield stopped
-    if stopped:
-        faults.start_sync(faults.PG_START)
-
-
 async def _setup(db, hs_settings, spawn, receiver):
     org, _ = await make_org(db, "Org", stores=("s1",))
     hook, _ = await make_webhook(db, org, receiver.url("/flaky"), event_types=["order.created"], store_ids=["s1"])
@@ -78,15 +70,15 @@ async def test_several_senders_send_each_due_retry_exactly_once(db, database_url
 
 
 async def test_retries_across_a_postgres_outage_lose_nothing_and_number_each_attempt_once(
-        db, database_url, hs_settings, spawn, restore_postgres):
+        db, database_url, hs_settings, spawn, restore_infra):
     async with Receiver() as receiver:
         _, events, procs = await _setup(db, hs_settings, spawn, receiver)
         # the outage starts while first attempts fail and their retries come due
         await wait_for(lambda: len(receiver.at("/flaky")) >= EVENTS // 2, timeout_s=60, message="first attempts")
-        restore_postgres.add("postgres")
+        restore_infra.add("postgres")
         async with faults.postgres_stopped():
             await asyncio.sleep(5)
-        restore_postgres.clear()
+        restore_infra.discard("postgres")
         await wait_for(lambda: _all_succeeded(database_url), timeout_s=150, interval_s=0.5,
                        message="every delivery succeeded after the outage")
         numbers = await _attempt_numbers(database_url)
