@@ -14,7 +14,8 @@ A webhook that hangs or fails every time must not slow the others:
   webhooks cannot hold the slots healthy webhooks need. A fast, healthy endpoint is never deferred
   (its queue turns over quickly, and a single busy webhook may use the whole sender). Nor may one
   organization, over all its webhooks, hold more than half of the slots while the webhook at hand
-  is unhealthy.
+  is unhealthy. Deferrals back off (1 s doubling to ``DEFER_MAX_S``) while the endpoint stays
+  unhealthy, and start again at 1 s after its first success.
 """
 
 from __future__ import annotations
@@ -31,6 +32,10 @@ CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # A call running longer than this marks its endpoint as slow (only overflow is deferred then).
 SLOW_CALL_S = 1.0
 DEFER_S = 1.0
+# While an endpoint stays unhealthy its deferrals back off, doubling at most once per second up to
+# this, so a webhook that stays slow does not cycle its whole backlog through PostgreSQL and Kafka
+# every second; the first success brings it back to DEFER_S.
+DEFER_MAX_S = 30.0
 # How often a delivery queued behind a busy endpoint checks whether that endpoint turned unhealthy.
 QUEUE_RECHECK_S = 0.25
 
@@ -46,6 +51,8 @@ class EndpointGate:
     probe_in_flight: bool = False
     call_started: dict[int, float] = field(default_factory=dict)
     next_call: int = 0
+    defer_level: int = 0
+    defer_raised_at: float = float("-inf")
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -121,13 +128,13 @@ class EndpointGates:
         now = self._clock()
         if gate.is_unhealthy(now) and (gate.waiting >= self._unhealthy_cap(gate, now)
                                        or self._org_over_share(organization_id)):
-            return self._defer()
+            return self._defer(gate)
         gate.waiting += 1
         if organization_id is not None:
             self._org_held[organization_id] = self._org_held.get(organization_id, 0) + 1
         try:
             if not await self._acquire(gate):
-                return self._defer()
+                return self._defer(gate)
             try:
                 refused = self._admit(gate)
                 if refused is not None:
@@ -175,15 +182,21 @@ class EndpointGates:
                 if gate.is_unhealthy(now) and gate.waiting > self._unhealthy_cap(gate, now):
                     return False
 
-    @staticmethod
-    def _defer() -> Deferred:
+    def _defer(self, gate: EndpointGate) -> Deferred:
         metrics.DELIVERIES_DEFERRED.inc()
-        return Deferred("endpoint is slow or failing and already holds its share of the sender", DEFER_S)
+        now = self._clock()
+        if now - gate.defer_raised_at >= 1.0:
+            if gate.defer_raised_at != float("-inf"):
+                gate.defer_level = min(gate.defer_level + 1, 5)
+            gate.defer_raised_at = now
+        delay = min(DEFER_MAX_S, DEFER_S * 2 ** gate.defer_level)
+        return Deferred("endpoint is slow or failing and already holds its share of the sender", delay)
 
     def _observe(self, gate: EndpointGate, result: AttemptResult) -> None:
         if isinstance(result, Succeeded) or (isinstance(result, Failed) and not result.sent):
             if isinstance(result, Succeeded):
                 gate.consecutive_failures = 0
+                gate.defer_level, gate.defer_raised_at = 0, float("-inf")
                 self._set_state(gate, CLOSED)
             return
         # A 4xx other than 408/429 says the endpoint is up and answering: it does not trip the breaker.

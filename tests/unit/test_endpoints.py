@@ -454,3 +454,30 @@ async def test_one_organization_holds_at_most_half_the_slots_while_unhealthy() -
     hanging.release.set()
     third.release.set()
     await asyncio.gather(*held, first_of_third)
+
+
+async def test_deferrals_back_off_while_an_endpoint_stays_unhealthy_and_reset_on_success() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, max_concurrency=1, max_queued=0, threshold=100)
+    assert await gates.call(WH, Endpoint(HTTP_500)) == HTTP_500  # unhealthy now
+    hanging = BlockingEndpoint(OK)
+    running = asyncio.create_task(gates.call(WH, hanging))
+    await wait_until(lambda: hanging.running == 1)
+    delays = []
+    for _ in range(8):
+        for _ in range(3):  # a burst within one second does not raise the delay
+            deferred = await gates.call(WH, Endpoint(OK))
+            assert isinstance(deferred, Deferred)
+        delays.append(deferred.delay_s)
+        clock.advance(1.0)
+    assert delays == [1.0, 2.0, 4.0, 8.0, 16.0, 30.0, 30.0, 30.0]
+    hanging.release.set()
+    assert await running is OK  # a success: back to the first step
+    blocker = BlockingEndpoint(OK)
+    held = asyncio.create_task(gates.call(WH, blocker))
+    await wait_until(lambda: blocker.running == 1)
+    clock.advance(SLOW_CALL_S + 0.1)
+    deferred = await gates.call(WH, Endpoint(OK))
+    assert isinstance(deferred, Deferred) and deferred.delay_s == 1.0
+    blocker.release.set()
+    await held
