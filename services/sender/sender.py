@@ -1,7 +1,8 @@
 """The sender: deliveries in, HTTP attempts out, outcomes recorded.
 
-consume (delivery topic) -> dispatch_task -> EndpointGates.call -> post_webhook -> decide_outcome
--> OutcomeSink.record (PostgreSQL + status topic) -> OffsetTracker.finished -> commit.
+Sender._consume (delivery topic) -> _deliver -> attempt -> EndpointGates.call -> post_webhook ->
+decide_outcome -> OutcomeSink.record (PostgreSQL + status topic) -> OffsetTracker.finished -> commit.
+Whatever ``attempt`` raises becomes a failed, retryable attempt: every delivery reaches an outcome.
 
 Offset-commit design: many attempts run at once, within a partition too, so a partition's offsets
 finish out of order. The tracker keeps each partition's in-flight offsets; the committable offset
