@@ -47,9 +47,9 @@ WEBHOOK_COLUMNS = """
       WHERE d.webhook_id = w.id AND d.status = 'failed'
         AND d.created_at > now() - interval '24 hours') AS failures_24h,
     (SELECT coalesce(sum(f.errors), 0)::bigint FROM filter_errors f
-      WHERE f.webhook_id = w.id AND f.hour > now() - interval '24 hours') AS filter_errors_24h,
+      WHERE f.webhook_id = w.id AND f.hour >= date_trunc('hour', now() - interval '24 hours')) AS filter_errors_24h,
     (SELECT jsonb_build_object('error', f.last_error, 'event_id', f.last_event_id, 'at', f.last_at)
-       FROM filter_errors f WHERE f.webhook_id = w.id AND f.hour > now() - interval '24 hours'
+       FROM filter_errors f WHERE f.webhook_id = w.id AND f.hour >= date_trunc('hour', now() - interval '24 hours')
       ORDER BY f.hour DESC LIMIT 1) AS last_filter_error
 """
 

@@ -25,10 +25,13 @@ import cel
 import orjson
 
 MAX_FILTER_CHARS = 2000
+MAX_COMPREHENSIONS = 5
 PAYLOAD_VARIABLES = frozenset({"id", "type", "created_at", "organization_id", "store_id", "data"})
 MAX_ERROR_CHARS = 300
 _POSITION_RE = re.compile(r"<input>:(\d+):(\d+)")
 _UNDEFINED_RE = re.compile(r"Undefined variable or function: '([^']*)'")
+# a comprehension macro's opening parenthesis, at the end of the text searched
+_MACRO_CALL_RE = re.compile(r"\.\s*(all|exists|exists_one|map|filter)\s*\($")
 
 
 class FilterError(ValueError):
@@ -49,6 +52,7 @@ class FilterFailure:
 class CompiledFilter:
     source: str
     program: Any  # cel.Program
+    needs: frozenset[str] = PAYLOAD_VARIABLES  # the payload fields the expression reads
 
     def __repr__(self) -> str:
         return f"CompiledFilter({self.source!r})"
@@ -82,15 +86,61 @@ def _compile_cached(source: str) -> CompiledFilter:
     if unknown:
         raise FilterError(f"unknown variable {unknown[0]!r}: a filter can use "
                           + ", ".join(sorted(PAYLOAD_VARIABLES)))
-    return CompiledFilter(source, program)
+    check_comprehensions(source)
+    return CompiledFilter(source, program, frozenset(program.variables()) & PAYLOAD_VARIABLES)
 
 
-def evaluate(compiled: CompiledFilter, payload: dict[str, Any]) -> bool | FilterFailure:
-    """True or False, or a FilterFailure saying why the expression did not give a boolean."""
+def check_comprehensions(source: str) -> None:
+    """Refuse what could make one evaluation cost more than linear time in the event's size: a
+    comprehension (``all``, ``exists``, ``exists_one``, ``map``, ``filter``) inside another one (ten
+    nested ones over ten-element lists are 10^10 steps in 300 characters), and more than
+    ``MAX_COMPREHENSIONS`` of them."""
+    depth_stack: list[bool] = []  # one entry per open parenthesis: is it a comprehension's?
+    comprehensions = 0
+    i, n = 0, len(source)
+    while i < n:
+        char = source[i]
+        if char in "\"'":  # skip a string literal (escapes included; triple quotes work the same way)
+            quote = source[i:i + 3] if source[i:i + 3] in ('"""', "'''") else char
+            i += len(quote)
+            while i < n and source[i:i + len(quote)] != quote:
+                i += 2 if source[i] == "\\" else 1
+            i += len(quote)
+            continue
+        if char == "(":
+            is_macro = _MACRO_CALL_RE.search(source, 0, i + 1) is not None
+            if is_macro:
+                if any(depth_stack):
+                    raise FilterError("comprehensions (all, exists, exists_one, map, filter) cannot be nested")
+                comprehensions += 1
+                if comprehensions > MAX_COMPREHENSIONS:
+                    raise FilterError(f"at most {MAX_COMPREHENSIONS} comprehensions (all, exists, exists_one,"
+                                      " map, filter)")
+            depth_stack.append(is_macro)
+        elif char == ")" and depth_stack:
+            depth_stack.pop()
+        i += 1
+
+
+def make_context(payload: dict[str, Any], needs: frozenset[str] | set[str]) -> Any:
+    """The payload converted once for every filter evaluated on one event (conversion costs about as
+    much as an evaluation; an event matching many filtered webhooks pays it once), limited to the
+    fields the filters read (``type == ...`` never converts ``data``)."""
+    return cel.Context({key: payload[key] for key in needs})
+
+
+def evaluate(compiled: CompiledFilter, payload: Any) -> bool | FilterFailure:
+    """True or False, or a FilterFailure saying why the expression did not give a boolean.
+    ``payload`` is the payload dict or a :func:`make_context` of it."""
     try:
         result = compiled.program.execute(payload)
     except Exception as exc:  # the library raises KeyError, TypeError, RuntimeError, ZeroDivisionError...
-        kind = "missing" if isinstance(exc, KeyError) else "type" if isinstance(exc, TypeError) else "other"
+        if isinstance(exc, KeyError):
+            kind = "missing"
+        elif isinstance(exc, TypeError):
+            kind = "type"
+        else:
+            kind = "undefined" if _UNDEFINED_RE.search(str(exc)) else "other"
         return FilterFailure(_clip(_evaluation_message(exc)), kind)
     if result is True or result is False:
         return result
@@ -107,8 +157,9 @@ def check_against_samples(compiled: CompiledFilter, event_types: list[str] | tup
         if sample is None:
             continue
         outcome = evaluate(compiled, sample)
-        if isinstance(outcome, FilterFailure) and outcome.kind == "type":
-            return f"type error on the sample {event_type} event: {outcome.error}"
+        if isinstance(outcome, FilterFailure) and outcome.kind in ("type", "undefined"):
+            what = "type error" if outcome.kind == "type" else "error"
+            return f"{what} on the sample {event_type} event: {outcome.error}"
     return None
 
 

@@ -17,6 +17,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -26,9 +27,9 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import liveness, metrics
-from services.core.deliveries import fail_undeliverable
+from services.core.deliveries import fail_undeliverable, sanitize_text
 from services.core.errors import Stopped, describe, is_transient, isolate_poison, retry_transient
-from services.core.filters import FilterFailure, evaluate, webhook_payload
+from services.core.filters import FilterFailure, evaluate, make_context, webhook_payload
 from services.core.kafka import (
     DELIVERY_MAX_MESSAGE_BYTES,
     RECORD_OVERHEAD_BYTES,
@@ -54,6 +55,10 @@ COMMIT_INTERVAL_S = 0.2
 MAX_TASK_BYTES = DELIVERY_MAX_MESSAGE_BYTES - RECORD_OVERHEAD_BYTES
 HEARTBEAT = "router"
 FILTER_ERRORS_FLUSH_S = 2.0
+# One filter evaluation slower than this suspends the webhook's filter (nothing routed, counted as
+# filter errors) for SLOW_FILTER_SUSPEND_S.
+SLOW_FILTER_MS = 50
+SLOW_FILTER_SUSPEND_S = 60.0
 # How long a rebalance waits for this replica's revoke (the batch in hand, then a commit).
 ROUTER_REVOKE_BOUND_S = 60.0
 
@@ -120,11 +125,19 @@ WITH input AS (
     FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
     JOIN routable r USING (organization_id, event_id)
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
-    RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight
+    RETURNING d.id, d.webhook_id, d.event_id, d.event_seq, d.status,
+              d.attempts = 0 AND d.in_flight AS first_in_flight
+), unsent AS (
+    -- a replay: deliveries stored by the crashed run but maybe never enqueued, whatever the webhooks
+    -- match now (a filter or subscription changed since must not strand them in flight)
+    SELECT d.id, d.webhook_id, d.event_id, d.event_seq, d.status, true AS first_in_flight
+    FROM deliveries d JOIN routable r ON d.event_seq = r.seq
+    WHERE d.attempts = 0 AND d.in_flight AND NOT EXISTS (SELECT 1 FROM routed x WHERE x.id = d.id)
 )
-SELECT id, webhook_id, event_id, status, first_in_flight FROM routed
+SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, r.organization_id
+FROM (SELECT * FROM routed UNION ALL SELECT * FROM unsent) x JOIN routable r ON r.seq = x.event_seq
 UNION ALL
-SELECT NULL, NULL, s.event_id, NULL, NULL FROM stored s
+SELECT NULL, NULL, s.event_id, NULL, NULL, s.organization_id FROM stored s
 WHERE NOT EXISTS (SELECT 1 FROM routable r
                   WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
 """
@@ -166,12 +179,18 @@ class FilterErrorLog:
 
     def __init__(self) -> None:
         self._pending: dict[str, tuple[int, str, str]] = {}
+        self._pruned_at = float("-inf")
 
     def add(self, webhook_id: str, event_id: str, error: str) -> None:
         count, _, _ = self._pending.get(webhook_id, (0, "", ""))
-        self._pending[webhook_id] = (count + 1, error, event_id)
+        # an error can quote the event's text (a NUL would make PostgreSQL refuse the whole flush)
+        self._pending[webhook_id] = (count + 1, sanitize_text(error, 500) or "", event_id)
 
     async def flush(self, pool: asyncpg.Pool) -> None:
+        if time.monotonic() - self._pruned_at > 3600:  # hours older than a week are no longer shown
+            with contextlib.suppress(Exception):
+                await pool.execute("DELETE FROM filter_errors WHERE hour < now() - interval '7 days'")
+            self._pruned_at = time.monotonic()
         if not self._pending:
             return
         pending, self._pending = self._pending, {}
@@ -211,6 +230,7 @@ class Router:
         self._commit_lock = asyncio.Lock()
         self._done: dict[TopicPartition, int] = {}  # next offset to commit, per partition
         self.filter_errors = FilterErrorLog()
+        self._slow_filters: dict[str, float] = {}  # webhook id -> monotonic time its filter is suspended until
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group,
@@ -337,17 +357,29 @@ class Router:
             if not hooks:
                 metrics.EVENTS_UNMATCHED.labels("no_webhook").inc()
                 continue
-            payload = None
+            context = None
             kept = 0
             for hook in hooks:
                 if hook.filtered:
                     if hook.filter is None:
                         outcome: bool | FilterFailure = FilterFailure(hook.filter_error or "filter unusable")
+                    elif (until := self._slow_filters.get(hook.id)) is not None and time.monotonic() < until:
+                        outcome = FilterFailure(f"filter suspended: an evaluation took over {SLOW_FILTER_MS} ms")
                     else:
-                        if payload is None:
-                            payload = webhook_payload(event.id, event.type, event.occurred_at, event.organization_id,
-                                                      event.store_id, event.data)
-                        outcome = evaluate(hook.filter, payload)
+                        if context is None:  # converted once per event, for every filter that reads it
+                            needs = set().union(*(h.filter.needs for h in hooks if h.filter is not None))
+                            context = make_context(webhook_payload(
+                                event.id, event.type, event.occurred_at, event.organization_id, event.store_id,
+                                event.data), needs)
+                        started = time.perf_counter()
+                        outcome = evaluate(hook.filter, context)
+                        took_ms = (time.perf_counter() - started) * 1000
+                        if took_ms > SLOW_FILTER_MS:
+                            # The router is shared: a filter that is slow on these events (a comprehension
+                            # over a huge list) is suspended for a while rather than slow every tenant.
+                            self._slow_filters[hook.id] = time.monotonic() + SLOW_FILTER_SUSPEND_S
+                            log.warning("filter took %.0f ms; suspended for %.0f s", took_ms, SLOW_FILTER_SUSPEND_S,
+                                        extra={"webhook_id": hook.id, "event_id": event.id})
                     if outcome is not True:
                         if isinstance(outcome, FilterFailure):
                             metrics.FILTER_ERRORS.inc()
@@ -459,8 +491,7 @@ class Router:
 
     @staticmethod
     def _tasks_for(part, matches, rows) -> list[DeliveryTask]:
-        bodies = {(event.organization_id, event.id): body for _, event, body in part}
-        by_pair = {(webhook_id, event.id): event for webhook_id, event in matches}
+        by_key = {(event.organization_id, event.id): (event, body) for _, event, body in part}
         tasks = []
         for row in rows:
             if not row["first_in_flight"]:
@@ -468,11 +499,11 @@ class Router:
                 # in the retry schedule): the pump or the sender has it, enqueueing it again would only
                 # repeat attempt 1
                 continue
-            event = by_pair[(row["webhook_id"], row["event_id"])]
+            event, body = by_key[(row["organization_id"], row["event_id"])]
             tasks.append(DeliveryTask(
                 delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,
                 event_id=event.id, event_type=event.type, store_id=event.store_id, occurred_at=event.occurred_at,
-                attempt=1, retry_index=0, manual=False, body=bodies[(event.organization_id, event.id)],
+                attempt=1, retry_index=0, manual=False, body=body,
             ))
         return tasks
 

@@ -77,7 +77,8 @@ UPDATE deliveries AS d SET
     in_flight = false
 FROM latest AS u
 -- an outcome older than the attempt last issued (a replayed or duplicated task) changes nothing
-WHERE d.id = u.id AND d.attempts <= u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
+-- (and once the first copy of an attempt has ended it, a duplicate copy changes nothing either)
+WHERE d.id = u.id AND d.in_flight AND d.attempts <= u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 # A deferral puts the task back without using up an attempt: an automatic one into the automatic
@@ -264,7 +265,12 @@ class OutcomeSink:
         try:
             await self._pool.execute(
                 "UPDATE deliveries SET in_flight = false, last_error = $2,"
-                " next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + interval '30 seconds' END"
+                " next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + interval '30 seconds' END,"
+                # a manual attempt with nothing else waiting ends the delivery, saying why
+                " status = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL THEN 'failed'"
+                "          ELSE status END,"
+                " finished_at = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL THEN now()"
+                "          ELSE finished_at END"
                 " WHERE id = $1 AND in_flight AND issued_attempt = $4",
                 record.task.delivery_id, f"outcome of attempt {record.task.attempt} could not be stored"
                 f" ({describe(exc, 200)})".encode("ascii", "backslashreplace").decode("ascii"),

@@ -300,3 +300,23 @@ async def test_an_outcome_postgresql_refuses_is_recorded_without_its_details(sen
     assert "details not stored: PostgreSQL refused them" in rows[bad.delivery_id]["error"]
     status = await db.fetchval("SELECT status FROM deliveries WHERE id = $1", bad.delivery_id)
     assert status == "pending"  # its retry is scheduled as for any 500
+
+
+async def test_a_replay_re_enqueues_stored_deliveries_whatever_the_webhooks_match_now(router_parts, db):
+    """The router stored a batch and crashed before Kafka took its tasks; meanwhile the webhook got a
+    filter that refuses the event (or was changed to other stores). The replay must still enqueue the
+    delivery stored the first time, or it would stay in flight forever."""
+    router, org_id, placed = router_parts
+    value = orjson.dumps({"id": "evt_replay", "type": "order.created", "occurred_at": "2026-11-27T10:15:00Z",
+                          "organization_id": org_id, "store_id": "s1", "data": {"order": {"id": "o1"}}})
+    records = [SourceRecord("aiq.orders", 0, next(_offsets), b"k", value, ())]
+    placed.append(value)
+    good, _ = router.validate_batch(records)
+    first, _ = await router._store(good, router.match_batch(good))
+    assert [t.event_id for t in first] == ["evt_replay"]
+    replayed, _ = await router._store(good, [])  # the same source position; nothing matches any more
+    assert [(t.delivery_id, t.attempt) for t in replayed] == [(first[0].delivery_id, 1)]
+    # and once attempted, a replay leaves it to the sender and the pump
+    await db.execute("UPDATE deliveries SET attempts = 1, in_flight = false WHERE id = $1", first[0].delivery_id)
+    again, _ = await router._store(good, router.match_batch(good))
+    assert again == []

@@ -121,3 +121,17 @@ async def test_two_attempts_of_one_delivery_in_one_flush_leave_the_newest(db, da
         await write_outcomes(pool, batch)
     row = await db.fetchrow("SELECT * FROM deliveries WHERE id = $1", task.delivery_id)
     assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("succeeded", 2, None)
+
+
+async def test_a_second_copy_of_an_attempt_never_overwrites_the_first(db, database_url):
+    """A router replay or a pump re-send can put one attempt on the wire twice: the first outcome
+    recorded ends it; the other copy's (here a 500 after a 200) is not applied."""
+    [task] = await _deliveries(db, 1)
+    async with open_pool(database_url, max_size=2) as pool:
+        await write_outcomes(pool, [AttemptRecord(task, STARTED, 5.0, Succeeded(200, None), "succeeded")])
+        await write_outcomes(pool, [AttemptRecord(task, STARTED, 5.0, Failed(retryable=True, error="HTTP 500",
+                                                                             http_status=500),
+                                                  "retrying", next_attempt_at=STARTED)])
+    row = await db.fetchrow("SELECT * FROM deliveries WHERE id = $1", task.delivery_id)
+    assert (row["status"], row["next_attempt_at"], row["last_http_status"], row["in_flight"]) == (
+        "succeeded", None, 200, False)

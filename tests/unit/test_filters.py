@@ -87,3 +87,36 @@ def test_type_errors_are_found_on_the_sample_events_when_saved() -> None:
     # a key the sample lacks is not an error: real events may have it
     assert check_against_samples(compile_filter('data.order.coupon == "X"'), ["order.created"]) is None
     assert check_against_samples(compile_filter('"yes"'), ["product.created"]) is not None
+
+
+@pytest.mark.parametrize("source", [
+    "[0,1,2,3,4,5,6,7,8,9].all(a, [0,1,2,3,4,5,6,7,8,9].all(b, true))",  # 10^k steps for k levels
+    "data.order.lines.exists(l, data.order.lines.exists(m, l.sku == m.sku))",
+    "data.order.lines.map(l, data.order.lines.map(m, m)).size() > 0",
+])
+def test_nested_comprehensions_are_refused(source: str) -> None:
+    with pytest.raises(FilterError, match="cannot be nested"):
+        compile_filter(source)
+
+
+def test_chained_comprehensions_and_parentheses_in_strings_are_fine() -> None:
+    assert compile_filter('data.order.lines.map(l, l.sku).exists(s, s == "a(")').needs == {"data"}
+    assert compile_filter('type == "x.all(" || type.startsWith(")")').needs == {"type"}
+    with pytest.raises(FilterError, match="at most 5"):
+        compile_filter(" && ".join(["data.order.lines.all(l, true)"] * 6))
+
+
+@pytest.mark.parametrize("source", ["nosuchfn(type)", 'type.startswith("o")', "data.order.lines.all(x, true) && x"])
+def test_undefined_functions_and_variables_are_found_on_the_samples(source: str) -> None:
+    problem = check_against_samples(compile_filter(source), ["order.created"])
+    assert problem is not None and "undefined" in problem
+
+
+def test_a_context_built_once_serves_every_filter_of_an_event() -> None:
+    from services.core.filters import make_context
+
+    filters = [compile_filter('type == "order.created"'), compile_filter("double(data.order.total) > 100.0")]
+    context = make_context(ORDER, set().union(*(f.needs for f in filters)))
+    assert [evaluate(f, context) for f in filters] == [True, True]
+    only_type = make_context(ORDER, filters[0].needs)  # data is never converted for a type-only filter
+    assert evaluate(filters[0], only_type) is True

@@ -41,3 +41,37 @@ def test_the_settings_cap_keeps_every_accepted_event_within_the_delivery_topic()
     # the worst growth we know of: 5 bytes ("1e15,") become 19 ("1000000000000000.0,")
     assert MAX_EVENT_BYTES_LIMIT * 19 / 5 + router_module.TASK_ENVELOPE_MAX_BYTES <= router_module.MAX_TASK_BYTES
     assert router_module.MAX_TASK_BYTES < DELIVERY_MAX_MESSAGE_BYTES
+
+
+class FakeDirectory:
+    def __init__(self, hooks) -> None:
+        self.hooks = hooks
+
+    def match(self, organization_id: str, event_type: str, store_id: str):
+        return self.hooks
+
+
+def webhook(webhook_id: str, filter_source: str | None):
+    from services.core.filters import compile_filter
+    from services.core.webhooks import Webhook
+
+    return Webhook(webhook_id, "org_1", "https://example.com", frozenset({"product.created"}), frozenset({"s1"}),
+                   True, b"k", None, None, filter=compile_filter(filter_source) if filter_source else None)
+
+
+def test_a_slow_filter_is_suspended_so_it_cannot_slow_the_shared_router(monkeypatch) -> None:
+    hooks = [webhook("wh_slow", 'data.product.id == "p1"'), webhook("wh_plain", None)]
+    router = Router(Settings(), pool=None, directory=FakeDirectory(hooks), producer=None)
+    monkeypatch.setattr(router_module, "SLOW_FILTER_MS", -1)  # every evaluation counts as slow
+    good, _ = router.validate_batch([record(event("evt_1", {}), 0), record(event("evt_2", {}), 1)])
+    matches = router.match_batch(good)
+    # the first evaluation ran (and matched); the second event finds the filter suspended
+    assert [(h, e.id) for h, e in matches] == [("wh_slow", "evt_1"), ("wh_plain", "evt_1"), ("wh_plain", "evt_2")]
+    pending = router.filter_errors._pending["wh_slow"]
+    assert pending[0] == 1 and "suspended" in pending[1] and pending[2] == "evt_2"
+
+
+def test_filter_errors_are_stored_as_text_postgresql_accepts() -> None:
+    router = Router(Settings(), pool=None, directory=FakeDirectory([]), producer=None)
+    router.filter_errors.add("wh_1", "evt_1", "no such key: 'a\x00b'")
+    assert "\x00" not in router.filter_errors._pending["wh_1"][1]
