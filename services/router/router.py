@@ -114,7 +114,7 @@ WITH input AS (
     SELECT * FROM input
     ON CONFLICT (organization_id, event_id) DO UPDATE SET source_offset = e.source_offset
     RETURNING e.seq, e.organization_id, e.event_id, e.event_type, e.store_id,
-              e.source_topic, e.source_partition, e.source_offset
+              e.source_topic, e.source_partition, e.source_offset, e.xmax <> 0 AS existed
 ), routable AS (
     SELECT s.* FROM stored s JOIN input i USING (organization_id, event_id)
     WHERE (s.source_topic, s.source_partition, s.source_offset)
@@ -127,19 +127,24 @@ WITH input AS (
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
     RETURNING d.id, d.webhook_id, d.event_id, d.event_seq, d.status,
               d.attempts = 0 AND d.in_flight AS first_in_flight
-), unsent AS (
-    -- a replay: deliveries stored by the crashed run but maybe never enqueued, whatever the webhooks
-    -- match now (a filter or subscription changed since must not strand them in flight)
-    SELECT d.id, d.webhook_id, d.event_id, d.event_seq, d.status, true AS first_in_flight
-    FROM deliveries d JOIN routable r ON d.event_seq = r.seq
-    WHERE d.attempts = 0 AND d.in_flight AND NOT EXISTS (SELECT 1 FROM routed x WHERE x.id = d.id)
 )
-SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, r.organization_id
-FROM (SELECT * FROM routed UNION ALL SELECT * FROM unsent) x JOIN routable r ON r.seq = x.event_seq
+SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, r.organization_id, NULL::bigint AS replayed_seq
+FROM routed x JOIN routable r ON r.seq = x.event_seq
 UNION ALL
-SELECT NULL, NULL, s.event_id, NULL, NULL, s.organization_id FROM stored s
+SELECT NULL, NULL, s.event_id, NULL, NULL, s.organization_id, NULL FROM stored s
 WHERE NOT EXISTS (SELECT 1 FROM routable r
                   WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
+UNION ALL  -- replays of the same source position: their stored deliveries are looked up apart
+SELECT NULL, NULL, r.event_id, NULL, NULL, r.organization_id, r.seq FROM routable r WHERE r.existed
+"""
+
+# A replay (the router crashed after storing a batch, maybe before Kafka took its tasks): every
+# stored, never-attempted delivery of the replayed events, whatever the webhooks match now (a filter or
+# subscription changed since must not strand one in flight). Only run when a batch holds replays.
+_UNSENT_SQL = """
+SELECT d.id, d.webhook_id, d.event_id, d.status, true AS first_in_flight, e.organization_id
+FROM deliveries d JOIN events e ON e.seq = d.event_seq
+WHERE d.event_seq = ANY($1::bigint[]) AND d.attempts = 0 AND d.in_flight
 """
 
 
@@ -170,7 +175,12 @@ async def store_batch(
         [e.id for _, e in matches],
     )
     deliveries = [row for row in rows if row["id"] is not None]
-    return deliveries, len(rows) - len(deliveries)
+    replayed = [row["replayed_seq"] for row in rows if row["replayed_seq"] is not None]
+    second_publishes = len(rows) - len(deliveries) - len(replayed)
+    if replayed:
+        known = {row["id"] for row in deliveries}
+        deliveries += [row for row in await conn.fetch(_UNSENT_SQL, replayed) if row["id"] not in known]
+    return deliveries, second_publishes
 
 
 class FilterErrorLog:
