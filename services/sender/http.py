@@ -8,8 +8,11 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import datetime as dt
+import functools
 import ssl
 import zlib
+from collections.abc import Awaitable, Callable
+from typing import Any
 from urllib.parse import urlsplit
 
 import aiohttp
@@ -125,6 +128,19 @@ def _describe(exc: BaseException) -> str:
     return text[:MAX_ERROR_CHARS]
 
 
+def _storable_errors(attempt: Callable[..., Awaitable[AttemptResult]]) -> Callable[..., Awaitable[AttemptResult]]:
+    """Exception texts can quote the endpoint's bytes: the error of a Failed result is made storable."""
+    @functools.wraps(attempt)
+    async def wrapper(*args: Any, **kwargs: Any) -> AttemptResult:
+        result = await attempt(*args, **kwargs)
+        if isinstance(result, Failed):
+            result = dataclasses.replace(result, error=storable_error(result.error))
+        return result
+
+    return wrapper
+
+
+@_storable_errors
 async def post_webhook(
     session: aiohttp.ClientSession,
     webhook: Webhook,
@@ -136,22 +152,6 @@ async def post_webhook(
 ) -> AttemptResult:
     """Make one signed POST; any 2xx is success, everything else (3xx included) a failure. Never
     raises for anything the endpoint does; every text in the result is storable."""
-    result = await _post(session, webhook, task, timeout_s=timeout_s, excerpt_cap_bytes=excerpt_cap_bytes,
-                         allow_private_networks=allow_private_networks)
-    if isinstance(result, Failed):
-        result = dataclasses.replace(result, error=storable_error(result.error))
-    return result
-
-
-async def _post(
-    session: aiohttp.ClientSession,
-    webhook: Webhook,
-    task: DeliveryTask,
-    *,
-    timeout_s: float,
-    excerpt_cap_bytes: int,
-    allow_private_networks: bool,
-) -> AttemptResult:
     body = task.body.encode()
     try:
         check_connect_host(urlsplit(webhook.url).hostname or "", allow_private_networks=allow_private_networks)
