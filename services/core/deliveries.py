@@ -6,7 +6,9 @@ from collections.abc import Sequence
 
 import asyncpg
 
-MAX_STORED_ERROR_CHARS = 1000
+from services.core.text import storable_text
+
+MAX_STORED_ERROR_BYTES = 1000
 
 
 async def fail_undeliverable(conn: asyncpg.Connection | asyncpg.Pool, failures: Sequence[tuple[int, str]]) -> None:
@@ -23,19 +25,6 @@ async def fail_undeliverable(conn: asyncpg.Connection | asyncpg.Pool, failures: 
         WHERE d.id = u.id
         """,
         [delivery_id for delivery_id, _ in failures],
-        [sanitize_text(error, MAX_STORED_ERROR_CHARS) for _, error in failures],
+        [storable_text(error, MAX_STORED_ERROR_BYTES) for _, error in failures],
     )
 
-
-def sanitize_text(value: str | None, limit: int) -> str | None:
-    """Text PostgreSQL accepts: U+0000 removed, lone surrogates replaced, at most ``limit`` characters."""
-    if value is None:
-        return None
-    if "\x00" in value:
-        value = value.replace("\x00", "")
-    value = value[:limit]
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError:
-        value = value.encode("utf-8", "replace").decode("utf-8")
-    return value

@@ -27,7 +27,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from services.core import liveness, metrics
-from services.core.deliveries import fail_undeliverable, sanitize_text
+from services.core.deliveries import fail_undeliverable
 from services.core.errors import Stopped, describe, is_transient, isolate_poison, retry_transient
 from services.core.filters import FilterFailure, evaluate, make_context, webhook_payload
 from services.core.kafka import (
@@ -44,6 +44,7 @@ from services.core.kafka import (
 from services.core.model import TASK_ENVELOPE_MAX_BYTES, DeliveryTask
 from services.core.settings import Settings
 from services.core.tasks import cancel_and_wait
+from services.core.text import storable_text
 from services.core.validation import DomainEvent, Rejection, validate_event
 from services.core.webhooks import WebhookDirectory
 
@@ -194,7 +195,7 @@ class FilterErrorLog:
     def add(self, webhook_id: str, event_id: str, error: str) -> None:
         count, _, _ = self._pending.get(webhook_id, (0, "", ""))
         # an error can quote the event's text (a NUL would make PostgreSQL refuse the whole flush)
-        self._pending[webhook_id] = (count + 1, sanitize_text(error, 500) or "", event_id)
+        self._pending[webhook_id] = (count + 1, storable_text(error, 500), event_id)
 
     async def flush(self, pool: asyncpg.Pool) -> None:
         if time.monotonic() - self._pruned_at > 3600:  # hours older than a week are no longer shown

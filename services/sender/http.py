@@ -17,10 +17,12 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from services.core.errors import describe
 from services.core.model import AttemptResult, DeliveryTask, Failed, Succeeded
 from services.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_connect_host
 from services.core.retry import RETRY_AFTER_STATUSES, is_retryable_status, parse_retry_after_s
 from services.core.signing import signature_header
+from services.core.text import storable_text
 from services.core.webhooks import Webhook
 
 USER_AGENT = "hookstream/0.1.0"
@@ -71,7 +73,7 @@ async def read_excerpt(response: aiohttp.ClientResponse, cap_bytes: int) -> tupl
 
     The body is the endpoint's, so hostile: a gzip or deflate body (sent though we ask for identity)
     is decompressed, but never to more than ``cap_bytes`` (a zip bomb costs nothing); the text is
-    then made valid (see :func:`excerpt_text`).
+    then made valid (see :func:`services.core.text.storable_text`).
     """
     chunks: list[bytes] = []
     remaining = cap_bytes
@@ -89,7 +91,7 @@ async def read_excerpt(response: aiohttp.ClientResponse, cap_bytes: int) -> tupl
     encoding = response.headers.get("Content-Encoding", "").strip().lower()
     if encoding in ("gzip", "x-gzip", "deflate"):
         raw = decompress_bounded(raw, encoding, cap_bytes)
-    return excerpt_text(raw, cap_bytes), complete
+    return storable_text(raw, cap_bytes), complete
 
 
 def decompress_bounded(raw: bytes, encoding: str, cap_bytes: int) -> bytes:
@@ -106,26 +108,9 @@ def decompress_bounded(raw: bytes, encoding: str, cap_bytes: int) -> bytes:
     return raw
 
 
-def excerpt_text(raw: bytes, cap_bytes: int) -> str:
-    """Bytes as storable text of at most ``cap_bytes`` UTF-8 bytes: invalid UTF-8 and U+0000 (which
-    PostgreSQL text refuses) become U+FFFD, and a character cut by the cap is dropped."""
-    text = raw.decode("utf-8", "replace")
-    if "\x00" in text:
-        text = text.replace("\x00", "\ufffd")
-    encoded = text.encode("utf-8")
-    if len(encoded) > cap_bytes:
-        text = encoded[:cap_bytes].decode("utf-8", "ignore")
-    return text
-
-
 def storable_error(error: str) -> str:
     """An error message as storable text: exception texts can quote the endpoint's bytes."""
-    return excerpt_text(error.encode("utf-8", "replace"), MAX_ERROR_CHARS)
-
-
-def _describe(exc: BaseException) -> str:
-    text = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-    return text[:MAX_ERROR_CHARS]
+    return storable_text(error, MAX_ERROR_CHARS)
 
 
 def _storable_errors(attempt: Callable[..., Awaitable[AttemptResult]]) -> Callable[..., Awaitable[AttemptResult]]:
@@ -177,15 +162,15 @@ async def post_webhook(
     except TimeoutError:
         return Failed(retryable=True, error=f"timeout after {timeout_s:g}s")
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-        return Failed(retryable=True, error="TLS error: " + _describe(exc))
+        return Failed(retryable=True, error="TLS error: " + describe(exc, MAX_ERROR_CHARS))
     except aiohttp.ClientConnectorError as exc:
         cause = exc.os_error if isinstance(exc.os_error, UnsafeEndpointError) else None
         if cause is not None:
             return Failed(retryable=False, error=f"unsafe endpoint: {cause}"[:MAX_ERROR_CHARS], sent=False)
-        return Failed(retryable=True, error="connection error: " + _describe(exc))
+        return Failed(retryable=True, error="connection error: " + describe(exc, MAX_ERROR_CHARS))
     except aiohttp.ServerDisconnectedError as exc:
-        return Failed(retryable=True, error="connection closed by endpoint: " + _describe(exc))
+        return Failed(retryable=True, error="connection closed by endpoint: " + describe(exc, MAX_ERROR_CHARS))
     except aiohttp.ClientResponseError as exc:
-        return Failed(retryable=True, error="invalid HTTP response: " + _describe(exc))
+        return Failed(retryable=True, error="invalid HTTP response: " + describe(exc, MAX_ERROR_CHARS))
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return Failed(retryable=True, error="request failed: " + _describe(exc))
+        return Failed(retryable=True, error="request failed: " + describe(exc, MAX_ERROR_CHARS))

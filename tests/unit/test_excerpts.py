@@ -9,7 +9,8 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.sender.http import decompress_bounded, excerpt_text, storable_error
+from services.core.text import storable_text
+from services.sender.http import decompress_bounded, storable_error
 
 CAP = 4096
 
@@ -21,19 +22,19 @@ def storable(text: str) -> bool:
 
 @given(st.binary(max_size=3 * CAP), st.integers(min_value=0, max_value=CAP))
 def test_any_bytes_become_storable_text_within_the_cap(raw: bytes, cap: int) -> None:
-    text = excerpt_text(raw, cap)
+    text = storable_text(raw, cap)
     assert storable(text)
     assert len(text.encode()) <= cap
 
 
 def test_nul_and_invalid_utf8_become_the_replacement_character() -> None:
-    assert excerpt_text(b"ok\x00", CAP) == "ok\ufffd"
-    assert excerpt_text(b"\xff\xfeok", CAP) == "\ufffd\ufffdok"
-    assert excerpt_text("h\u00e9llo".encode(), CAP) == "h\u00e9llo"
+    assert storable_text(b"ok\x00", CAP) == "ok\ufffd"
+    assert storable_text(b"\xff\xfeok", CAP) == "\ufffd\ufffdok"
+    assert storable_text("h\u00e9llo".encode(), CAP) == "h\u00e9llo"
 
 
 def test_a_character_cut_by_the_cap_is_dropped_not_mangled() -> None:
-    assert excerpt_text("aé".encode(), 2) == "a"
+    assert storable_text("aé".encode(), 2) == "a"
 
 
 def test_gzip_bomb_decompresses_to_the_cap_only() -> None:
