@@ -92,21 +92,25 @@ async def retry_transient(
     start_s: float = BACKOFF_START_S,
     max_s: float = BACKOFF_MAX_S,
     extra: dict | None = None,
+    retryable: Callable[[Exception], bool] = is_transient,
 ) -> T:
     """Run ``operation`` until it succeeds, backing off (capped, doubling) after transient errors.
 
     A permanent error propagates at once. When ``stop`` is set while failing, :class:`Stopped` is
     raised instead of trying again. ``heartbeat`` names the loop whose liveness stamp is renewed
-    while waiting: a loop that waits out an outage is alive.
+    while waiting: a loop that waits out an outage is alive. ``retryable`` widens what is tried again
+    for a caller whose permanent record errors are isolated inside ``operation``; an error retried
+    that is not transient is logged with its traceback.
     """
     delay = start_s
     while True:
         try:
             return await operation()
         except Exception as exc:
-            if not is_transient(exc):
+            if not retryable(exc):
                 raise
-            log.warning("%s failed (%s); retrying in %.1fs", what, describe(exc), delay, extra=extra)
+            log.warning("%s failed (%s); retrying in %.1fs", what, describe(exc), delay, extra=extra,
+                        exc_info=not is_transient(exc))
         if stop is not None and stop.is_set():
             raise Stopped(what)
         if heartbeat is not None:

@@ -16,10 +16,9 @@ import logging
 import time
 
 import asyncpg
-from aiokafka.errors import KafkaError
 
 from services.core import liveness, metrics
-from services.core.errors import BACKOFF_MAX_S, BACKOFF_START_S, describe, is_transient, isolate_poison
+from services.core.errors import describe, is_transient, isolate_poison, retry_transient
 from services.core.kafka import RenewableProducer, discard
 from services.core.model import AttemptRecord, Failed, Succeeded
 from services.core.tasks import cancel_and_wait
@@ -212,8 +211,8 @@ class OutcomeSink:
         delivery no longer exists: one tenant's attempt never holds up the others' outcomes.
         """
         attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
-        delay = BACKOFF_START_S
-        while True:
+
+        async def once() -> None:
             sends: list[asyncio.Future] = []
             try:
                 for r in attempted:
@@ -222,18 +221,13 @@ class OutcomeSink:
                 await self._producer.acked(sends)
                 await isolate_poison(records, lambda part: write_outcomes(self._pool, list(part)),
                                      self._record_poison)
-                return
-            except Exception as exc:
-                if is_transient(exc) or isinstance(exc, KafkaError):
-                    log.warning("recording %d outcomes failed (%s); retrying in %.1fs",
-                                len(records), describe(exc), delay)
-                else:  # not a database refusal (those are isolated): a bug, which must not wedge the sender
-                    log.exception("recording %d outcomes failed unexpectedly; retrying in %.1fs", len(records), delay)
             finally:
                 discard(sends)  # after success they are all done; after a failure they are retried
-            liveness.beat(HEARTBEAT)
-            await asyncio.sleep(delay)
-            delay = min(delay * 2, BACKOFF_MAX_S)
+
+        # Everything is tried again: database refusals of a record are isolated inside ``once``, a
+        # status-topic refusal is infrastructure, and anything else is a bug that must not wedge the sender.
+        await retry_transient(once, what=f"recording {len(records)} outcomes", heartbeat=HEARTBEAT,
+                              retryable=lambda _exc: True)
 
     async def _record_poison(self, record: AttemptRecord, exc: BaseException) -> None:
         """One outcome PostgreSQL refused for good: record it without the details the database refused
