@@ -357,4 +357,12 @@ async def account(stream: Stream, scenario: str, *, fault_start: float, fault_en
     if lost:
         sample = sorted(lost)[:5]
         print(f"RELIABILITY-LOST {scenario} e.g. {[(p, db_status.get(p, 'missing')) for p in sample]}")
+        # what state the lost ones are in, to tell a stuck delivery from a slow one
+        states = await query(stream.database_url,
+                             "SELECT d.event_id, d.status, d.attempts, d.in_flight, d.issued_attempt, d.next_attempt_at,"
+                             " d.manual_due_at, d.last_error, now() AS now FROM deliveries d"
+                             " WHERE (d.webhook_id, d.event_id) IN (SELECT * FROM unnest($1::text[], $2::text[]))",
+                             [w for w, _ in sample], [e for _, e in sample])
+        for row in states:
+            print(f"RELIABILITY-LOST-STATE {scenario} {dict(row)}")
     return result
