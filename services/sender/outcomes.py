@@ -75,9 +75,12 @@ UPDATE deliveries AS d SET
     next_manual = false,
     in_flight = false
 FROM latest AS u
--- an outcome older than the attempt last issued (a replayed or duplicated task) changes nothing
--- (and once the first copy of an attempt has ended it, a duplicate copy changes nothing either)
-WHERE d.id = u.id AND d.in_flight AND d.attempts <= u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
+-- an outcome older than the attempt last issued (a replayed or duplicated task) changes nothing, and
+-- once the first copy of an attempt has been recorded a duplicate copy changes nothing either. Not
+-- ``d.in_flight``: the pump marks a delivery in flight in a transaction that commits after Kafka took
+-- the task, and an outcome whose snapshot predates that commit would skip the row instead of waiting
+-- for its lock (READ COMMITTED re-checks only rows that matched), leaving it in flight for ever.
+WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 # A deferral puts the task back without using up an attempt: an automatic one into the automatic
@@ -91,7 +94,7 @@ UPDATE deliveries AS d SET
     in_flight = false
 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
     AS u(id, attempt, next_attempt_at, retry_index, manual)
-WHERE d.id = u.id AND d.attempts < u.attempt AND d.in_flight AND u.attempt >= COALESCE(d.issued_attempt, 0)
+WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[AttemptRecord]) -> None:
@@ -265,7 +268,7 @@ class OutcomeSink:
                 "          ELSE status END,"
                 " finished_at = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL THEN now()"
                 "          ELSE finished_at END"
-                " WHERE id = $1 AND in_flight AND issued_attempt = $4",
+                " WHERE id = $1 AND attempts < $4 AND issued_attempt = $4",
                 record.task.delivery_id, f"outcome of attempt {record.task.attempt} could not be stored"
                 f" ({describe(exc, 200)})".encode("ascii", "backslashreplace").decode("ascii"),
                 record.task.manual, record.task.attempt)
