@@ -175,7 +175,10 @@ class EndpointGates:
             return True
         while True:
             try:
-                await asyncio.wait_for(gate.semaphore.acquire(), QUEUE_RECHECK_S)
+                # asyncio.timeout, not wait_for: wait_for wraps the acquire in a task of its own, and a
+                # backlog keeps hundreds of deliveries queued here (BENCHMARKS.md, CPU per delivery)
+                async with asyncio.timeout(QUEUE_RECHECK_S):
+                    await gate.semaphore.acquire()
                 return True
             except TimeoutError:
                 now = self._clock()

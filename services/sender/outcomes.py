@@ -218,9 +218,8 @@ class OutcomeSink:
         async def once() -> None:
             sends: list[asyncio.Future] = []
             try:
-                for r in attempted:
-                    sends.append(await self._producer.send(
-                        self._status_topic, value=r.status_record(), key=r.task.webhook_id.encode()))
+                sends = await self._producer.send_many(
+                    self._status_topic, [(r.task.webhook_id.encode(), r.status_record()) for r in attempted])
                 await self._producer.acked(sends)
                 await isolate_poison(records, lambda part: write_outcomes(self._pool, list(part)),
                                      self._record_poison)

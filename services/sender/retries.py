@@ -27,7 +27,12 @@ from services.core.model import DeliveryTask, format_rfc3339
 log = logging.getLogger(__name__)
 
 PUMP_BATCH = 500
+# After a pass that found nothing due the pump waits PUMP_IDLE_S, doubling up to PUMP_IDLE_MAX_S while
+# nothing is due: an idle sender then asks PostgreSQL once a second instead of ten times, and a due
+# retry or a manual redelivery starts at most PUMP_IDLE_MAX_S late (retries are scheduled seconds to
+# hours ahead). Any pass that moves something resets the wait.
 PUMP_IDLE_S = 0.1
+PUMP_IDLE_MAX_S = 1.0
 BACKLOG_REFRESH_S = 5.0
 HEARTBEAT = "retry-pump"
 
@@ -106,6 +111,7 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
     permanent error stops the pump loudly (its heartbeat then goes stale and ``/healthz`` fails)."""
     loop = asyncio.get_running_loop()
     next_backlog = 0.0
+    idle_s = PUMP_IDLE_S / 2
 
     async def pump_once() -> int:
         nonlocal next_backlog
@@ -131,9 +137,10 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
             # The heartbeat is left to go stale: /healthz fails and the process is restarted.
             log.exception("retry pump stopped by a permanent error; /healthz will fail")
             raise
+        idle_s = PUMP_IDLE_S if moved else min(idle_s * 2, PUMP_IDLE_MAX_S)
         if moved < PUMP_BATCH:
             try:
-                await asyncio.wait_for(stop.wait(), PUMP_IDLE_S)
+                await asyncio.wait_for(stop.wait(), idle_s)
             except TimeoutError:
                 pass
     liveness.forget(HEARTBEAT)  # stopped on purpose

@@ -89,6 +89,17 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
     return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
 
 
+def occurred_at_utc(text: str) -> dt.datetime:
+    """A task's occurred_at (validated RFC 3339 when routed) as an aware datetime: the C parser
+    first (an eighth of the cost, in the hot path of every delivery), the full parser for what it
+    refuses (a leap second) or leaves naive."""
+    try:
+        parsed = dt.datetime.fromisoformat(text)
+    except ValueError:
+        return parse_rfc3339(text)
+    return parsed if parsed.tzinfo is not None else parse_rfc3339(text)
+
+
 def make_sender_consumer(settings: Settings) -> AIOKafkaConsumer:
     """The delivery-topic consumer. The group waits for this replica's revoke drain (up to
     ``drain_timeout_s``, plus room for the commit) before it hands the partitions on; with the default
@@ -193,8 +204,7 @@ class Sender:
         return {(t.delivery_id, t.attempt) for t in tasks if attempts.get(t.delivery_id, 0) >= t.attempt}
 
     def _job_done(self, job: asyncio.Task) -> None:
-        self._tasks.pop(job, None)
-        metrics.INFLIGHT.set(len(self._tasks))
+        self._tasks.pop(job, None)  # the in-flight gauge is set per fetch and per commit tick, not per job
         if not job.cancelled() and job.exception() is not None:
             log.error("delivery job crashed; its offset stays uncommitted", exc_info=job.exception())
         self._capacity.set()
@@ -260,7 +270,7 @@ class Sender:
         # would report how long ago the event happened, not how fast hookstream delivers.
         if record.status == "succeeded" and not record.task.manual:
             with contextlib.suppress(ValueError):
-                occurred = parse_rfc3339(record.task.occurred_at)
+                occurred = occurred_at_utc(record.task.occurred_at)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))
         if log.isEnabledFor(logging.DEBUG):
             log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
@@ -290,6 +300,7 @@ class Sender:
         while not stop.is_set():
             await asyncio.sleep(COMMIT_INTERVAL_S)
             liveness.beat("sender-commit")
+            metrics.INFLIGHT.set(len(self._tasks))
             offsets = self._tracker.committable(consumer.assignment())
             if offsets and offsets != last and await commit_offsets(consumer, offsets, owner="sender",
                                                                    otherwise="will retry"):

@@ -63,17 +63,24 @@ PUBLISH_TICK_S = 0.005
 # stream, so that p50/p99 describe the steady state the issue asks for, not the ramp from idle.
 LATENCY_WARMUP_S = 3.0
 
-RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "fanout_rps",
-               "isolation_ratio", "sender_peak_rss_mb", "scale_2_over_1", "filters_rps", "filters_ratio")
+RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "latency_200_p50_ms",
+               "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
+               "sender_peak_rss_mb", "scale_2_over_1", "cpu_ms_per_delivery", "idle_cpu_pct", "filters_rps",
+               "filters_ratio")
 TARGETS = {  # key -> (description, check(results))
-    "ratio": ("≥ 0.35", lambda r: r["ratio"] >= 0.35),
-    "latency_p99_ms": ("≤ 150", lambda r: r["latency_p99_ms"] <= 150),
+    "ratio": ("≥ 0.37", lambda r: r["ratio"] >= 0.37),
+    "latency_p99_ms": ("≤ 40", lambda r: r["latency_p99_ms"] <= 40),
+    "latency_200_p50_ms": ("≤ 6", lambda r: r["latency_200_p50_ms"] <= 6),
+    "latency_200_p99_ms": ("≤ 20", lambda r: r["latency_200_p99_ms"] <= 20),
+    "latency_200_over_floor": ("≤ 2", lambda r: r["latency_200_over_floor"] <= 2),
+    "cpu_ms_per_delivery": ("≤ 0.45", lambda r: r["cpu_ms_per_delivery"] <= 0.45),
+    "idle_cpu_pct": ("≤ 5", lambda r: r["idle_cpu_pct"] <= 5),
     "isolation_ratio": ("≥ 0.8", lambda r: r["isolation_ratio"] >= 0.8),
     "sender_peak_rss_mb": ("≤ 300", lambda r: r["sender_peak_rss_mb"] <= 300),
     "fanout_rps": ("≥ 0.8 × e2e_rps", lambda r: r["fanout_rps"] >= 0.8 * r["e2e_rps"]),
     "filters_ratio": ("≥ 0.9", lambda r: r["filters_ratio"] >= 0.9),
 }
-SCENARIOS = ("baseline", "e2e", "latency", "fanout", "isolation", "backlog", "filters")
+SCENARIOS = ("baseline", "e2e", "latency", "latency_200", "floor", "fanout", "isolation", "backlog", "filters", "idle")
 # The filters scenario's webhook filter: true for every bench event, so the same deliveries are made
 # and the difference from e2e is the evaluation (a conversion, a comparison, a comprehension).
 BENCH_FILTER = ('double(data.order.total) >= 10.0 && data.order.currency == "USD"'
@@ -92,6 +99,10 @@ class Sizes:
     fanout_webhooks: int = 100
     latency_s: float = 30.0
     latency_rate: int = 500
+    latency_200_s: float = 30.0
+    latency_200_rate: int = 200
+    floor_s: float = 15.0
+    idle_s: float = 30.0
     isolation_events: int = 2_000
     isolation_webhooks: int = 10
     baseline_requests: int = 50_000
@@ -99,6 +110,7 @@ class Sizes:
 
 
 SMOKE = Sizes(events=200, backlog=300, fanout_events=20, fanout_webhooks=10, latency_s=3.0, latency_rate=50,
+              latency_200_s=3.0, latency_200_rate=50, floor_s=3.0, idle_s=3.0,
               isolation_events=30, isolation_webhooks=4, baseline_requests=200, runs=1)
 
 
@@ -204,6 +216,9 @@ class Scenario:
     name: str
     webhooks: int
     filter: str | None = None  # set on every webhook of the scenario
+    # The publisher's linger: 5 ms batches a bulk publish; a steady-rate scenario sends each event at
+    # once (0), so that its latency starts when the event is submitted, not when the publisher's batch is.
+    publish_linger_ms: int = 5
     env: dict[str, str] = field(default_factory=dict)
     db_name: str = ""
     org_id: str = ""
@@ -265,7 +280,8 @@ class Scenario:
         await bench.sink.set_secrets(secrets_by_path)
         await ensure_topics(bench.bootstrap, self.env["HOOKSTREAM_SOURCE_TOPICS"].split(","),
                             partitions=SOURCE_PARTITIONS)
-        self.producer = await self._closing.enter_async_context(open_producer(bench.bootstrap, linger_ms=5))
+        self.producer = await self._closing.enter_async_context(open_producer(bench.bootstrap,
+                                                                                     linger_ms=self.publish_linger_ms))
         return self
 
     async def __aexit__(self, *exc_info) -> None:
@@ -293,10 +309,15 @@ class Scenario:
             await admin.close()
 
     def start(self, role: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
+        return self.start_command(role, ["-m", "services.cli", role], extra_env)
+
+    def start_command(self, role: str, args: list[str], extra_env: dict[str, str] | None = None
+                      ) -> subprocess.Popen:
+        """Start ``python <args>`` with the scenario's environment, logging to the bench's log directory."""
         env = {**os.environ, **self.env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
                **(extra_env or {})}
         log_path = self.bench.log_dir / f"{self.name}-{role}-{len(self.procs)}.log"
-        proc = subprocess.Popen([sys.executable, "-m", "services.cli", role], cwd=ROOT, env=env,
+        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
                                 stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
         if self.bench.profile_dir is not None:
             # Sampled from outside (py-spy, non-blocking), so the profile barely slows what it measures;
@@ -464,6 +485,8 @@ class Bench:
     endpoint_max_queued: int = ENDPOINT_MAX_QUEUED
     template: str = ""
     sink: SinkProcess | None = None
+    # Kafka's and PostgreSQL's server processes, counted in the CPU figures (found by listening port).
+    infra_pids: dict[str, int] = field(default_factory=dict)
 
     async def measure_delivery(self, sc: Scenario, ids: list[str], hooks: list[str], t0: float,
                                status: StatusReader) -> tuple[float, list]:
@@ -525,42 +548,115 @@ class Bench:
             sc.start("sender")
             await sc.warm_up()
             async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                meter = CpuMeter({role: proc.pid for role, proc in sc.procs} | {"sink": self.sink.proc.pid})
                 t0 = time.time()
                 ids = await sc.publish(self.sizes.events)
                 rps, _ = await self.measure_delivery(sc, ids, sc.hooks, t0, status)
+                log(f"{sc.name}: CPU from the first publish to the last outcome, in % of one core: {meter.report()}")
             return rps
 
-    async def latency(self) -> tuple[float, float]:
-        async with Scenario(self, "latency", 1) as sc:
+    async def latency(self, name: str, rate: int, seconds: float) -> tuple[float, float]:
+        """p50 and p99 (ms) from publish to the sink's receipt, at a steady ``rate`` for ``seconds``."""
+        async with Scenario(self, name, 1, publish_linger_ms=0) as sc:
             sc.start("router")
             sc.start("sender")
             await sc.warm_up()
-            rate = self.sizes.latency_rate
-            count = int(self.sizes.latency_s * rate)
-            warm = int(min(LATENCY_WARMUP_S, self.sizes.latency_s) * rate)
-            # While publishing, this process does nothing else: the status topic is read (from its
-            # start) afterwards, and a collector pause here, which would hold stamped events in the
-            # producer and count as hookstream's latency, waits until the publishing ends.
-            meter = CpuMeter({role: proc.pid for role, proc in sc.procs} | {"sink": self.sink.proc.pid})
-            gc.disable()
-            try:
-                ids = await sc.publish(warm + count, rate_per_s=rate, stamp=True)
-            finally:
-                gc.enable()
-            log(f"{sc.name}: CPU while publishing, in % of one core: {meter.report()}")
+            ids = await self.publish_steady(sc, rate, seconds)
             async with StatusReader(self.bootstrap, sc.status_topic) as status:
                 _, records = await self.measure_delivery(sc, ids, sc.hooks, time.time(), status)
+            count = int(seconds * rate)
+            warm = len(ids) - count
             # Every event is delivered and verified; the first ``warm`` (the ramp from idle) are not timed.
             wanted = set(ids[warm:])
             latencies = latencies_ms(records, wanted)
             if len(latencies) < count:
-                raise BenchFailure(f"latency: only {len(latencies)} of {count} events carried their publish time")
+                raise BenchFailure(f"{name}: only {len(latencies)} of {count} events carried their publish time")
             ramp = latencies_ms(records, set(ids[:warm]))
             if ramp:
                 log(f"{sc.name}: ramp from idle (first {warm} events, not timed): p50={percentile(ramp, 0.5):.0f}ms"
                     f" p99={percentile(ramp, 0.99):.0f}ms")
             await self.log_latency_stages(sc, [r for r in records if r[1] in wanted])
             return percentile(latencies, 0.50), percentile(latencies, 0.99)
+
+    async def publish_steady(self, sc: Scenario, rate: int, seconds: float) -> list[str]:
+        """Publish stamped events at ``rate`` for ``LATENCY_WARMUP_S`` (not timed) and then ``seconds``;
+        returns every id, the untimed ones first."""
+        count = int(seconds * rate)
+        warm = int(min(LATENCY_WARMUP_S, seconds) * rate)
+        # What earlier scenarios left in the page cache is written out now, not by the kernel's
+        # periodic writeback in the middle of the measurement, where it queues in front of
+        # PostgreSQL's commit flushes (seen as 100-200 ms commits in a 200/s run).
+        await asyncio.to_thread(os.sync)
+        # While publishing, this process does nothing else: the status topic is read (from its
+        # start) afterwards, and a collector pause here, which would hold stamped events in the
+        # producer and count as hookstream's latency, waits until the publishing ends.
+        meter = CpuMeter({role: proc.pid for role, proc in sc.procs} | {"sink": self.sink.proc.pid})
+        gc.disable()
+        try:
+            ids = await sc.publish(warm + count, rate_per_s=rate, stamp=True)
+        finally:
+            gc.enable()
+        log(f"{sc.name}: CPU while publishing, in % of one core: {meter.report()}")
+        return ids
+
+    async def floor(self) -> float:
+        """p50 (ms) of the design's bare minimum at the latency_200 rate: two produce -> consume hops,
+        one PostgreSQL commit, one signed POST (tests/bench/floor.py), with hookstream's client settings."""
+        rate, seconds = self.sizes.latency_200_rate, self.sizes.floor_s
+        async with Scenario(self, "floor", 1, publish_linger_ms=0) as sc:
+            hop_topic = f"{sc.env['HOOKSTREAM_DELIVERY_TOPIC']}.floor"
+            await ensure_topics(self.bootstrap, [hop_topic])
+            path = "/h/floor"
+            secret = generate_secret()
+            await self.sink.set_secrets({path: secret})
+            common = ["--bootstrap", self.bootstrap, "--hop", hop_topic]
+            sc.start_command("hop1", ["-m", "tests.bench.floor", "hop1", *common, "--source", sc.orders_topic,
+                                      "--group", f"{sc.env['HOOKSTREAM_ROUTER_GROUP']}.floor",
+                                      "--database", sc.env["DATABASE_URL"]])
+            sc.start_command("hop2", ["-m", "tests.bench.floor", "hop2", *common, "--sink", self.sink.url(path),
+                                      "--group", f"{sc.env['HOOKSTREAM_SENDER_GROUP']}.floor", "--secret", secret])
+            try:
+                warm = await sc.publish(5, start=10_000_000)
+                await self.wait_sink(sc, set(warm))
+                ids = await self.publish_steady(sc, rate, seconds)
+                records = await self.wait_sink(sc, set(ids))
+            finally:
+                await delete_topics(self.bootstrap, [hop_topic])
+            timed = set(ids[len(ids) - int(seconds * rate):])
+            return percentile(latencies_ms(records, timed), 0.50)
+
+    async def wait_sink(self, sc: Scenario, ids: set[str]) -> list:
+        """Sink records until every one of ``ids`` has arrived (the floor has no status topic)."""
+        records: list = []
+        seen: set[str] = set()
+        deadline = time.monotonic() + 120
+        while not ids <= seen:
+            if time.monotonic() > deadline:
+                raise BenchFailure(f"{sc.name}: {len(ids - seen)} of {len(ids)} events never reached the sink")
+            sc.check_alive()
+            await asyncio.sleep(POLL_S)
+            batch = await self.sink.dump()
+            records.extend(batch)
+            seen.update(r[1] for r in batch)
+        return records
+
+    async def idle(self) -> float:
+        """The whole stack's CPU (router, sender, api, Kafka, PostgreSQL), in % of one core, over
+        ``idle_s`` seconds with no events, after a warm-up delivery."""
+        async with Scenario(self, "idle", 1) as sc:
+            sc.start("router")
+            sc.start("sender")
+            sc.start("api", {"HOOKSTREAM_API_LISTEN": f"127.0.0.1:{free_port()}"})
+            await sc.warm_up()
+            await settle(sc.name, quiet_pct=15.0)
+            await asyncio.sleep(2.0)  # the last outcome flush and offset commits
+            meter = StackCpu({role: proc.pid for role, proc in sc.procs} | self.infra_pids)
+            await asyncio.sleep(self.sizes.idle_s)
+            sc.check_alive()
+            used = meter.used()
+            elapsed = meter.elapsed()
+            log(f"{sc.name}: CPU with no events, % of one core: {meter.format(used, elapsed / 100, '%')}")
+            return 100 * sum(used.values()) / elapsed
 
     async def log_latency_stages(self, sc: Scenario, records: list) -> None:
         """Where the time goes: published -> routed (the router's store statement began) -> attempt
@@ -639,23 +735,27 @@ class Bench:
             finally:
                 await self.sink.set_hang([])
 
-    async def backlog(self, senders: int) -> tuple[float, float]:
+    async def backlog(self, senders: int) -> tuple[float, float, float]:
         """Publish the backlog with no sender running, then start ``senders`` replicas.
 
-        Returns (deliveries per second from the first sink arrival, peak RSS MiB of the first sender).
+        Returns (deliveries per second from the first sink arrival, peak RSS MiB of the first sender,
+        CPU core-ms per delivery of router + senders + Kafka + PostgreSQL from the first publish to
+        the last outcome).
         """
         n = self.sizes.backlog
         async with Scenario(self, f"backlog{senders}", 1) as sc:
-            sc.start("router")
+            router = sc.start("router")
+            meter = StackCpu({"router": router.pid} | self.infra_pids)
             ids = await sc.publish(n)
 
-            async def routed() -> bool:
-                return await sc.conn.fetchval("SELECT count(*) FROM deliveries") >= n
-
-            await sc.wait_until(f"{n} deliveries routed", routed, 120 + n / 100)
-            await self.wait_topic_filled(sc.env["HOOKSTREAM_DELIVERY_TOPIC"], n)
+            # Waiting on the delivery topic's end offsets, not on a count of deliveries polled in
+            # PostgreSQL: the harness's own queries would be counted in the CPU figure.
+            await self.wait_topic_filled(sc.env["HOOKSTREAM_DELIVERY_TOPIC"], n, timeout_s=120 + n / 100)
+            if (routed := await sc.conn.fetchval("SELECT count(*) FROM deliveries")) < n:
+                raise BenchFailure(f"{sc.name}: the delivery topic holds {n} tasks but only {routed} deliveries")
             async with StatusReader(self.bootstrap, sc.status_topic) as status:
                 procs = [sc.start("sender") for _ in range(senders)]
+                meter.add({f"sender{i}": proc.pid for i, proc in enumerate(procs)})
                 peak_kb = 0
 
                 async def done() -> bool:
@@ -664,20 +764,23 @@ class Bench:
                     return len(status.succeeded) >= n
 
                 on_topic = await sc.wait_until(f"{n} succeeded status records", done, 120 + n / 100)
+                used = meter.used()
                 in_db = await sc.wait_succeeded(n)
                 peak_kb = max(peak_kb, read_vm_hwm_kb(procs[0].pid))
                 records = await self.sink.dump()
                 await sc.verify({(sc.hooks[0], e) for e in ids}, status, records)
+                cpu_ms = 1000 * sum(used.values()) / n
+                log(f"{sc.name}: CPU per delivery, core-ms: {StackCpu.format(used, n / 1000)}; total {cpu_ms:.3f}")
                 first = min(r[2] for r in records)
-                return n / (max(in_db, on_topic) - first), peak_kb / 1024
+                return n / (max(in_db, on_topic) - first), peak_kb / 1024, cpu_ms
 
-    async def wait_topic_filled(self, topic: str, n: int) -> None:
+    async def wait_topic_filled(self, topic: str, n: int, timeout_s: float = 120) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
         await consumer.start()
         try:
             from aiokafka import TopicPartition
 
-            deadline = time.monotonic() + 120
+            deadline = time.monotonic() + timeout_s
             while time.monotonic() < deadline:
                 parts = consumer.partitions_for_topic(topic) or set()
                 if parts:
@@ -749,6 +852,84 @@ class CpuMeter:
                 f" machine busy {100 * machine / wall:.0f}% of {100 * (os.cpu_count() or 1)}%")
 
 
+def _stat_fields(pid: int) -> list[str] | None:
+    """The fields of /proc/<pid>/stat after the command name (field 3 onward), or None when gone."""
+    with contextlib.suppress(OSError, IndexError):
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()
+    return None
+
+
+def tree_cpu_seconds(root: int) -> float:
+    """CPU seconds of ``root`` and every live descendant (user + system), plus what its exited
+    children used (cutime + cstime): a PostgreSQL server's backends are children of the postmaster."""
+    parents: dict[int, int] = {}
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and (fields := _stat_fields(int(entry))) is not None:
+            parents[int(entry)] = int(fields[1])
+    tree, frontier = {root}, [root]
+    while frontier:
+        parent = frontier.pop()
+        for pid, ppid in parents.items():
+            if ppid == parent and pid not in tree:
+                tree.add(pid)
+                frontier.append(pid)
+    tick = os.sysconf("SC_CLK_TCK")
+    total = 0.0
+    for pid in tree:
+        if (fields := _stat_fields(pid)) is not None:
+            total += int(fields[11]) + int(fields[12])
+            if pid == root:
+                total += int(fields[13]) + int(fields[14])
+    return total / tick
+
+
+def listening_pid(port: int) -> int | None:
+    """The process listening on local TCP ``port`` (found through /proc/net/tcp and each process's
+    sockets), or None: the bench's own Kafka and PostgreSQL, wherever they were started from."""
+    inodes = set()
+    for table in ("/proc/net/tcp", "/proc/net/tcp6"):
+        with contextlib.suppress(OSError):
+            with open(table) as fh:
+                for line in list(fh)[1:]:
+                    cols = line.split()
+                    if cols[3] == "0A" and int(cols[1].rsplit(":", 1)[1], 16) == port:
+                        inodes.add(f"socket:[{cols[9]}]")
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        with contextlib.suppress(OSError):
+            for fd in os.listdir(f"/proc/{entry}/fd"):
+                with contextlib.suppress(OSError):
+                    if os.readlink(f"/proc/{entry}/fd/{fd}") in inodes:
+                        return int(entry)
+    return None
+
+
+class StackCpu:
+    """CPU seconds used since creation by named process trees (hookstream's processes, Kafka, PostgreSQL)."""
+
+    def __init__(self, roots: dict[str, int]) -> None:
+        self._roots = roots
+        self._start = {name: tree_cpu_seconds(pid) for name, pid in roots.items()}
+        self._t0 = time.monotonic()
+
+    def add(self, roots: dict[str, int]) -> None:
+        """Count these processes too (started after the meter: from zero)."""
+        self._roots.update(roots)
+        self._start.update({name: 0.0 for name in roots})
+
+    def used(self) -> dict[str, float]:
+        return {name: tree_cpu_seconds(pid) - self._start[name] for name, pid in self._roots.items()}
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self._t0
+
+    @staticmethod
+    def format(used: dict[str, float], per: float | None = None, unit: str = "") -> str:
+        return ", ".join(f"{name} {v / per if per else v:.3g}{unit}" for name, v in used.items())
+
+
 def read_vm_hwm_kb(pid: int) -> int:
     with contextlib.suppress(OSError):
         with open(f"/proc/{pid}/status") as fh:
@@ -775,8 +956,19 @@ async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]
         if "e2e_rps" in out:
             out["filters_ratio"] = out["filters_rps"] / out["e2e_rps"]
     if "latency" in only:
-        out["latency_p50_ms"], out["latency_p99_ms"] = await bench.latency()
+        out["latency_p50_ms"], out["latency_p99_ms"] = await bench.latency(
+            "latency", bench.sizes.latency_rate, bench.sizes.latency_s)
         log(f"run {index}: latency p50={out['latency_p50_ms']:.1f}ms p99={out['latency_p99_ms']:.1f}ms")
+    if "latency_200" in only:
+        out["latency_200_p50_ms"], out["latency_200_p99_ms"] = await bench.latency(
+            "latency_200", bench.sizes.latency_200_rate, bench.sizes.latency_200_s)
+        log(f"run {index}: latency_200 p50={out['latency_200_p50_ms']:.1f}ms"
+            f" p99={out['latency_200_p99_ms']:.1f}ms")
+    if "floor" in only:
+        out["floor_p50_ms"] = await bench.floor()
+        log(f"run {index}: floor p50={out['floor_p50_ms']:.1f}ms")
+        if "latency_200_p50_ms" in out:
+            out["latency_200_over_floor"] = out["latency_200_p50_ms"] / out["floor_p50_ms"]
     if "fanout" in only:
         out["fanout_rps"] = await bench.fanout()
         log(f"run {index}: fanout_rps={out['fanout_rps']:.0f}")
@@ -786,11 +978,15 @@ async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]
         out["isolation_ratio"] = hung / ok
         log(f"run {index}: isolation healthy rps {hung:.0f} (one hanging) / {ok:.0f} (none)")
     if "backlog" in only:
-        one, rss = await bench.backlog(1)
-        two, _ = await bench.backlog(2)
+        one, rss, cpu_ms = await bench.backlog(1)
+        two, _, _ = await bench.backlog(2)
         out["sender_peak_rss_mb"] = rss
+        out["cpu_ms_per_delivery"] = cpu_ms
         out["scale_2_over_1"] = two / one
         log(f"run {index}: backlog drain 1 sender {one:.0f}/s (peak RSS {rss:.0f} MiB), 2 senders {two:.0f}/s")
+    if "idle" in only:
+        out["idle_cpu_pct"] = await bench.idle()
+        log(f"run {index}: idle stack CPU {out['idle_cpu_pct']:.1f}% of one core")
     return out
 
 
@@ -846,6 +1042,12 @@ async def amain(args: argparse.Namespace) -> int:
 
     bench = Bench(admin_url, bootstrap, sizes, log_dir, profile_dir, endpoint_max_queued=args.endpoint_max_queued)
     bench.template = f"hs_bench_template_{secrets.token_hex(4)}"
+    for name, port in (("kafka", int(bootstrap.split(",")[0].rsplit(":", 1)[1])),
+                       ("postgres", urlsplit(admin_url).port or 5432)):
+        if (pid := listening_pid(port)) is not None:
+            bench.infra_pids[name] = pid
+        else:
+            log(f"{name} (port {port}) is not a process of this machine: its CPU is not in the CPU figures")
     admin = await asyncpg.connect(admin_url)
     try:
         await admin.execute(f'CREATE DATABASE "{bench.template}"')
