@@ -10,7 +10,6 @@ from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
-from aiokafka.partitioner import DefaultPartitioner
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -19,6 +18,7 @@ from aiokafka.errors import (
     TopicAlreadyExistsError,
     UnknownProducerId,
 )
+from aiokafka.partitioner import DefaultPartitioner
 
 from services.core.errors import is_transient
 from services.core.settings import DELIVERY_TOPIC_MAX_MESSAGE_BYTES
@@ -94,6 +94,7 @@ class RenewableProducer:
         futures: list[asyncio.Future] = []
         owners: list[int] = []  # per record, the index in ``futures`` of the send that carries it
         open_batches: dict[int, tuple[Any, list[int]]] = {}  # partition -> (batch, record indexes)
+        partition_of: dict[bytes | None, int] = {}
 
         async def flush(partition: int) -> None:
             batch, members = open_batches.pop(partition)
@@ -108,7 +109,9 @@ class RenewableProducer:
                     futures.append(await producer.send(topic, value=value, key=key))
                     owners[i] = len(futures) - 1
                     continue
-                partition = _PARTITIONER(key, partitions, partitions)
+                partition = partition_of.get(key)
+                if partition is None:  # murmur2 is pure Python: once per key and call (status records share keys)
+                    partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)
                 batch, members = open_batches.setdefault(partition, (producer.create_batch(), []))
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start anew
                     await flush(partition)

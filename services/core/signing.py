@@ -8,7 +8,6 @@ several of them space-separated while an old secret is still in its rotation gra
 from __future__ import annotations
 
 import base64
-import hashlib
 import hmac
 import secrets
 
@@ -29,9 +28,9 @@ def decode_secret(secret: str) -> bytes:
 
 def sign(key: bytes, webhook_id: str, timestamp_s: int, body: bytes) -> str:
     """One ``v1,<base64>`` signature of ``body`` under ``key``."""
-    mac = hmac.new(key, f"{webhook_id}.{timestamp_s}.".encode(), hashlib.sha256)
-    mac.update(body)
-    return "v1," + base64.b64encode(mac.digest()).decode("ascii")
+    # hmac.digest is the one-shot C path: about half the cost of hmac.new().update().digest()
+    digest = hmac.digest(key, f"{webhook_id}.{timestamp_s}.".encode() + body, "sha256")
+    return "v1," + base64.b64encode(digest).decode("ascii")
 
 
 def signature_header(keys: list[bytes], webhook_id: str, timestamp_s: int, body: bytes) -> str:
