@@ -13,7 +13,9 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
+    KafkaTimeoutError,
     OutOfOrderSequenceNumber,
+    ProducerClosed,
     ProducerFenced,
     TopicAlreadyExistsError,
     UnknownProducerId,
@@ -88,6 +90,8 @@ class RenewableProducer:
         which records of one batch share (the broker accepts or refuses a batch whole). A record
         too large for a batch goes on its own, through :meth:`send` and its size check."""
         assert self._producer is not None
+        if not records:
+            return []
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         limit = self._config.get("max_batch_size", 16384) - RECORD_OVERHEAD_BYTES
@@ -105,13 +109,15 @@ class RenewableProducer:
         try:
             for i, (key, value) in enumerate(records):
                 owners.append(-1)
-                if len(value) + len(key or b"") > limit:
-                    futures.append(await producer.send(topic, value=value, key=key))
-                    owners[i] = len(futures) - 1
-                    continue
                 partition = partition_of.get(key)
                 if partition is None:  # murmur2 is pure Python: once per key and call (status records share keys)
                     partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)
+                if len(value) + len(key or b"") > limit:
+                    if partition in open_batches:  # what came before it on its partition goes first
+                        await flush(partition)
+                    futures.append(await producer.send(topic, value=value, key=key, partition=partition))
+                    owners[i] = len(futures) - 1
+                    continue
                 batch, members = open_batches.setdefault(partition, (producer.create_batch(), []))
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start anew
                     await flush(partition)
@@ -120,6 +126,11 @@ class RenewableProducer:
                 members.append(i)
             for partition in list(open_batches):
                 await flush(partition)
+        except ProducerClosed as exc:
+            discard(futures)
+            if self._producer is not producer:  # renewed by another caller while this one was sending
+                raise KafkaTimeoutError("the producer was replaced mid-send; send again") from exc
+            raise
         except BaseException:
             discard(futures)
             raise
@@ -234,9 +245,11 @@ def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsume
         "group_id": group_id,
         "enable_auto_commit": False,
         "auto_offset_reset": "earliest",
-        # A fetch waits for 64 KiB or 10 ms, whichever comes first, instead of returning each new record
-        # at once: fewer, fuller fetches for at most 10 ms per hop. At a steady 500 events/s this cut
-        # the router's CPU from 38 % to 33 % of a core and the sender's from 48 % to 41 % (BENCHMARKS.md).
+        # A fetch returns as soon as any record has arrived and otherwise waits on the broker (long poll):
+        # one record at a time when it is quiet (no wait added to a hop), and under load whatever piled
+        # up while the previous batch was being worked on, so batches grow with the rate by themselves.
+        # The earlier 64 KiB / 10 ms made every hop wait 10 ms at low rates and an idle consumer fetch
+        # 100 times a second (BENCHMARKS.md, latency and cost).
         "fetch_max_wait_ms": 500,
         "fetch_min_bytes": 1,
         "max_partition_fetch_bytes": FETCH_MAX_PARTITION_BYTES,

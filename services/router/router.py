@@ -317,7 +317,8 @@ class Router:
                 return
             # On failure the replay is recognised by source position, so this duplicates at worst.
             if await commit_offsets(consumer, offsets, owner="router", otherwise="those batches will be replayed"):
-                self._committed.update(offsets)
+                assigned = consumer.assignment()  # a partition revoked meanwhile is no longer this replica's lag
+                self._committed.update({tp: offset for tp, offset in offsets.items() if tp in assigned})
             for tp, offset in offsets.items():
                 if self._done.get(tp) == offset:
                     del self._done[tp]
@@ -521,7 +522,9 @@ class Router:
                 # in the retry schedule): the pump or the sender has it, enqueueing it again would only
                 # repeat attempt 1
                 continue
-            organization_id = row["organization_id"] or organization_of[row["webhook_id"]]
+            organization_id = row["organization_id"]
+            if organization_id is None:
+                organization_id = organization_of[row["webhook_id"]]
             event, body = by_key[(organization_id, row["event_id"])]
             tasks.append(DeliveryTask(
                 delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,

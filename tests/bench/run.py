@@ -58,6 +58,7 @@ ENDPOINT_MAX_CONCURRENCY = 32
 ENDPOINT_MAX_QUEUED = 256
 ISOLATION_TIMEOUT = "2s"
 POLL_S = 0.05
+SETTLE_MIN_S = 1.5
 PUBLISH_TICK_S = 0.005
 # The latency scenario publishes this long at its rate before the measured events, in one steady
 # stream, so that p50/p99 describe the steady state the issue asks for, not the ramp from idle.
@@ -816,6 +817,10 @@ async def settle(name: str, *, quiet_pct: float = 25.0, max_wait_s: float = 20.0
     (dropping its database and the checkpoint that forces, the broker flushing) must not be measured
     as this scenario's."""
     deadline = time.monotonic() + max_wait_s
+    # The broker removes a deleted topic's files a second later (log.segment.delete.delay.ms, set by
+    # deploy/local/kafka/start.sh); that and the dropped database are written out before measuring.
+    await asyncio.sleep(SETTLE_MIN_S)
+    await asyncio.to_thread(os.sync)
     busy = 100.0
     while time.monotonic() < deadline:
         before, t0 = machine_busy_seconds(), time.monotonic()

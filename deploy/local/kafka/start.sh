@@ -44,6 +44,10 @@ num.partitions=4
 auto.create.topics.enable=true
 delete.topic.enable=true
 group.initial.rebalance.delay.ms=0
+# A deleted topic's files go 1 s after the deletion, not 60 s: tests and the bench delete topics all
+# the time, and a minute later the removal of a big one (a bench backlog) stalled PostgreSQL's commit
+# flushes in whatever was running then (BENCHMARKS.md, latency and cost).
+log.segment.delete.delay.ms=1000
 
 # After a SIGKILL the restarted broker waits for its previous registration's session to expire
 # (default 9 s) before it is unfenced; fault-injection tests kill the broker, so keep that short.
