@@ -204,7 +204,8 @@ class Sender:
         return {(t.delivery_id, t.attempt) for t in tasks if attempts.get(t.delivery_id, 0) >= t.attempt}
 
     def _job_done(self, job: asyncio.Task) -> None:
-        self._tasks.pop(job, None)  # the in-flight gauge is set per fetch and per commit tick, not per job
+        self._tasks.pop(job, None)
+        metrics.INFLIGHT.set(len(self._tasks))
         if not job.cancelled() and job.exception() is not None:
             log.error("delivery job crashed; its offset stays uncommitted", exc_info=job.exception())
         self._capacity.set()
@@ -300,7 +301,6 @@ class Sender:
         while not stop.is_set():
             await asyncio.sleep(COMMIT_INTERVAL_S)
             liveness.beat("sender-commit")
-            metrics.INFLIGHT.set(len(self._tasks))
             offsets = self._tracker.committable(consumer.assignment())
             if offsets and offsets != last and await commit_offsets(consumer, offsets, owner="sender",
                                                                    otherwise="will retry"):
