@@ -118,10 +118,12 @@ class RenewableProducer:
                     futures.append(await producer.send(topic, value=value, key=key, partition=partition))
                     owners[i] = len(futures) - 1
                     continue
-                batch, members = open_batches.setdefault(partition, (producer.create_batch(), []))
+                if partition not in open_batches:
+                    open_batches[partition] = (producer.create_batch(), [])
+                batch, members = open_batches[partition]
                 if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start anew
                     await flush(partition)
-                    batch, members = open_batches.setdefault(partition, (producer.create_batch(), []))
+                    batch, members = open_batches[partition] = (producer.create_batch(), [])
                     batch.append(key=key, value=value, timestamp=None)
                 members.append(i)
             for partition in list(open_batches):

@@ -68,6 +68,17 @@ def parse_rfc3339(value: str) -> dt.datetime:
     return instant
 
 
+def parse_validated_rfc3339(value: str) -> dt.datetime:
+    """:func:`parse_rfc3339` for a text that already passed it (a routed event's occurred_at): the C
+    parser first, an eighth of the cost on a hot path; the full parser for what that refuses (a leap
+    second) or leaves without a zone."""
+    try:
+        parsed = dt.datetime.fromisoformat(value)
+    except ValueError:
+        return parse_rfc3339(value)
+    return parsed if parsed.tzinfo is not None else parse_rfc3339(value)
+
+
 def format_rfc3339(value: dt.datetime) -> str:
     """The one formatter: UTC, ``Z``, microseconds only when there are any."""
     return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")

@@ -127,8 +127,7 @@ WITH input AS (
     FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
     JOIN routable r USING (organization_id, event_id)
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
-    RETURNING d.id, d.webhook_id, d.event_id, d.event_seq, d.status,
-              d.attempts = 0 AND d.in_flight AS first_in_flight
+    RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight
 )
 -- A delivery's organization is its webhook's, known to the caller: joining ``routed`` back to
 -- ``routable`` here made the planner (which estimates one row for either) loop over both, quadratic

@@ -16,6 +16,7 @@ from services.core.model import (
     Failed,
     Succeeded,
     parse_rfc3339,
+    parse_validated_rfc3339,
 )
 from services.core.retry import RetryPolicy
 from services.core.validation import validate_status_record
@@ -333,3 +334,9 @@ def test_breaker_deferral_schedules_the_retry_no_earlier_than_the_probe() -> Non
     short = Failed(retryable=True, error="circuit breaker open", sent=False, not_before_s=1.0)
     assert decide_outcome(task(retry_index=0), short, EXACT, STARTED, 0.0).next_attempt_at == STARTED + dt.timedelta(
         seconds=30)
+
+
+@pytest.mark.parametrize("text", ["2026-03-01T10:00:00Z", "2026-03-01T10:00:00.123456+02:00",
+                                  "2026-12-31T23:59:60Z", "2026-03-01T10:00:00.1234567-05:30"])
+def test_the_fast_parser_of_validated_times_agrees_with_the_strict_one(text):
+    assert parse_validated_rfc3339(text) == parse_rfc3339(text)
