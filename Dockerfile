@@ -17,13 +17,13 @@ WORKDIR /app
 COPY deploy/requirements.lock /tmp/requirements.lock
 RUN pip install --no-cache-dir -r /tmp/requirements.lock
 
-# services/ finds schemas/ (JSON Schemas, SQL migrations) next to the package, so the project is
+# hookstream/ finds hookstream/schemas/ (JSON Schemas, SQL migrations) next to the package, so the project is
 # installed from /app in place (editable) rather than copied into site-packages without them.
 COPY pyproject.toml ./
 COPY services ./services
 COPY schemas ./schemas
 RUN pip install --no-cache-dir --no-deps -c /tmp/requirements.lock -e . \
-    && python -c "import services.cli, services.core.validation" \
+    && python -c "import hookstream.cli, hookstream.core.validation" \
     && chmod -R a+rX,go-w /app
 
 USER 10001:10001

@@ -54,7 +54,7 @@ test-unit: $(STAMP)
 	$(BIN)/python -m pytest tests/unit $(PYTEST_ARGS)
 
 lint: $(STAMP)
-	$(BIN)/ruff check services tests
+	$(BIN)/ruff check hookstream tests
 
 bench: install up
 	@$(WITH_ENV) $(BIN)/python -m tests.bench.run $(BENCH_ARGS)

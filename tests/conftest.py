@@ -25,8 +25,8 @@ import asyncpg
 import pytest
 from aiokafka.errors import KafkaError
 
-from services.core.db import migrate
-from services.core.settings import Settings
+from hookstream.core.db import migrate
+from hookstream.core.settings import Settings
 from tests.support import delete_topics, isolated_names, isolated_topics
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -180,7 +180,7 @@ class HookstreamProcess:
     def start(self) -> HookstreamProcess:
         self._log = open(self.log_path, "ab")
         full_env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "services.cli", *self.args], cwd=ROOT, env=full_env,
+        self.proc = subprocess.Popen([sys.executable, "-m", "hookstream.cli", *self.args], cwd=ROOT, env=full_env,
                                      stdout=self._log, stderr=subprocess.STDOUT)
         return self
 

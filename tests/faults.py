@@ -22,7 +22,7 @@ import asyncpg
 import orjson
 from aiokafka.errors import KafkaError
 
-from services.core.kafka import discard, open_producer
+from hookstream.core.kafka import discard, open_producer
 from tests.conftest import ROOT, HookstreamProcess
 from tests.receiver import Received, Receiver
 from tests.support import make_org, make_webhook, read_topic_to_end, sample_event, status_records

@@ -14,7 +14,7 @@ from dataclasses import dataclass, field
 
 from aiohttp import web
 
-from services.core import signing
+from hookstream.core import signing
 
 
 @dataclass(frozen=True)

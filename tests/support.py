@@ -13,10 +13,10 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
-from services.core.orgs import create_organization
-from services.core.publish import make_event
-from services.core.signing import generate_secret
-from services.core.validation import EVENT_TYPES
+from hookstream.core.orgs import create_organization
+from hookstream.core.publish import make_event
+from hookstream.core.signing import generate_secret
+from hookstream.core.validation import EVENT_TYPES
 
 
 def isolated_topics(names: dict[str, str]) -> list[str]:

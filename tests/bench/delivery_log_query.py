@@ -5,7 +5,7 @@
 Creates a scratch database (migrated like production), fills one webhook's log with ``--rows``
 deliveries spread over 30 days (97 % succeeded, 2 % failed, 1 % pending; 12 event types; 20
 stores) plus a second webhook with a tenth as many, runs ANALYZE, then measures the exact SQL the
-API runs (``services.api.deliveries.build_log_query``) for typical pages:
+API runs (``hookstream.api.deliveries.build_log_query``) for typical pages:
 
 * EXPLAIN (ANALYZE, BUFFERS) once, printing the plan's index and execution time;
 * the same statement through asyncpg's prepared-statement path 30 times (what a request does,
@@ -33,10 +33,10 @@ import asyncpg
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
 
-from services.api.deliveries import build_log_query  # noqa: E402
-from services.api.params import encode_cursor  # noqa: E402
-from services.core.db import migrate  # noqa: E402
-from services.core.validation import EVENT_TYPES  # noqa: E402
+from hookstream.api.deliveries import build_log_query  # noqa: E402
+from hookstream.api.params import encode_cursor  # noqa: E402
+from hookstream.core.db import migrate  # noqa: E402
+from hookstream.core.validation import EVENT_TYPES  # noqa: E402
 
 LIMIT = 50
 RUNS = 30

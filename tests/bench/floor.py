@@ -1,7 +1,7 @@
 """The latency floor (issue 12): what the design cannot avoid, with nothing of hookstream's own logic.
 
 Two processes, like the router and the sender, built from the same client factories
-(``services.core.kafka.make_consumer`` / ``open_producer``, so the same fetch, linger and acks
+(``hookstream.core.kafka.make_consumer`` / ``open_producer``, so the same fetch, linger and acks
 settings): ``hop1`` consumes the source topic, stores each batch in PostgreSQL with one committed
 statement and produces one task per event to the hop topic; ``hop2`` consumes the hop topic and
 POSTs each event, signed, to the sink. Offsets are committed every 0.2 s as hookstream does, off
@@ -26,8 +26,8 @@ import asyncpg
 import orjson
 import uvloop
 
-from services.core.kafka import make_consumer, open_producer
-from services.core.signing import decode_secret, signature_header
+from hookstream.core.kafka import make_consumer, open_producer
+from hookstream.core.signing import decode_secret, signature_header
 
 COMMIT_INTERVAL_S = 0.2
 STORE_SQL = "INSERT INTO floor_events (id, body) SELECT * FROM unnest($1::text[], $2::bytea[]) ON CONFLICT DO NOTHING"

@@ -1,7 +1,7 @@
 """`make bench`: hookstream's benchmark harness (issue 6).
 
 Every figure is taken against real processes: a migrated database of its own per scenario, unique
-topics and consumer groups, `python -m services.cli router` / `sender` child processes, an aiohttp
+topics and consumer groups, `python -m hookstream.cli router` / `sender` child processes, an aiohttp
 sink in its own process that verifies every signature, and an aiokafka producer (acks=all). A run
 fails (exit 1) if any measured delivery was not received by the sink with a valid signature, or
 its `succeeded` outcome is not in PostgreSQL and on the status topic.
@@ -39,11 +39,11 @@ import orjson
 import uvloop
 from aiokafka import AIOKafkaConsumer
 
-from services.core.db import migrate
-from services.core.kafka import RenewableProducer, ensure_topics, open_producer
-from services.core.orgs import create_organization
-from services.core.signing import decode_secret, generate_secret, signature_header
-from services.core.validation import Rejection, validate_event
+from hookstream.core.db import migrate
+from hookstream.core.kafka import RenewableProducer, ensure_topics, open_producer
+from hookstream.core.orgs import create_organization
+from hookstream.core.signing import decode_secret, generate_secret, signature_header
+from hookstream.core.validation import Rejection, validate_event
 from tests.support import delete_topics, isolated_names, isolated_topics
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -310,7 +310,7 @@ class Scenario:
             await admin.close()
 
     def start(self, role: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start_command(role, ["-m", "services.cli", role], extra_env)
+        return self.start_command(role, ["-m", "hookstream.cli", role], extra_env)
 
     def start_command(self, role: str, args: list[str], extra_env: dict[str, str] | None = None
                       ) -> subprocess.Popen:
@@ -1108,7 +1108,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     # aiokafka warns while a fresh topic elects its leaders; the sends are retried and awaited.
     logging.getLogger("aiokafka").setLevel(logging.ERROR)
-    # The same event loop as hookstream's processes (services.cli): the baseline client is then a
+    # The same event loop as hookstream's processes (hookstream.cli): the baseline client is then a
     # like-for-like ceiling for the sender, and the publisher takes less CPU from what it measures.
     return uvloop.run(amain(build_parser().parse_args(argv)))
 

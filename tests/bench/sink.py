@@ -16,7 +16,7 @@ import time
 import orjson
 from aiohttp import web
 
-from services.core import signing
+from hookstream.core import signing
 
 HANG_S = 3600
 

@@ -20,10 +20,10 @@ import aiohttp
 import pytest
 from playwright.async_api import async_playwright, expect
 
-from services.core.kafka import open_producer
-from services.core.orgs import create_organization
-from services.core.publish import make_event, publish_event
-from services.core.settings import Settings
+from hookstream.core.kafka import open_producer
+from hookstream.core.orgs import create_organization
+from hookstream.core.publish import make_event, publish_event
+from hookstream.core.settings import Settings
 from tests.conftest import ROOT, wait_for
 from tests.receiver import Receiver
 

@@ -19,13 +19,13 @@ import orjson
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
-from services.api.app import MAX_BODY_BYTES, build_app, run_api
-from services.api.console import resolve_static
-from services.core.db import open_pool
-from services.core.orgs import create_organization
-from services.core.settings import Settings
-from services.core.signing import decode_secret
-from services.core.validation import EVENT_TYPES
+from hookstream.api.app import MAX_BODY_BYTES, build_app, run_api
+from hookstream.api.console import resolve_static
+from hookstream.core.db import open_pool
+from hookstream.core.orgs import create_organization
+from hookstream.core.settings import Settings
+from hookstream.core.signing import decode_secret
+from hookstream.core.validation import EVENT_TYPES
 from tests.conftest import free_port, wait_for
 from tests.receiver import Receiver
 from tests.support import ApiOrg
@@ -856,7 +856,7 @@ async def test_an_over_deep_json_body_is_400(api, depth):
 
 
 async def test_healthz_fails_naming_a_wedged_loop(api):
-    from services.core import liveness
+    from hookstream.core import liveness
 
     _, body = await api.call("GET", "/healthz", status=200)
     assert body == {"status": "ok"}

@@ -1,5 +1,5 @@
 """The admin API under fuzzing (issue 7, "Bad input"; CONTRACT §5): a real `hookstream api` process,
-its real PostgreSQL, and schemathesis generating requests from ``schemas/openapi.json``.
+its real PostgreSQL, and schemathesis generating requests from ``hookstream/schemas/openapi.json``.
 
 For every operation of the document, valid and invalid requests (positive and negative generation),
 with random and with real resource ids: never a 5xx, and every response conforms to the document
@@ -36,13 +36,14 @@ from schemathesis.specs.openapi.checks import (
     status_code_conformance,
 )
 
-from services.core.orgs import create_organization
+from hookstream import resources
+from hookstream.core.orgs import create_organization
 from tests.conftest import wait_for
 from tests.support import ApiOrg
 
 pytestmark = pytest.mark.integration
 
-OPENAPI_PATH = Path(__file__).resolve().parents[2] / "schemas" / "openapi.json"
+OPENAPI_PATH = Path(str(resources.OPENAPI))
 CHECKS = [not_a_server_error, status_code_conformance, content_type_conformance, response_schema_conformance]
 # Per operation, per generation mode, per id source: about 24 operations x 2 x (1 or 2) x this many requests.
 MAX_EXAMPLES = 12

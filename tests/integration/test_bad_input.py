@@ -21,9 +21,9 @@ from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.structs import RecordMetadata
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.kafka import open_producer
-from services.core.publish import resource_key, topic_for
-from services.core.validation import EVENT_TYPES
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import resource_key, topic_for
+from hookstream.core.validation import EVENT_TYPES
 from tests.conftest import wait_for
 from tests.receiver import Receiver
 from tests.support import make_org, make_webhook, sample_event

@@ -9,7 +9,7 @@ import signal
 import orjson
 import pytest
 
-from services.core.kafka import open_producer
+from hookstream.core.kafka import open_producer
 from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
 from tests.support import make_org, make_webhook, sample_event

@@ -10,8 +10,8 @@ import aiohttp
 import orjson
 import pytest
 
-from services.core.kafka import open_producer
-from services.core.publish import publish_event
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
 from tests.conftest import free_port, wait_for
 from tests.integration.test_observability import scrape, value
 from tests.receiver import Receiver

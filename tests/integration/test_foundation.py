@@ -11,9 +11,9 @@ import asyncpg
 import orjson
 import pytest
 
-from services.core.db import list_migrations, migrate, open_pool
-from services.core.kafka import open_producer
-from services.core.publish import PublishError, make_event, publish_event
+from hookstream.core.db import list_migrations, migrate, open_pool
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import PublishError, make_event, publish_event
 from tests.conftest import ROOT, unique_id, with_database
 from tests.support import read_topic
 
@@ -49,7 +49,7 @@ async def test_migrations_apply_once_and_twice_is_a_no_op(empty_database):
 
 
 def run_cli(*args: str, env: dict[str, str], stdin: str | None = None) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "services.cli", *args], cwd=ROOT, env={**os.environ, **env},
+    return subprocess.run([sys.executable, "-m", "hookstream.cli", *args], cwd=ROOT, env={**os.environ, **env},
                           input=stdin, capture_output=True, text=True, timeout=60)
 
 
@@ -133,7 +133,7 @@ async def test_a_producer_whose_acks_stall_is_replaced_and_keeps_working(hs_sett
     acknowledgements do not arrive in time raises TimeoutError and the producer is replaced."""
     import asyncio
 
-    from services.core import kafka
+    from hookstream.core import kafka
 
     monkeypatch.setattr(kafka, "ACK_TIMEOUT_S", 0.5)
     async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:

@@ -1,7 +1,7 @@
 """Hostile or broken endpoints (issue 7): every attempt ends as a ``Failed`` value with a clear error,
 within the whole-attempt timeout, with a bounded excerpt, and without slowing other attempts.
 
-Drives ``services.sender.http.post_webhook`` directly against real local servers: raw
+Drives ``hookstream.sender.http.post_webhook`` directly against real local servers: raw
 ``asyncio.start_server`` TCP servers for the misbehaviours, aiohttp for well-formed answers.
 """
 
@@ -20,10 +20,10 @@ import pytest
 import trustme
 from aiohttp import web
 
-from services.core.model import DeliveryTask, Failed, Succeeded
-from services.core.signing import decode_secret, generate_secret, signature_header
-from services.core.webhooks import Webhook
-from services.sender.http import make_session, post_webhook
+from hookstream.core.model import DeliveryTask, Failed, Succeeded
+from hookstream.core.signing import decode_secret, generate_secret, signature_header
+from hookstream.core.webhooks import Webhook
+from hookstream.sender.http import make_session, post_webhook
 from tests.conftest import free_port, wait_for
 from tests.receiver import Behaviour, Receiver
 

@@ -25,17 +25,17 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.core.db import open_pool
-from services.core.kafka import ensure_topics, internal_topic_configs, open_producer
-from services.core.model import DeliveryTask, Failed, Succeeded
-from services.core.retry import RetryPolicy
-from services.core.signing import decode_secret
-from services.core.validation import EVENT_TYPES, DomainEvent, validate_event
-from services.core.webhooks import Webhook, WebhookDirectory
-from services.router.router import Router, SourceRecord
-from services.sender.http import make_session, post_webhook
-from services.sender.outcomes import OutcomeSink
-from services.sender.sender import decide_outcome
+from hookstream.core.db import open_pool
+from hookstream.core.kafka import ensure_topics, internal_topic_configs, open_producer
+from hookstream.core.model import DeliveryTask, Failed, Succeeded
+from hookstream.core.retry import RetryPolicy
+from hookstream.core.signing import decode_secret
+from hookstream.core.validation import EVENT_TYPES, DomainEvent, validate_event
+from hookstream.core.webhooks import Webhook, WebhookDirectory
+from hookstream.router.router import Router, SourceRecord
+from hookstream.sender.http import make_session, post_webhook
+from hookstream.sender.outcomes import OutcomeSink
+from hookstream.sender.sender import decide_outcome
 from tests.integration.test_hostile_endpoints import RawServer
 from tests.support import make_org, make_webhook, read_topic_to_end
 

@@ -11,9 +11,9 @@ import asyncpg
 import orjson
 import pytest
 
-from services.core.kafka import open_producer
-from services.core.publish import publish_event
-from services.core.signing import generate_secret
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
+from hookstream.core.signing import generate_secret
 from tests import faults
 from tests.conftest import wait_for
 from tests.receiver import Receiver

@@ -8,7 +8,7 @@ import orjson
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from services.core.kafka import open_producer
+from hookstream.core.kafka import open_producer
 from tests.conftest import free_port, wait_for
 from tests.receiver import Behaviour, Receiver
 from tests.support import make_org, make_webhook, sample_event

@@ -8,9 +8,9 @@ import datetime as dt
 import asyncpg
 import pytest
 
-from services.core.db import open_pool
-from services.core.model import AttemptRecord, Deferred, DeliveryTask, Failed, Succeeded
-from services.sender.outcomes import write_outcomes
+from hookstream.core.db import open_pool
+from hookstream.core.model import AttemptRecord, Deferred, DeliveryTask, Failed, Succeeded
+from hookstream.sender.outcomes import write_outcomes
 from tests.support import make_org, make_webhook
 
 pytestmark = pytest.mark.integration

@@ -11,9 +11,9 @@ import aiohttp
 import orjson
 import pytest
 
-from services.core.kafka import open_producer
-from services.core.publish import publish_event
-from services.core.validation import EVENT_TYPES
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
+from hookstream.core.validation import EVENT_TYPES
 from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
 from tests.support import (

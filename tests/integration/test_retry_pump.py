@@ -10,8 +10,8 @@ import collections
 import asyncpg
 import pytest
 
-from services.core.kafka import open_producer
-from services.core.publish import publish_event
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
 from tests import faults
 from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver

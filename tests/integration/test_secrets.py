@@ -8,10 +8,10 @@ import base64
 import aiohttp
 import pytest
 
-from services.core.kafka import open_producer
-from services.core.publish import publish_event
-from services.core.secretbox import SecretBox, generate_key
-from services.core.signing import generate_secret
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
+from hookstream.core.secretbox import SecretBox, generate_key
+from hookstream.core.signing import generate_secret
 from tests.conftest import wait_for
 from tests.receiver import Receiver
 from tests.support import make_org, sample_event

@@ -18,10 +18,10 @@ from typing import Any
 import aiohttp
 import pytest
 
-import services.sender.http as sender_http
-from services.core.model import Failed, Succeeded
-from services.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_endpoint
-from services.sender.http import make_session
+import hookstream.sender.http as sender_http
+from hookstream.core.model import Failed, Succeeded
+from hookstream.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_endpoint
+from hookstream.sender.http import make_session
 from tests.conftest import wait_for
 from tests.integration.test_hostile_endpoints import RawServer, answer_ok, attempt
 

@@ -6,7 +6,7 @@ import time
 
 import pytest
 
-from services.core.webhooks import WebhookDirectory
+from hookstream.core.webhooks import WebhookDirectory
 from tests.conftest import wait_for
 from tests.support import make_org, make_webhook
 

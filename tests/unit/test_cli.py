@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from services.cli import EXIT_USAGE, build_parser, main
+from hookstream.cli import EXIT_USAGE, build_parser, main
 
 HOOKSTREAM_BIN = Path(sys.executable).parent / "hookstream"
 ROOT = Path(__file__).resolve().parents[2]

@@ -1,5 +1,5 @@
 """Offline checks of everything under deploy/ and the Dockerfile: files parse, dashboards and alerts
-only name metrics that services/core/metrics.py registers, containers only get variables that
+only name metrics that hookstream/core/metrics.py registers, containers only get variables that
 Settings.from_env knows (with values it accepts), Kubernetes manifests carry what production needs
 (resources, probes, non-root), and every image is pinned. No Docker engine or cluster needed."""
 
@@ -17,8 +17,8 @@ import yaml
 from packaging.requirements import Requirement
 from prometheus_client import REGISTRY
 
-import services.core.metrics  # noqa: F401  (registers hookstream's collectors in REGISTRY)
-from services.core.settings import Settings
+import hookstream.core.metrics  # noqa: F401  (registers hookstream's collectors in REGISTRY)
+from hookstream.core.settings import Settings
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -69,7 +69,7 @@ def exposed_metric_names() -> set[str]:
 
 def settings_variables() -> set[str]:
     """Variable names Settings.from_env reads: the string literals in settings.py that look like one."""
-    source = (ROOT / "services" / "core" / "settings.py").read_text(encoding="utf-8")
+    source = (ROOT / "hookstream" / "core" / "settings.py").read_text(encoding="utf-8")
     return set(re.findall(r"""["']((?:HOOKSTREAM|KAFKA|DATABASE)_[A-Z0-9_]+)["']""", source))
 
 
@@ -129,7 +129,7 @@ def test_dashboard_and_alerts_name_only_registered_metrics() -> None:
     known = exposed_metric_names()
     used = {name for expr in all_promql_expressions() for name in METRIC_NAME_RE.findall(expr)}
     assert used, "no hookstream_ metric found in the dashboard or the alerts"
-    assert used <= known, f"not registered in services/core/metrics.py: {sorted(used - known)}"
+    assert used <= known, f"not registered in hookstream/core/metrics.py: {sorted(used - known)}"
 
 
 def test_dashboard_covers_every_operational_metric() -> None:
@@ -427,7 +427,7 @@ def test_dockerfile_runs_hookstream_and_exposes_its_ports() -> None:
     assert set(instructions["EXPOSE"].split()) == {"8080", "9101", "9102"}
     assert "HEALTHCHECK" not in instructions, "probes belong to the orchestrator (deploy/k8s)"
     text = DOCKERFILE.read_text(encoding="utf-8")
-    # services/ reads schemas/ (JSON Schemas, SQL migrations) from next to the package.
+    # hookstream/ reads hookstream/schemas/ (JSON Schemas, SQL migrations) from next to the package.
     assert re.search(r"^COPY schemas ", text, re.M)
     assert "--no-cache-dir" in text and "requirements.lock" in text
 
@@ -436,7 +436,7 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     lines = (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
     assert lines and "**" in lines, "deny everything, then allow what the image needs"
     allowed = {line[1:] for line in lines if line.startswith("!")}
-    assert allowed >= {"pyproject.toml", "services/**", "schemas/**", "deploy/requirements.lock"}
+    assert allowed >= {"pyproject.toml", "hookstream/**", "hookstream/schemas/**", "deploy/requirements.lock"}
     assert not any(entry.startswith((".venv", ".local", ".git")) for entry in allowed)
 
 

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 
 import pytest
 
-from services.core.model import AttemptResult, Deferred, Failed, Succeeded
-from services.sender.endpoints import CLOSED, HALF_OPEN, OPEN, SLOW_CALL_S, EndpointGates
+from hookstream.core.model import AttemptResult, Deferred, Failed, Succeeded
+from hookstream.sender.endpoints import CLOSED, HALF_OPEN, OPEN, SLOW_CALL_S, EndpointGates
 
 WH = "wh_1"
 OK = Succeeded(http_status=200, response_excerpt=None)

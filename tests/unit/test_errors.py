@@ -9,8 +9,8 @@ import asyncpg
 import pytest
 from aiokafka import errors as kafka_errors
 
-from services.core import liveness
-from services.core.errors import Stopped, is_transient, isolate_poison, retry_transient
+from hookstream.core import liveness
+from hookstream.core.errors import Stopped, is_transient, isolate_poison, retry_transient
 
 
 def pg(cls: type[asyncpg.PostgresError]) -> asyncpg.PostgresError:
@@ -158,8 +158,8 @@ def test_liveness_reports_stale_loops_only() -> None:
 
 
 async def test_the_sender_rebalance_waits_for_its_whole_drain() -> None:
-    from services.core.settings import Settings
-    from services.sender.sender import make_sender_consumer
+    from hookstream.core.settings import Settings
+    from hookstream.sender.sender import make_sender_consumer
 
     settings = Settings.from_env({"HOOKSTREAM_REQUEST_TIMEOUT": "25s"})
     consumer = make_sender_consumer(settings)

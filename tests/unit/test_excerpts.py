@@ -9,8 +9,8 @@ import zlib
 from hypothesis import given
 from hypothesis import strategies as st
 
-from services.core.text import storable_text
-from services.sender.http import decompress_bounded, storable_error
+from hookstream.core.text import storable_text
+from hookstream.sender.http import decompress_bounded, storable_error
 
 CAP = 4096
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.filters import (
+from hookstream.core.filters import (
     MAX_FILTER_CHARS,
     SAMPLE_PAYLOADS,
     FilterError,
@@ -14,7 +14,7 @@ from services.core.filters import (
     evaluate,
     webhook_payload,
 )
-from services.core.validation import EVENT_TYPES
+from hookstream.core.validation import EVENT_TYPES
 
 ORDER = webhook_payload("evt_1", "order.created", "2026-11-27T10:15:00Z", "org_1", "store_1",
                         {"order": {"id": "ord_1", "total": "142.10", "currency": "EUR",
@@ -113,7 +113,7 @@ def test_undefined_functions_and_variables_are_found_on_the_samples(source: str)
 
 
 def test_a_context_built_once_serves_every_filter_of_an_event() -> None:
-    from services.core.filters import make_context
+    from hookstream.core.filters import make_context
 
     filters = [compile_filter('type == "order.created"'), compile_filter("double(data.order.total) > 100.0")]
     context = make_context(ORDER, set().union(*(f.needs for f in filters)))

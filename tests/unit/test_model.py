@@ -8,7 +8,7 @@ import datetime as dt
 import orjson
 import pytest
 
-from services.core.model import (
+from hookstream.core.model import (
     DELIVERY_TASK_VERSION,
     AttemptRecord,
     BadTaskError,
@@ -18,9 +18,9 @@ from services.core.model import (
     parse_rfc3339,
     parse_validated_rfc3339,
 )
-from services.core.retry import RetryPolicy
-from services.core.validation import validate_status_record
-from services.sender.sender import decide_outcome
+from hookstream.core.retry import RetryPolicy
+from hookstream.core.validation import validate_status_record
+from hookstream.sender.sender import decide_outcome
 
 TASK = DeliveryTask(
     delivery_id=42,
@@ -226,7 +226,7 @@ def test_status_record_for_a_test_send_validates() -> None:
 
 
 def test_status_record_at_is_when_the_attempt_finished() -> None:
-    """schemas/delivery-status.schema.json: `at` is "When the attempt finished."."""
+    """hookstream/schemas/delivery-status.schema.json: `at` is "When the attempt finished."."""
     obj = orjson.loads(record(OK, "succeeded", duration_ms=2500.0).status_record())
     assert parse_rfc3339(obj["at"]) == STARTED + dt.timedelta(milliseconds=2500)
 

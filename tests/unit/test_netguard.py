@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import pytest
 
-from services.core.netguard import (
+from hookstream.core.netguard import (
     MAX_URL_LENGTH,
     UnsafeEndpointError,
     check_connect_host,

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from aiokafka import TopicPartition
 
-from services.sender.offsets import OffsetTracker
+from hookstream.sender.offsets import OffsetTracker
 
 P0 = TopicPartition("hookstream.deliveries", 0)
 P1 = TopicPartition("hookstream.deliveries", 1)

@@ -7,7 +7,7 @@ from email.utils import format_datetime
 
 import pytest
 
-from services.core.retry import RetryPolicy, is_retryable_status, parse_retry_after_s
+from hookstream.core.retry import RetryPolicy, is_retryable_status, parse_retry_after_s
 
 DELAYS = (30.0, 300.0, 1800.0)
 POLICY = RetryPolicy(DELAYS, jitter_ratio=0.2)
@@ -154,7 +154,7 @@ def test_parse_retry_after_hostile_values_are_ignored_never_raise(value: str) ->
 
 
 def test_parse_retry_after_is_always_finite_and_capped() -> None:
-    from services.core.retry import MAX_RETRY_AFTER_S
+    from hookstream.core.retry import MAX_RETRY_AFTER_S
 
     assert parse_retry_after_s("9" * 64) == MAX_RETRY_AFTER_S
     assert parse_retry_after_s("Fri, 31 Dec 9999 23:59:59 GMT") == MAX_RETRY_AFTER_S

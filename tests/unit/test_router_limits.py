@@ -6,9 +6,9 @@ from __future__ import annotations
 
 import orjson
 
-from services.core.settings import Settings
-from services.router import router as router_module
-from services.router.router import Router, SourceRecord
+from hookstream.core.settings import Settings
+from hookstream.router import router as router_module
+from hookstream.router.router import Router, SourceRecord
 
 
 def record(value: bytes, offset: int = 0) -> SourceRecord:
@@ -35,8 +35,8 @@ def test_an_event_whose_task_would_outgrow_the_delivery_topic_is_dead_lettered(m
 
 
 def test_the_settings_cap_keeps_every_accepted_event_within_the_delivery_topic() -> None:
-    from services.core.kafka import DELIVERY_MAX_MESSAGE_BYTES
-    from services.core.settings import MAX_EVENT_BYTES_LIMIT
+    from hookstream.core.kafka import DELIVERY_MAX_MESSAGE_BYTES
+    from hookstream.core.settings import MAX_EVENT_BYTES_LIMIT
 
     # the worst growth we know of: 5 bytes ("1e15,") become 19 ("1000000000000000.0,")
     assert MAX_EVENT_BYTES_LIMIT * 19 / 5 + router_module.TASK_ENVELOPE_MAX_BYTES <= router_module.MAX_TASK_BYTES
@@ -52,8 +52,8 @@ class FakeDirectory:
 
 
 def webhook(webhook_id: str, filter_source: str | None):
-    from services.core.filters import compile_filter
-    from services.core.webhooks import Webhook
+    from hookstream.core.filters import compile_filter
+    from hookstream.core.webhooks import Webhook
 
     return Webhook(webhook_id, "org_1", "https://example.com", frozenset({"product.created"}), frozenset({"s1"}),
                    True, b"k", None, None, filter=compile_filter(filter_source) if filter_source else None)

@@ -1,5 +1,5 @@
-"""Every schema under schemas/ is a valid JSON Schema 2020-12, and every example under
-schemas/examples/<schema>/{valid,invalid}/ is judged the same way by the reference implementation
+"""Every schema under hookstream/schemas/ is a valid JSON Schema 2020-12, and every example under
+hookstream/schemas/examples/<schema>/{valid,invalid}/ is judged the same way by the reference implementation
 (the `jsonschema` library) and by the compiled validators the services use.
 
 Examples of the event envelope and of full events are also fed, as raw bytes, to
@@ -16,8 +16,8 @@ from typing import Any
 import fastjsonschema
 import pytest
 
-from services.core import validation
-from services.core.validation import (
+from hookstream.core import validation
+from hookstream.core.validation import (
     EVENT_TYPES,
     REJECTION_REASONS,
     SCHEMAS_DIR,

@@ -6,8 +6,8 @@ import base64
 
 import pytest
 
-from services.core.secretbox import PREFIX, SecretBox, SecretBoxError, generate_key
-from services.core.signing import generate_secret
+from hookstream.core.secretbox import PREFIX, SecretBox, SecretBoxError, generate_key
+from hookstream.core.signing import generate_secret
 
 KEY = base64.b64decode(generate_key())
 

@@ -8,7 +8,7 @@ import re
 
 import pytest
 
-from services.core.settings import Settings, SettingsError, parse_duration_s
+from hookstream.core.settings import Settings, SettingsError, parse_duration_s
 
 
 def test_defaults_match_the_contract() -> None:

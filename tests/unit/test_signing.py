@@ -7,7 +7,7 @@ import re
 
 import pytest
 
-from services.core.signing import (
+from hookstream.core.signing import (
     SECRET_PREFIX,
     decode_secret,
     generate_secret,
@@ -154,9 +154,9 @@ def test_the_previous_secret_stops_signing_when_its_grace_period_ends() -> None:
 
     import orjson
 
-    from services.core.model import DeliveryTask
-    from services.core.webhooks import Webhook
-    from services.sender.http import build_headers
+    from hookstream.core.model import DeliveryTask
+    from hookstream.core.webhooks import Webhook
+    from hookstream.sender.http import build_headers
 
     old, new = generate_secret(), generate_secret()
     expires = dt.datetime(2026, 12, 2, 12, 0, tzinfo=dt.UTC)

@@ -12,7 +12,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from services.core.validation import (
+from hookstream.core.validation import (
     DEFAULT_MAX_EVENT_BYTES,
     EVENT_TYPES,
     MAX_JSON_DEPTH,

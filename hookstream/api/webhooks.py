@@ -1,0 +1,285 @@
+"""``/v1/webhooks``: create, list, read, change and remove webhooks; rotate secrets; send test events.
+
+Every query names the caller's organization, so another organization's webhook is simply not
+found (404, never 403). Routers and senders see changes within a second through the
+``webhooks_notify`` trigger; nothing here has to tell them.
+
+The secret is returned once, by POST (and by rotate-secret for the new one); GET never returns it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+from typing import Any
+
+import asyncpg
+import orjson
+from aiohttp import web
+
+from hookstream.api.errors import ApiError, field_error, json_response, not_found
+from hookstream.api.keys import POOL, SECRET_BOX, SETTINGS
+from hookstream.api.middleware import org_of
+from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, read_json_object
+from hookstream.api.validate import parse_webhook_changes
+from hookstream.core.filters import (
+    SAMPLE_PAYLOADS,
+    FilterError,
+    check_against_samples,
+    compile_filter,
+    evaluate,
+)
+from hookstream.core.netguard import UnsafeEndpointError, check_endpoint
+from hookstream.core.orgs import new_id
+from hookstream.core.settings import Settings
+from hookstream.core.signing import generate_secret
+
+CURSOR_KIND = "w"
+URL_CHECK_TIMEOUT_S = 5.0
+ROTATION_GRACE = dt.timedelta(hours=24)
+TEST_EVENT_TYPE = "webhook.test"
+TEST_EVENT_MESSAGE = "hookstream test event"
+
+# failures_24h is served by the deliveries_log_status index (webhook_id, status, created_at DESC, id DESC).
+WEBHOOK_COLUMNS = """
+    w.id, w.url, w.description, w.event_types, w.store_ids, w.enabled, w.created_at, w.updated_at, w.filter,
+    (SELECT count(*) FROM deliveries d
+      WHERE d.webhook_id = w.id AND d.status = 'failed'
+        AND d.created_at > now() - interval '24 hours') AS failures_24h,
+    (SELECT coalesce(sum(f.errors), 0)::bigint FROM filter_errors f
+      WHERE f.webhook_id = w.id AND f.hour >= date_trunc('hour', now() - interval '24 hours')) AS filter_errors_24h,
+    (SELECT jsonb_build_object('error', f.last_error, 'event_id', f.last_event_id, 'at', f.last_at)
+       FROM filter_errors f WHERE f.webhook_id = w.id AND f.hour >= date_trunc('hour', now() - interval '24 hours')
+      ORDER BY f.hour DESC LIMIT 1) AS last_filter_error
+"""
+
+
+def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
+    return {
+        "id": row["id"],
+        "url": row["url"],
+        "description": row["description"],
+        "event_types": list(row["event_types"]),
+        "store_ids": list(row["store_ids"]),
+        "enabled": row["enabled"],
+        "created_at": row["created_at"],
+        "updated_at": row["updated_at"],
+        "failures_24h": row["failures_24h"],
+        "filter": row["filter"],
+        "filter_errors_24h": row["filter_errors_24h"],
+        "last_filter_error": row["last_filter_error"],
+    }
+
+
+async def check_url(settings: Settings, url: str) -> None:
+    """The SSRF guard at creation time: 422 on ``url`` with netguard's reason."""
+    try:
+        async with asyncio.timeout(URL_CHECK_TIMEOUT_S):
+            await check_endpoint(url, allow_http=settings.allow_http,
+                                 allow_private_networks=settings.allow_private_networks)
+    except UnsafeEndpointError as exc:
+        raise field_error("url", str(exc)) from None
+    except TimeoutError:
+        raise field_error("url", "the host could not be resolved in time") from None
+
+
+async def check_stores(conn: asyncpg.Connection, org_id: str, requested: list[str]) -> None:
+    """422 on ``store_ids[i]`` for the first id that is not a store of this organization."""
+    rows = await conn.fetch("SELECT id FROM stores WHERE organization_id = $1 AND id = ANY($2::text[])",
+                            org_id, list(set(requested)))
+    known = {row["id"] for row in rows}
+    for index, store_id in enumerate(requested):
+        if store_id not in known:
+            raise field_error(f"store_ids[{index}]", f"unknown store {store_id!r}; create it with POST /v1/stores")
+
+
+async def validate_changes(request: web.Request, org_id: str, body: dict[str, Any], *,
+                           creating: bool) -> dict[str, Any]:
+    """Shape first (cheap), then stores (one query), then the URL (DNS)."""
+    changes = parse_webhook_changes(body, creating=creating)
+    if changes.get("filter") is not None:
+        event_types = changes.get("event_types")
+        if event_types is None:
+            event_types = list(await request.app[POOL].fetchval(
+                "SELECT event_types FROM webhooks WHERE organization_id = $1 AND id = $2",
+                org_id, request.match_info["webhook_id"]) or [])
+        if (problem := check_against_samples(compile_filter(changes["filter"]), event_types)) is not None:
+            raise field_error("filter", problem)
+    if "store_ids" in changes:
+        async with request.app[POOL].acquire() as conn:
+            await check_stores(conn, org_id, body["store_ids"])
+    if "url" in changes:
+        await check_url(request.app[SETTINGS], changes["url"])
+    return changes
+
+
+async def fetch_webhook(conn: asyncpg.Connection | asyncpg.Pool, org_id: str, webhook_id: str) -> asyncpg.Record:
+    row = await conn.fetchrow(f"SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE w.organization_id = $1 AND w.id = $2",
+                              org_id, webhook_id)
+    if row is None:
+        raise not_found("webhook")
+    return row
+
+
+async def require_webhook(conn: asyncpg.Connection | asyncpg.Pool, org_id: str, webhook_id: str,
+                          *, lock: bool = False) -> asyncpg.Record:
+    """The webhook's id, first store and enabled flag, or 404; ``lock`` holds it until the transaction ends."""
+    row = await conn.fetchrow(
+        "SELECT id, store_ids, enabled FROM webhooks WHERE organization_id = $1 AND id = $2"
+        + (" FOR SHARE" if lock else ""), org_id, webhook_id)
+    if row is None:
+        raise not_found("webhook")
+    return row
+
+
+async def list_webhooks(request: web.Request) -> web.Response:
+    org_id = org_of(request)
+    limit = parse_limit(request.query)
+    conditions, args = ["w.organization_id = $1"], [org_id]
+    if (raw := request.query.get("cursor")) is not None:
+        created_at, last_id = decode_cursor(CURSOR_KIND, raw, (dt.datetime, str))
+        conditions.append("(w.created_at, w.id) < ($2, $3)")
+        args += [created_at, last_id]
+    rows = await request.app[POOL].fetch(
+        f"SELECT {WEBHOOK_COLUMNS} FROM webhooks w WHERE {' AND '.join(conditions)}"
+        f" ORDER BY w.created_at DESC, w.id DESC LIMIT ${len(args) + 1}", *args, limit + 1)
+    items, next_cursor = page(list(rows), limit,
+                              lambda row: encode_cursor(CURSOR_KIND, row["created_at"], row["id"]))
+    return json_response({"data": [webhook_json(r) for r in items], "next_cursor": next_cursor})
+
+
+async def create_webhook(request: web.Request) -> web.Response:
+    org_id = org_of(request)
+    changes = await validate_changes(request, org_id, await read_json_object(request), creating=True)
+    secret, webhook_id = generate_secret(), new_id("wh")
+    row = await request.app[POOL].fetchrow(
+        "INSERT INTO webhooks AS w (id, organization_id, url, description, event_types, store_ids, enabled, secret,"
+        f" filter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}",
+        webhook_id, org_id, changes["url"], changes["description"], changes["event_types"],
+        changes["store_ids"], changes["enabled"], request.app[SECRET_BOX].seal(secret, webhook_id),
+        changes.get("filter"))
+    return json_response({**webhook_json(row), "secret": secret}, status=201)
+
+
+async def get_webhook(request: web.Request) -> web.Response:
+    row = await fetch_webhook(request.app[POOL], org_of(request), request.match_info["webhook_id"])
+    return json_response(webhook_json(row))
+
+
+async def update_webhook(request: web.Request) -> web.Response:
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    body = await read_json_object(request)
+    pool = request.app[POOL]
+    # Validation answers 422 before 404 would be odd: check the webhook exists first.
+    await require_webhook(pool, org_id, webhook_id)
+    changes = await validate_changes(request, org_id, body, creating=False)
+    if not changes:
+        return json_response(webhook_json(await fetch_webhook(pool, org_id, webhook_id)))
+    assignments = [f"{column} = ${index}" for index, column in enumerate(changes, start=3)]
+    row = await pool.fetchrow(
+        f"UPDATE webhooks AS w SET {', '.join(assignments)}, updated_at = now()"
+        f" WHERE w.organization_id = $1 AND w.id = $2 RETURNING {WEBHOOK_COLUMNS}",
+        org_id, webhook_id, *changes.values())
+    if row is None:  # deleted meanwhile
+        raise not_found("webhook")
+    return json_response(webhook_json(row))
+
+
+async def delete_webhook(request: web.Request) -> web.Response:
+    deleted = await request.app[POOL].fetchval(
+        "DELETE FROM webhooks WHERE organization_id = $1 AND id = $2 RETURNING id",
+        org_of(request), request.match_info["webhook_id"])
+    if deleted is None:
+        raise not_found("webhook")
+    return web.Response(status=204)
+
+
+async def rotate_secret(request: web.Request) -> web.Response:
+    """The old secret keeps signing (as a second signature) for 24 h. Rotating again within that time
+    replaces it: only the secret current at the moment of rotation gets the grace period."""
+    secret, webhook_id = generate_secret(), request.match_info["webhook_id"]
+    row = await request.app[POOL].fetchrow(
+        "UPDATE webhooks SET previous_secret = secret, previous_secret_expires_at = now() + $3::interval,"
+        " secret = $4, updated_at = now() WHERE organization_id = $1 AND id = $2"
+        " RETURNING previous_secret_expires_at",
+        org_of(request), webhook_id, ROTATION_GRACE, request.app[SECRET_BOX].seal(secret, webhook_id))
+    if row is None:
+        raise not_found("webhook")
+    return json_response({"secret": secret, "previous_secret_expires_at": row["previous_secret_expires_at"]})
+
+
+def rfc3339_ms(value: dt.datetime) -> str:
+    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def build_test_event_body(event_id: str, created_at: str, organization_id: str, store_id: str) -> str:
+    """The webhook body of a test event: the shape of every webhook (CONTRACT §3), type ``webhook.test``."""
+    return orjson.dumps({
+        "id": event_id,
+        "type": TEST_EVENT_TYPE,
+        "created_at": created_at,
+        "organization_id": organization_id,
+        "store_id": store_id,
+        "data": {"message": TEST_EVENT_MESSAGE},
+    }).decode()
+
+
+async def send_test_event(request: web.Request) -> web.Response:
+    """Record a test event and a delivery due now; the sender's retry pump sends it within ~100 ms,
+    signed like any webhook, and it shows in the delivery log like any other event."""
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        hook = await require_webhook(conn, org_id, webhook_id, lock=True)
+        if not hook["enabled"]:
+            raise ApiError(409, "conflict", "webhook is disabled; enable it to send a test event")
+        store_id = hook["store_ids"][0]
+        now = dt.datetime.now(dt.UTC)
+        # whole milliseconds, so the stored occurred_at equals the body's created_at exactly
+        occurred_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
+        event_id = new_id("evt_test")
+        body = build_test_event_body(event_id, rfc3339_ms(occurred_at), org_id, store_id)
+        seq = await conn.fetchval(
+            "INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,"
+            " source_topic, source_partition, source_offset) VALUES ($1, $2, $3, $4, $5, $6, 'api', -1, -1)"
+            " RETURNING seq", org_id, event_id, TEST_EVENT_TYPE, store_id, occurred_at, body)
+        await conn.execute(
+            "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, manual_due_at)"
+            " VALUES ($1, $2, $3, $4, $5, now())",
+            webhook_id, seq, event_id, TEST_EVENT_TYPE, store_id)
+    return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": "pending"}, status=202)
+
+
+async def test_filter(request: web.Request) -> web.Response:
+    """``POST /v1/filters/test {"filter", "event_type"}``: evaluate a filter on the sample event of that
+    type (the schemas' example, as the endpoint would receive it), or on ``event`` when given."""
+    body = await read_json_object(request)
+    unknown = set(body) - {"filter", "event_type", "event"}
+    if unknown:
+        raise field_error(sorted(unknown)[0], "unknown field; allowed: filter, event_type, event")
+    try:
+        compiled = compile_filter(body.get("filter"))
+    except FilterError as exc:
+        raise field_error("filter", str(exc)) from None
+    event = body.get("event")
+    if event is None:
+        event_type = body.get("event_type")
+        if event_type not in SAMPLE_PAYLOADS:
+            raise field_error("event_type", "must be one of the 12 event types (see GET /v1/event-types)")
+        event = SAMPLE_PAYLOADS[event_type]
+    elif not isinstance(event, dict):
+        raise field_error("event", "must be a webhook payload object")
+    outcome = evaluate(compiled, event)
+    if isinstance(outcome, bool):
+        return json_response({"result": outcome, "error": None, "event": event})
+    return json_response({"result": None, "error": outcome.error, "event": event})
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_post("/v1/filters/test", test_filter)
+    app.router.add_get("/v1/webhooks", list_webhooks)
+    app.router.add_post("/v1/webhooks", create_webhook)
+    app.router.add_get("/v1/webhooks/{webhook_id}", get_webhook)
+    app.router.add_patch("/v1/webhooks/{webhook_id}", update_webhook)
+    app.router.add_delete("/v1/webhooks/{webhook_id}", delete_webhook)
+    app.router.add_post("/v1/webhooks/{webhook_id}/rotate-secret", rotate_secret)
+    app.router.add_post("/v1/webhooks/{webhook_id}/test", send_test_event)

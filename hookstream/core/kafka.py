@@ -1,0 +1,284 @@
+"""Kafka clients with hookstream's defaults: manual commits, acks from all replicas, topics ensured."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import AsyncIterator, Iterable
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.admin import AIOKafkaAdminClient, NewTopic
+from aiokafka.errors import (
+    InvalidProducerEpoch,
+    KafkaError,
+    KafkaTimeoutError,
+    OutOfOrderSequenceNumber,
+    ProducerClosed,
+    ProducerFenced,
+    TopicAlreadyExistsError,
+    UnknownProducerId,
+)
+from aiokafka.partitioner import DefaultPartitioner
+
+from hookstream.core.errors import is_transient
+from hookstream.core.settings import DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+
+log = logging.getLogger(__name__)
+
+# Enough partitions that several sender replicas share the delivery topic.
+INTERNAL_TOPIC_PARTITIONS = 12
+# Room on the dead-letter topic for a copy of a record at the broker's default limit plus headers.
+DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
+# The delivery topic's limit, equal to the sender's max_partition_fetch_bytes so that any task the
+# broker accepts can be fetched. The router refuses (dead-letters as too_large) an event whose
+# delivery task would not fit; HOOKSTREAM_MAX_EVENT_BYTES is capped at a quarter of it, since a
+# task can be up to ~4x its event (numbers re-serialised, e.g. 1e15 -> 1000000000000000.0, then the
+# body escaped into a JSON string).
+DELIVERY_MAX_MESSAGE_BYTES = DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+FETCH_MAX_PARTITION_BYTES = DELIVERY_MAX_MESSAGE_BYTES
+# Record and batch overhead Kafka adds around a value (key, headers, batch header), with room to spare.
+RECORD_OVERHEAD_BYTES = 4 * 1024
+
+
+def internal_topic_configs(dead_letter_topic: str, delivery_topic: str) -> dict[str, dict[str, str]]:
+    return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)},
+            delivery_topic: {"max.message.bytes": str(DELIVERY_MAX_MESSAGE_BYTES)}}
+
+
+# How long a batch of sends may wait for acknowledgements before the producer is presumed stuck.
+ACK_TIMEOUT_S = 30.0
+# After a broker restart an idempotent producer can be left with sequence state the broker no longer
+# accepts; every retry fails the same way until the producer starts over with a new producer id.
+PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidProducerEpoch, ProducerFenced)
+_STOP_STUCK_PRODUCER_S = 5.0
+# The producer's own key partitioner (murmur2, as Java clients), so that send_many and send agree.
+_PARTITIONER = DefaultPartitioner()
+
+
+class RenewableProducer:
+    """An AIOKafkaProducer that can be replaced when it stops making progress.
+
+    After a broker restart an aiokafka producer can keep answering NotLeaderForPartitionError
+    without ever refreshing to the new leader (aio-libs/aiokafka#1018), and its sends then never
+    complete. Callers bound their wait for acknowledgements with :meth:`acked` (``ACK_TIMEOUT_S``);
+    on timeout the producer is replaced and the caller retries its batch: duplicates, never a loss.
+    """
+
+    def __init__(self, bootstrap: str, config: dict) -> None:
+        self._bootstrap = bootstrap
+        self._config = config
+        self._producer: AIOKafkaProducer | None = None
+        self._renewing = asyncio.Lock()
+
+    async def start(self) -> None:
+        self._producer = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        if self._producer is not None:
+            await self._producer.stop()
+
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+        assert self._producer is not None
+        return await self._producer.send(topic, value=value, key=key, headers=headers)
+
+    async def send_many(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
+        """Send ``(key, value)`` records, partitioned by key as :meth:`send` does, as one producer
+        batch per partition (a third of the CPU of a send per record); returns a future per record,
+        which records of one batch share (the broker accepts or refuses a batch whole). A record
+        too large for a batch goes on its own, through :meth:`send` and its size check."""
+        assert self._producer is not None
+        if not records:
+            return []
+        producer = self._producer
+        partitions = sorted(await producer.partitions_for(topic))
+        limit = self._config.get("max_batch_size", 16384) - RECORD_OVERHEAD_BYTES
+        futures: list[asyncio.Future] = []
+        owners: list[int] = []  # per record, the index in ``futures`` of the send that carries it
+        open_batches: dict[int, tuple[Any, list[int]]] = {}  # partition -> (batch, record indexes)
+        partition_of: dict[bytes | None, int] = {}
+
+        async def flush(partition: int) -> None:
+            batch, members = open_batches.pop(partition)
+            futures.append(await producer.send_batch(batch, topic, partition=partition))
+            for i in members:
+                owners[i] = len(futures) - 1
+
+        try:
+            for i, (key, value) in enumerate(records):
+                owners.append(-1)
+                partition = partition_of.get(key)
+                if partition is None:  # murmur2 is pure Python: once per key and call (status records share keys)
+                    partition = partition_of[key] = _PARTITIONER(key, partitions, partitions)
+                if len(value) + len(key or b"") > limit:
+                    if partition in open_batches:  # what came before it on its partition goes first
+                        await flush(partition)
+                    futures.append(await producer.send(topic, value=value, key=key, partition=partition))
+                    owners[i] = len(futures) - 1
+                    continue
+                if partition not in open_batches:
+                    open_batches[partition] = (producer.create_batch(), [])
+                batch, members = open_batches[partition]
+                if batch.append(key=key, value=value, timestamp=None) is None:  # full: send it, start anew
+                    await flush(partition)
+                    batch, members = open_batches[partition] = (producer.create_batch(), [])
+                    batch.append(key=key, value=value, timestamp=None)
+                members.append(i)
+            for partition in list(open_batches):
+                await flush(partition)
+        except ProducerClosed as exc:
+            discard(futures)
+            if self._producer is not producer:  # renewed by another caller while this one was sending
+                raise KafkaTimeoutError("the producer was replaced mid-send; send again") from exc
+            raise
+        except BaseException:
+            discard(futures)
+            raise
+        return [futures[owner] for owner in owners]
+
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+        """Send one record and return its RecordMetadata once acknowledged."""
+        [metadata] = await self.acked([await self.send(topic, value=value, key=key, headers=headers)])
+        return metadata
+
+    async def acked(self, futures: list[asyncio.Future], *, return_exceptions: bool = False) -> list:
+        """Wait for every send's acknowledgement; renews the producer and raises TimeoutError when
+        they do not all arrive within ``ACK_TIMEOUT_S``."""
+        stuck_on = self._producer
+        try:
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                results = await asyncio.gather(*futures, return_exceptions=return_exceptions)
+        except (TimeoutError, *PRODUCER_STATE_ERRORS):
+            await self.renew(stuck_on)
+            raise
+        if any(isinstance(r, PRODUCER_STATE_ERRORS) for r in results):
+            await self.renew(stuck_on)
+        return results
+
+    async def renew(self, stuck: AIOKafkaProducer | None) -> None:
+        """Replace ``stuck`` with a started producer. If the broker cannot be reached yet, the error
+        propagates and the old producer stays in place until the caller's next retry renews it."""
+        async with self._renewing:
+            if self._producer is not stuck:
+                return  # another caller already replaced it
+            log.warning("Kafka producer stuck (no acknowledgement within %.0fs, or its idempotence state was"
+                        " lost); replacing it", ACK_TIMEOUT_S)
+            fresh = AIOKafkaProducer(bootstrap_servers=self._bootstrap, **self._config)
+            try:
+                await fresh.start()
+            except BaseException:
+                with contextlib.suppress(Exception):
+                    await fresh.stop()  # release what a failed start opened
+                raise
+            old, self._producer = self._producer, fresh
+            if old is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(old.stop(), _STOP_STUCK_PRODUCER_S)
+
+
+async def send_isolated(producer: RenewableProducer, topic: str,
+                        records: list[tuple[bytes | None, bytes]]) -> list[Exception | None]:
+    """Send ``(key, value)`` records and wait for every acknowledgement; returns, per record, None or
+    the permanent error Kafka refused it with. A transient failure raises (the caller retries all).
+
+    The broker refuses whole producer batches, so a record refused in a batch is sent once more on
+    its own: only the records that Kafka refuses by themselves are reported, never their neighbours.
+    """
+    def check(result: object) -> Exception | None:
+        if not isinstance(result, BaseException):
+            return None
+        if is_transient(result) or not isinstance(result, Exception):
+            raise result
+        return result
+
+    sends = await producer.send_many(topic, records)
+    outcomes = [check(r) for r in await producer.acked(sends, return_exceptions=True)]
+    for i, outcome in enumerate(outcomes):
+        if outcome is not None:
+            key, value = records[i]
+            [alone] = await producer.acked([await producer.send(topic, value=value, key=key)],
+                                           return_exceptions=True)
+            outcomes[i] = check(alone)
+    return outcomes
+
+
+def discard(futures: list[asyncio.Future]) -> None:
+    """Let go of send futures whose outcome no longer matters, without waiting for them (a stuck
+    producer may never complete them) and without leaving an exception unretrieved."""
+    for future in futures:
+        if future.done():
+            if not future.cancelled():
+                future.exception()
+        else:
+            future.add_done_callback(lambda f: f.cancelled() or f.exception())
+
+
+@contextlib.asynccontextmanager
+async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[RenewableProducer]:
+    """A started producer, stopped (and flushed) on exit. acks=all: a send is durable when acknowledged."""
+    config = {"acks": "all", "linger_ms": 0, "max_batch_size": 256 * 1024, "enable_idempotence": True,
+              "max_request_size": DEAD_LETTER_MAX_MESSAGE_BYTES, "request_timeout_ms": 30_000}
+    config.update(overrides)
+    producer = RenewableProducer(bootstrap, config)
+    await producer.start()
+    try:
+        yield producer
+    finally:
+        await producer.stop()
+
+
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict, *, owner: str, otherwise: str) -> bool:
+    """Commit ``offsets``; True when committed. A failed commit (the partitions moved to another
+    replica, or the broker is away) is logged, ``owner`` and ``otherwise`` saying whose and what
+    follows: whatever stays uncommitted is replayed from the last commit, a duplicate, never a loss."""
+    try:
+        await consumer.commit(offsets)
+    except KafkaError as exc:
+        log.warning("%s offset commit failed (%s); %s", owner, exc, otherwise)
+        return False
+    return True
+
+
+def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsumer:
+    """A consumer with manual commits that starts from the earliest offset for a new group."""
+    config = {
+        "group_id": group_id,
+        "enable_auto_commit": False,
+        "auto_offset_reset": "earliest",
+        # A fetch returns as soon as any record has arrived and otherwise waits on the broker (long poll):
+        # one record at a time when it is quiet (no wait added to a hop), and under load whatever piled
+        # up while the previous batch was being worked on, so batches grow with the rate by themselves.
+        # The earlier 64 KiB / 10 ms made every hop wait 10 ms at low rates and an idle consumer fetch
+        # 100 times a second (BENCHMARKS.md, latency and cost).
+        "fetch_max_wait_ms": 500,
+        "fetch_min_bytes": 1,
+        "max_partition_fetch_bytes": FETCH_MAX_PARTITION_BYTES,
+        "session_timeout_ms": 10_000,
+        "heartbeat_interval_ms": 1_000,
+        "max_poll_interval_ms": 300_000,
+        "isolation_level": "read_committed",
+    }
+    config.update(overrides)
+    return AIOKafkaConsumer(bootstrap_servers=bootstrap, **config)
+
+
+async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = INTERNAL_TOPIC_PARTITIONS,
+                        configs: dict[str, dict[str, str]] | None = None) -> None:
+    """Create the topics hookstream owns if they are missing (existing ones are left as they are);
+    ``configs`` gives per-topic settings for the ones created."""
+    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
+    await admin.start()
+    try:
+        existing = set(await admin.list_topics())
+        missing = [t for t in dict.fromkeys(topics) if t not in existing]
+        if missing:
+            try:
+                await admin.create_topics([NewTopic(t, partitions, 1, topic_configs=(configs or {}).get(t))
+                                           for t in missing])
+            except TopicAlreadyExistsError:
+                pass  # another process won the race
+            log.info("created topics %s", ", ".join(missing))
+    finally:
+        await admin.close()

@@ -1,0 +1,137 @@
+"""Prometheus metrics (CONTRACT §7). Labels stay low-cardinality: per-webhook detail lives in the delivery log."""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
+
+from hookstream.core import liveness
+
+EVENTS_CONSUMED = Counter("hookstream_events_consumed_total", "Domain-event records read by the router", ["topic"])
+EVENTS_REJECTED = Counter(
+    "hookstream_events_rejected_total", "Domain-event records sent to the dead-letter topic", ["reason"]
+)
+EVENTS_DUPLICATE = Counter(
+    "hookstream_events_duplicate_total", "Domain events dropped because their id was already routed"
+)
+DELIVERIES_SCHEDULED = Counter(
+    "hookstream_deliveries_scheduled_total", "Deliveries enqueued by the router (one per matched webhook)",
+    ["event_type"],
+)
+DELIVERY_ATTEMPTS = Counter(
+    "hookstream_delivery_attempts_total", "HTTP delivery attempts by outcome and status class",
+    ["outcome", "status_class"],
+)
+DELIVERIES_FINISHED = Counter(
+    "hookstream_deliveries_finished_total", "Deliveries that reached a final state", ["status"]
+)
+ATTEMPT_DURATION = Histogram(
+    "hookstream_delivery_attempt_duration_seconds", "Duration of one delivery attempt",
+    buckets=(0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30),
+)
+DELIVERY_LATENCY = Histogram(
+    "hookstream_delivery_latency_seconds", "From the event's occurred_at to its successful delivery",
+    buckets=(0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 300, 1800, 7200),
+)
+INFLIGHT = Gauge("hookstream_inflight_deliveries", "Deliveries taken from Kafka and not yet durably finished")
+DELIVERIES_DEFERRED = Counter(
+    "hookstream_deliveries_deferred_total",
+    "Deliveries put back briefly without an attempt because their endpoint is slow or failing and saturated",
+)
+REPLAYS_SKIPPED = Counter(
+    "hookstream_replayed_attempts_skipped_total",
+    "Delivery tasks read again after a crash or rebalance whose attempt was already recorded",
+)
+RETRIES_SCHEDULED = Counter(
+    "hookstream_retries_scheduled_total", "Automatic retries scheduled, by retry tier (1..3)", ["tier"]
+)
+RETRY_BACKLOG = Gauge(
+    "hookstream_retry_backlog", "Deliveries waiting in the durable retry schedule, by retry tier", ["tier"]
+)
+BREAKER_TRANSITIONS = Counter(
+    "hookstream_circuit_breaker_transitions_total", "Endpoint circuit-breaker state changes", ["state"]
+)
+FLUSH_BATCH_SIZE = Histogram(
+    "hookstream_outcome_flush_batch_size", "Attempt outcomes written per flush",
+    buckets=(1, 5, 10, 25, 50, 100, 250, 500, 1000, 2500),
+)
+FLUSH_DURATION = Histogram(
+    "hookstream_outcome_flush_duration_seconds", "Time to make one batch of outcomes durable",
+    buckets=(0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 5),
+)
+EVENTS_UNMATCHED = Counter(
+    "hookstream_events_unmatched_total",
+    "Valid events routed to no webhook (reason: no_webhook | filtered, when every match was filtered out)",
+    ["reason"],
+)
+FILTER_ERRORS = Counter(
+    "hookstream_filter_errors_total",
+    "Filter evaluations that failed (a missing key, a bad conversion, a non-boolean result): nothing routed",
+)
+POISON_RECORDS = Counter(
+    "hookstream_poison_records_total",
+    "Records PostgreSQL or Kafka refused permanently, isolated from their batch and dealt with alone"
+    " (stage: router | outcomes | retry_pump; action: dead_lettered | recorded_reduced | dropped | failed)",
+    ["stage", "action"],
+)
+ATTEMPT_CRASHES = Counter(
+    "hookstream_attempt_crashes_total",
+    "Attempts that raised instead of returning an outcome (recorded as failed, retryable attempts)",
+)
+CONSUMER_LAG = Gauge(
+    "hookstream_consumer_lag", "Records behind the partition's end, per consumer group and partition",
+    ["group", "topic", "partition"],
+)
+
+
+@functools.cache
+def attempts_counter(outcome: str, status_class_: str):
+    """The bound child of DELIVERY_ATTEMPTS (label lookup once per combination, not per attempt)."""
+    return DELIVERY_ATTEMPTS.labels(outcome, status_class_)
+
+
+@functools.cache
+def finished_counter(status: str):
+    return DELIVERIES_FINISHED.labels(status)
+
+
+def forget_lag(group: str, partitions) -> None:
+    """Drop the lag series of partitions this process no longer owns (their new owner reports them)."""
+    for tp in partitions:
+        with contextlib.suppress(KeyError):
+            CONSUMER_LAG.remove(group, tp.topic, str(tp.partition))
+
+
+def status_class(http_status: int | None) -> str:
+    """``2xx``..``5xx``, or ``none`` when no HTTP answer came back (timeout, connection, TLS, breaker)."""
+    return f"{http_status // 100}xx" if http_status else "none"
+
+
+async def handle_metrics(_request: web.Request) -> web.Response:
+    return web.Response(body=generate_latest(), headers={"Content-Type": CONTENT_TYPE_LATEST})
+
+
+async def handle_healthz(_request: web.Request) -> web.Response:
+    """Liveness: 200 while every long-running loop of this process has beaten recently, else 503."""
+    status, body = liveness.health()
+    return web.json_response(body, status=status)
+
+
+@contextlib.asynccontextmanager
+async def serve_metrics(host: str, port: int) -> AsyncIterator[None]:
+    """A tiny HTTP server with /metrics and /healthz, for the router and sender processes."""
+    app = web.Application()
+    app.router.add_get("/metrics", handle_metrics)
+    app.router.add_get("/healthz", handle_healthz)
+    runner = web.AppRunner(app, access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, host, port)
+    await site.start()
+    try:
+        yield
+    finally:
+        await runner.cleanup()

@@ -1,0 +1,335 @@
+"""The sender: deliveries in, HTTP attempts out, outcomes recorded.
+
+Sender._consume (delivery topic) -> _deliver -> attempt -> EndpointGates.call -> post_webhook ->
+decide_outcome -> OutcomeSink.record (PostgreSQL + status topic) -> OffsetTracker.finished -> commit.
+Whatever ``attempt`` raises becomes a failed, retryable attempt: every delivery reaches an outcome.
+
+Offset-commit design: many attempts run at once, within a partition too, so a partition's offsets
+finish out of order. The tracker keeps each partition's in-flight offsets; the committable offset
+is the lowest one still in flight (or one past the last fetched). An offset leaves the in-flight
+set only after its outcome (and, on failure, its retry schedule) is durable in PostgreSQL and on
+the status topic. Commits run every ``COMMIT_INTERVAL_S`` and on partition revocation, after the
+revoked partitions' in-flight attempts finish. A crash replays from the last commit; records that
+predate this replica's assignment of their partition are checked against the attempt counts in
+PostgreSQL (one query per fetch), so attempts already recorded are skipped and only those in
+flight at the crash are made again: duplicates are possible, losses are not. Records written
+after the assignment cannot be replays and skip the check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import datetime as dt
+import logging
+import random
+import time
+
+import aiohttp
+import asyncpg
+from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
+
+from hookstream.core import liveness, metrics
+from hookstream.core.errors import describe, retry_transient
+from hookstream.core.kafka import (
+    commit_offsets,
+    ensure_topics,
+    internal_topic_configs,
+    make_consumer,
+    open_producer,
+)
+from hookstream.core.model import (
+    AttemptRecord,
+    AttemptResult,
+    BadTaskError,
+    Deferred,
+    DeliveryTask,
+    Failed,
+    Succeeded,
+    parse_validated_rfc3339,
+)
+from hookstream.core.retry import RetryPolicy
+from hookstream.core.settings import Settings
+from hookstream.core.tasks import cancel_and_wait
+from hookstream.core.webhooks import Webhook, WebhookDirectory
+from hookstream.sender.endpoints import EndpointGates
+from hookstream.sender.http import make_session, post_webhook, storable_error
+from hookstream.sender.offsets import OffsetTracker
+from hookstream.sender.outcomes import OutcomeSink
+from hookstream.sender.retries import run_retry_pump
+
+log = logging.getLogger(__name__)
+
+COMMIT_INTERVAL_S = 0.2
+HEARTBEAT = "sender"
+# Records stamped up to this long after a partition's assignment are still checked for replays,
+# to allow for clock differences between the producing router and this sender.
+REPLAY_CLOCK_SKEW_MS = 10_000
+FETCH_MAX_RECORDS = 500
+
+
+def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolicy, started_at: dt.datetime,
+                   duration_ms: float) -> AttemptRecord:
+    """Turn an attempt's result into its durable record: succeeded, retrying (with when) or failed."""
+    if isinstance(result, Succeeded):
+        return AttemptRecord(task, started_at, duration_ms, result, "succeeded")
+    if isinstance(result, Deferred):
+        record = AttemptRecord(task, started_at, duration_ms, result, "deferred")
+        jitter = random.uniform(0, result.delay_s / 2)
+        return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(
+            seconds=result.delay_s + jitter))
+    delay_s = None if task.manual else policy.next_delay_s(
+        task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
+    if delay_s is None:
+        return AttemptRecord(task, started_at, duration_ms, result, "failed")
+    # A delivery deferred by an open breaker is retried no earlier than the breaker's probe.
+    delay_s = max(delay_s, result.not_before_s)
+    record = AttemptRecord(task, started_at, duration_ms, result, "retrying")
+    return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
+
+
+def make_sender_consumer(settings: Settings) -> AIOKafkaConsumer:
+    """The delivery-topic consumer. The group waits for this replica's revoke drain (up to
+    ``drain_timeout_s``, plus room for the commit) before it hands the partitions on; with the default
+    rebalance timeout (the 10 s session timeout) a drain of up to 20 s would be cut short."""
+    return make_consumer(settings.kafka_bootstrap_servers, settings.sender_group,
+                         rebalance_timeout_ms=int((settings.drain_timeout_s + 10) * 1000))
+
+
+class Sender:
+    def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
+                 session: aiohttp.ClientSession, sink: OutcomeSink) -> None:
+        self._settings = settings
+        self._pool = pool
+        self._directory = directory
+        self._session = session
+        self._sink = sink
+        self._policy = RetryPolicy(settings.retry_delays_s, settings.retry_jitter_ratio)
+        self._gates = EndpointGates(
+            max_concurrency=settings.endpoint_max_concurrency, max_queued=settings.endpoint_max_queued,
+            failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
+            max_in_flight=settings.sender_max_in_flight)
+        self._tracker = OffsetTracker()
+        self._tasks: dict[asyncio.Task, TopicPartition] = {}
+        self._capacity = asyncio.Event()
+        self._capacity.set()
+        self._assigned_at_ms: dict[TopicPartition, float] = {}
+
+    async def run(self, stop: asyncio.Event) -> None:
+        consumer = make_sender_consumer(self._settings)
+        consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
+        await consumer.start()
+        committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")
+        try:
+            await self._consume(consumer, stop)
+            # Drain: no more fetching; let what is in flight finish and be recorded, then commit.
+            await self._wait_for_tasks(set(self._tasks), self._settings.drain_timeout_s)
+            await self._commit(consumer, None)
+        finally:
+            liveness.forget(HEARTBEAT)
+            liveness.forget("sender-commit")
+            await cancel_and_wait(committer)
+            for task in list(self._tasks):
+                task.cancel()
+            await asyncio.gather(*self._tasks, return_exceptions=True)
+            await consumer.stop()
+
+    async def _consume(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        limit = self._settings.sender_max_in_flight
+        while not stop.is_set():
+            liveness.beat(HEARTBEAT)
+            room = limit - len(self._tasks)
+            if room <= 0:
+                self._capacity.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._capacity.wait(), 0.5)
+                continue
+            batches = await consumer.getmany(timeout_ms=100, max_records=min(room, FETCH_MAX_RECORDS))
+            fetched: list[tuple[TopicPartition, int, DeliveryTask]] = []
+            maybe_replayed: list[DeliveryTask] = []
+            for tp, messages in batches.items():
+                # Only a record written before this replica got the partition can have been worked on
+                # by its previous owner (a replay); newer ones need no database check.
+                replay_horizon_ms = self._assigned_at_ms.get(tp, float("inf")) + REPLAY_CLOCK_SKEW_MS
+                for message in messages:
+                    self._tracker.started(tp, message.offset)
+                    try:
+                        task = DeliveryTask.decode(message.value)
+                        fetched.append((tp, message.offset, task))
+                        if message.timestamp < replay_horizon_ms:
+                            maybe_replayed.append(task)
+                    except BadTaskError as exc:
+                        log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
+                                  tp.topic, tp.partition, message.offset, exc)
+                        self._tracker.finished(tp, message.offset)
+            if not fetched:
+                continue
+            done = await self._already_attempted(maybe_replayed) if maybe_replayed else set()
+            for tp, offset, task in fetched:
+                if (task.delivery_id, task.attempt) in done:
+                    metrics.REPLAYS_SKIPPED.inc()
+                    self._tracker.finished(tp, offset)
+                    continue
+                job = asyncio.create_task(self._deliver(task, tp, offset))
+                self._tasks[job] = tp
+                job.add_done_callback(self._job_done)
+            metrics.INFLIGHT.set(len(self._tasks))
+
+    async def _already_attempted(self, tasks: list[DeliveryTask]) -> set[tuple[int, int]]:
+        """Tasks whose attempt is already durably recorded (a replay after a crash or rebalance).
+
+        Skipping them keeps duplicates to the attempts that were in flight at the crash. If the
+        database cannot answer, nothing is skipped: a duplicate is acceptable, a loss is not.
+        """
+        try:
+            rows = await self._pool.fetch(
+                "SELECT id, attempts FROM deliveries WHERE id = ANY($1::bigint[])",
+                list({t.delivery_id for t in tasks}))
+        except Exception as exc:
+            log.warning("could not check for replayed deliveries (%s); sending them all", describe(exc))
+            return set()
+        attempts = {r["id"]: r["attempts"] for r in rows}
+        return {(t.delivery_id, t.attempt) for t in tasks if attempts.get(t.delivery_id, 0) >= t.attempt}
+
+    def _job_done(self, job: asyncio.Task) -> None:
+        self._tasks.pop(job, None)
+        metrics.INFLIGHT.set(len(self._tasks))
+        if not job.cancelled() and job.exception() is not None:
+            log.error("delivery job crashed; its offset stays uncommitted", exc_info=job.exception())
+        self._capacity.set()
+
+    async def _deliver(self, task: DeliveryTask, tp: TopicPartition, offset: int) -> None:
+        try:
+            record = await self.attempt(task)
+        except Exception as exc:
+            # Whatever went wrong, the delivery still reaches an outcome: a failed, retryable attempt
+            # saying why (a bug must not leave it pending with nothing scheduled, nor pin the offset).
+            metrics.ATTEMPT_CRASHES.inc()
+            log.exception("attempt crashed; recorded as a failed attempt",
+                          extra={"webhook_id": task.webhook_id, "event_id": task.event_id})
+            failed = Failed(retryable=True, error=storable_error(f"internal error: {describe(exc)}"))
+            record = decide_outcome(task, failed, self._policy, dt.datetime.now(dt.UTC), 0.0)
+        if record is not None:
+            await self._sink.record(record)
+            self._observe(record)
+        self._tracker.finished(tp, offset)
+
+    async def attempt(self, task: DeliveryTask) -> AttemptRecord | None:
+        """Make one attempt of ``task``; None when its webhook no longer exists (nothing to record)."""
+        webhook = await self._lookup_webhook(task.webhook_id)
+        if webhook is None:
+            log.info("webhook deleted; dropping its delivery", extra={"webhook_id": task.webhook_id,
+                                                                      "event_id": task.event_id})
+            return None
+        started_at = dt.datetime.now(dt.UTC)
+        clock = time.perf_counter()
+        if not webhook.enabled:
+            result: AttemptResult = Failed(retryable=False, error="webhook is disabled; not sent", sent=False)
+        elif webhook.key_error is not None:
+            result = Failed(retryable=True, error=f"cannot sign: {webhook.key_error}; not sent", sent=False)
+        else:
+            result = await self._gates.call(webhook.id, lambda: post_webhook(
+                self._session, webhook, task, timeout_s=self._settings.request_timeout_s,
+                excerpt_cap_bytes=self._settings.max_response_excerpt_bytes,
+                allow_private_networks=self._settings.allow_private_networks), webhook.organization_id)
+        duration_ms = (time.perf_counter() - clock) * 1000
+        return decide_outcome(task, result, self._policy, started_at, duration_ms)
+
+    async def _lookup_webhook(self, webhook_id: str) -> Webhook | None:
+        """The webhook, from memory or (when just created) PostgreSQL; waits out database outages and
+        raises permanent errors (the caller records them as the attempt's outcome)."""
+        webhook = self._directory.get(webhook_id)
+        if webhook is not None:
+            return webhook
+        return await retry_transient(lambda: self._directory.fetch(self._pool, webhook_id),
+                                     what="looking up a webhook", heartbeat=HEARTBEAT,
+                                     extra={"webhook_id": webhook_id})
+
+    def _observe(self, record: AttemptRecord) -> None:
+        if record.status == "deferred":
+            return
+        outcome = "success" if record.status == "succeeded" else "failure"
+        metrics.attempts_counter(outcome, metrics.status_class(record.http_status)).inc()
+        metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
+        if record.status == "retrying":
+            metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()
+        else:
+            metrics.finished_counter(record.status).inc()
+        # End-to-end latency is the automatic path's: a redelivery of an old event, or a test send,
+        # would report how long ago the event happened, not how fast hookstream delivers.
+        if record.status == "succeeded" and not record.task.manual:
+            with contextlib.suppress(ValueError):
+                occurred = parse_validated_rfc3339(record.task.occurred_at)
+                metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))
+        if log.isEnabledFor(logging.DEBUG):
+            log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
+                                                          "webhook_id": record.task.webhook_id,
+                                                          "attempt": record.task.attempt})
+
+    async def _wait_for_tasks(self, tasks: set[asyncio.Task], timeout_s: float) -> None:
+        if tasks:
+            await asyncio.wait(tasks, timeout=timeout_s)
+
+    async def drain_partitions(self, consumer: AIOKafkaConsumer, revoked: set[TopicPartition]) -> None:
+        """On revocation: finish the revoked partitions' attempts, commit them, forget them."""
+        tasks = {t for t, tp in self._tasks.items() if tp in revoked}
+        await self._wait_for_tasks(tasks, self._settings.drain_timeout_s)
+        await self._commit(consumer, revoked)
+        self._tracker.forget(revoked)
+        metrics.forget_lag(self._settings.sender_group, revoked)
+
+    async def _commit(self, consumer: AIOKafkaConsumer, partitions) -> None:
+        offsets = self._tracker.committable(partitions)
+        if not offsets:
+            return
+        await commit_offsets(consumer, offsets, owner="sender", otherwise="uncommitted deliveries will be replayed")
+
+    async def _commit_periodically(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
+        last: dict[TopicPartition, int] = {}
+        while not stop.is_set():
+            await asyncio.sleep(COMMIT_INTERVAL_S)
+            liveness.beat("sender-commit")
+            offsets = self._tracker.committable(consumer.assignment())
+            if offsets and offsets != last and await commit_offsets(consumer, offsets, owner="sender",
+                                                                   otherwise="will retry"):
+                last = offsets
+            for tp in consumer.assignment():
+                highwater = consumer.highwater(tp)
+                if highwater is not None and tp in offsets:
+                    metrics.CONSUMER_LAG.labels(self._settings.sender_group, tp.topic, tp.partition).set(
+                        max(0, highwater - offsets[tp]))
+
+
+class _DrainOnRevoke(ConsumerRebalanceListener):
+    def __init__(self, sender: Sender, consumer: AIOKafkaConsumer) -> None:
+        self._sender = sender
+        self._consumer = consumer
+
+    async def on_partitions_revoked(self, revoked) -> None:
+        if revoked:
+            await self._sender.drain_partitions(self._consumer, set(revoked))
+
+    async def on_partitions_assigned(self, assigned) -> None:
+        now_ms = time.time() * 1000
+        for tp in assigned:
+            self._sender._assigned_at_ms[tp] = now_ms
+
+
+async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
+                     directory: WebhookDirectory) -> None:
+    """Run one sender replica (attempts, outcome flusher, retry pump) until ``stop`` is set, then drain."""
+    await ensure_topics(settings.kafka_bootstrap_servers,
+                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
+                        configs=internal_topic_configs(settings.dead_letter_topic, settings.delivery_topic))
+    async with open_producer(settings.kafka_bootstrap_servers) as producer, \
+            make_session(allow_private_networks=settings.allow_private_networks) as session:
+        async with OutcomeSink(pool, producer, settings.status_topic,
+                               flush_interval_ms=settings.outcome_flush_interval_ms,
+                               flush_max=settings.outcome_flush_max) as sink:
+            pump = asyncio.create_task(run_retry_pump(pool, producer, settings.delivery_topic, stop),
+                                       name="retry-pump")
+            try:
+                await Sender(settings, pool, directory, session, sink).run(stop)
+            finally:
+                await cancel_and_wait(pump)
