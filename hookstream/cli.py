@@ -19,7 +19,7 @@ from collections.abc import Awaitable, Callable
 
 import orjson
 
-from hookstream.core.settings import Settings, SettingsError
+from hookstream.core.settings import Settings, SettingsError, render_cli_help
 
 log = logging.getLogger("hookstream")
 
@@ -27,15 +27,17 @@ EXIT_USAGE = 2
 EXIT_FAILURE = 1
 GC_THRESHOLD = (20_000, 20, 20)  # generation 0, 1, 2 (see run_services)
 
+# Subcommands point at the top-level help, whose epilog lists every variable (from settings.VARIABLES).
 _CONFIG_HELP = (
-    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, HOOKSTREAM_* "
-    "(see README.md, 'Configuration')."
+    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, HOOKSTREAM_*; "
+    "`hookstream --help` lists every variable with its default."
 )
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookstream", description="Webhook delivery for e-commerce events.",
-                                     epilog=_CONFIG_HELP)
+                                     epilog=render_cli_help(),
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("router", help="consume domain events, match webhooks, enqueue deliveries", epilog=_CONFIG_HELP)
     sub.add_parser("sender", help="deliver webhooks: HTTP attempts, retries, outcomes", epilog=_CONFIG_HELP)
