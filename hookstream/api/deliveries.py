@@ -28,12 +28,13 @@ from aiohttp import web
 from hookstream.api.errors import ApiError, field_error, json_response, not_found
 from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
-from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_rfc3339
+from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_time_query
 from hookstream.api.webhooks import TEST_EVENT_TYPE, require_webhook
+from hookstream.core.states import DeliveryStatus
 from hookstream.core.validation import EVENT_TYPES
 
 CURSOR_KIND = "d"
-STATUSES = ("pending", "succeeded", "failed")
+STATUSES = tuple(DeliveryStatus)
 LOG_EVENT_TYPES = frozenset((*EVENT_TYPES, TEST_EVENT_TYPE))
 MAX_FILTER_CHARS = 256
 
@@ -96,10 +97,10 @@ def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tup
         add("d.store_id = {}", store_id)
     since = until = None
     if (raw := query.get("since")) is not None:
-        since = parse_rfc3339("since", raw)
+        since = parse_time_query("since", raw)
         add("d.created_at >= {}", since)
     if (raw := query.get("until")) is not None:
-        until = parse_rfc3339("until", raw)
+        until = parse_time_query("until", raw)
         add("d.created_at < {}", until)
     if since is not None and until is not None and until <= since:
         raise field_error("until", "must be after since")

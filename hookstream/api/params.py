@@ -11,13 +11,13 @@ from __future__ import annotations
 import base64
 import binascii
 import datetime as dt
-import re
 from typing import Any
 
 import orjson
 from aiohttp import web
 
 from hookstream.api.errors import ApiError, field_error
+from hookstream.core.model import parse_rfc3339
 
 DEFAULT_LIMIT = 50
 MAX_LIMIT = 200
@@ -27,9 +27,6 @@ _EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 # Far deeper than any webhook or store body; checked before anything walks the body recursively.
 MAX_BODY_DEPTH = 32
 _ONE_MICROSECOND = dt.timedelta(microseconds=1)
-_RFC3339_RE = re.compile(
-    r"^(\d{4}-\d{2}-\d{2})[Tt ](\d{2}:\d{2}:\d{2})(?:\.(\d{1,9}))?([Zz]|[+\- ]\d{2}:\d{2})$"
-)
 
 
 async def read_json_object(request: web.Request) -> dict[str, Any]:
@@ -91,18 +88,24 @@ def parse_limit(query: dict[str, str] | Any) -> int:
     return int(raw)
 
 
-def parse_rfc3339(field: str, raw: str) -> dt.datetime:
-    """An RFC 3339 date-time with a zone; a space before the offset is read as '+' (an unencoded '+')."""
-    match = _RFC3339_RE.match(raw)
-    if not match:
-        raise field_error(field, "must be an RFC 3339 date-time with a zone, e.g. 2026-11-27T10:15:00Z")
-    date, time, fraction, zone = match.groups()
-    zone = "+00:00" if zone in ("Z", "z") else ("+" + zone[1:] if zone[0] == " " else zone)
-    fraction = f".{(fraction or '0')[:6]:0<6}"
+def parse_time_query(field: str, raw: str) -> dt.datetime:
+    """A query parameter's time, read by :func:`hookstream.core.model.parse_rfc3339` (so the API
+    accepts the times the rest of hookstream does); a 422 naming ``field`` otherwise.
+
+    What a query string does to a time is undone first: a space before the offset is read as '+'
+    (an unencoded '+' arrives as a space), and a space between date and time as ``T`` (RFC 3339
+    allows either).
+    """
+    text = raw
+    if len(text) > 19:  # at least a date, a time and a zone: "2026-11-27 10:15:00 01:00"
+        if text[10] == " ":
+            text = f"{text[:10]}T{text[11:]}"
+        if text[-6] == " ":
+            text = f"{text[:-6]}+{text[-5:]}"
     try:
-        return dt.datetime.fromisoformat(f"{date}T{time}{fraction}{zone}")
-    except ValueError:
-        raise field_error(field, "is not a real date and time") from None
+        return parse_rfc3339(text)
+    except ValueError as exc:
+        raise field_error(field, f"{exc} (e.g. 2026-11-27T10:15:00Z)") from None
 
 
 def _b64encode(data: bytes) -> str:

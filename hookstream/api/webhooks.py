@@ -29,10 +29,12 @@ from hookstream.core.filters import (
     compile_filter,
     evaluate,
 )
+from hookstream.core.model import format_rfc3339
 from hookstream.core.netguard import UnsafeEndpointError, check_endpoint
 from hookstream.core.orgs import new_id
 from hookstream.core.settings import Settings
 from hookstream.core.signing import generate_secret
+from hookstream.core.states import DeliveryStatus
 
 CURSOR_KIND = "w"
 URL_CHECK_TIMEOUT_S = 5.0
@@ -208,10 +210,6 @@ async def rotate_secret(request: web.Request) -> web.Response:
     return json_response({"secret": secret, "previous_secret_expires_at": row["previous_secret_expires_at"]})
 
 
-def rfc3339_ms(value: dt.datetime) -> str:
-    return value.astimezone(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z")
-
-
 def build_test_event_body(event_id: str, created_at: str, organization_id: str, store_id: str) -> str:
     """The webhook body of a test event: the shape of every webhook (CONTRACT §3), type ``webhook.test``."""
     return orjson.dumps({
@@ -237,7 +235,8 @@ async def send_test_event(request: web.Request) -> web.Response:
         # whole milliseconds, so the stored occurred_at equals the body's created_at exactly
         occurred_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         event_id = new_id("evt_test")
-        body = build_test_event_body(event_id, rfc3339_ms(occurred_at), org_id, store_id)
+        created_at = format_rfc3339(occurred_at, timespec="milliseconds")
+        body = build_test_event_body(event_id, created_at, org_id, store_id)
         seq = await conn.fetchval(
             "INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,"
             " source_topic, source_partition, source_offset) VALUES ($1, $2, $3, $4, $5, $6, 'api', -1, -1)"
@@ -246,7 +245,8 @@ async def send_test_event(request: web.Request) -> web.Response:
             "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, manual_due_at)"
             " VALUES ($1, $2, $3, $4, $5, now())",
             webhook_id, seq, event_id, TEST_EVENT_TYPE, store_id)
-    return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": "pending"}, status=202)
+    return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": DeliveryStatus.PENDING},
+                         status=202)
 
 
 async def test_filter(request: web.Request) -> web.Response:

@@ -12,13 +12,16 @@ import sys
 
 import orjson
 
+from hookstream.core.model import format_rfc3339
+
 _STANDARD_ATTRS = set(vars(logging.LogRecord("", 0, "", 0, "", None, None))) | {"message", "asctime", "taskName"}
 
 
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         entry = {
-            "ts": dt.datetime.fromtimestamp(record.created, dt.UTC).isoformat(timespec="milliseconds"),
+            "ts": format_rfc3339(dt.datetime.fromtimestamp(record.created, dt.UTC), timespec="milliseconds",
+                                 zone="+00:00"),
             "level": record.levelname.lower(),
             "logger": record.name,
             "msg": record.getMessage(),

@@ -8,8 +8,11 @@ from __future__ import annotations
 import datetime as dt
 import re
 from dataclasses import dataclass
+from typing import Literal
 
 import orjson
+
+from hookstream.core.states import AttemptStatus
 
 DELIVERY_TASK_VERSION = 1
 # Bytes of an encoded task besides its body: ids of at most 128 characters (up to 4 UTF-8 bytes
@@ -69,9 +72,12 @@ def parse_rfc3339(value: str) -> dt.datetime:
 
 
 def parse_validated_rfc3339(value: str) -> dt.datetime:
-    """:func:`parse_rfc3339` for a text that already passed it (a routed event's occurred_at): the C
-    parser first, an eighth of the cost on a hot path; the full parser for what that refuses (a leap
-    second) or leaves without a zone."""
+    """The fast path of :func:`parse_rfc3339`, for a text that already passed it (a routed event's
+    occurred_at): the C parser first, an eighth of the cost on a hot path; :func:`parse_rfc3339`
+    itself for what that refuses (a leap second) or leaves without a zone. The instant equals
+    :func:`parse_rfc3339`'s, but may keep the text's own offset. Not a validator: the C parser also
+    takes forms RFC 3339 does not (``20261127T101500Z``), so unchecked input goes to
+    :func:`parse_rfc3339`."""
     try:
         parsed = dt.datetime.fromisoformat(value)
     except ValueError:
@@ -79,9 +85,17 @@ def parse_validated_rfc3339(value: str) -> dt.datetime:
     return parsed if parsed.tzinfo is not None else parse_rfc3339(value)
 
 
-def format_rfc3339(value: dt.datetime) -> str:
-    """The one formatter: UTC, ``Z``, microseconds only when there are any."""
-    return value.astimezone(dt.UTC).isoformat().replace("+00:00", "Z")
+def format_rfc3339(value: dt.datetime, *, timespec: Literal["auto", "milliseconds"] = "auto",
+                   zone: Literal["Z", "+00:00"] = "Z") -> str:
+    """The one formatter of the times hookstream writes: ``value`` in UTC, as RFC 3339.
+
+    ``timespec="auto"`` writes microseconds only when there are any (status records, delivery
+    tasks); ``"milliseconds"`` always writes three digits, truncated, not rounded (event and
+    test-event times, log lines). ``zone`` is ``Z``, or ``+00:00`` for the JSON log lines' ``ts``
+    (which have always been written that way).
+    """
+    text = value.astimezone(dt.UTC).isoformat(timespec=timespec)
+    return text if zone == "+00:00" else text[:-6] + "Z"  # isoformat of a UTC time ends in +00:00
 
 
 class BadTaskError(ValueError):
@@ -191,7 +205,7 @@ class AttemptRecord:
     started_at: dt.datetime
     duration_ms: float
     result: AttemptResult
-    status: str
+    status: AttemptStatus
     next_attempt_at: dt.datetime | None = None
 
     @property

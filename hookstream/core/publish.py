@@ -13,6 +13,7 @@ from dataclasses import dataclass
 import orjson
 
 from hookstream.core.kafka import RenewableProducer
+from hookstream.core.model import format_rfc3339
 from hookstream.core.validation import Rejection, validate_event
 
 
@@ -40,7 +41,7 @@ def make_event(event_type: str, *, organization_id: str, store_id: str, data: di
     return {
         "id": event_id or f"evt_{secrets.token_hex(10)}",
         "type": event_type,
-        "occurred_at": occurred_at or dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
+        "occurred_at": occurred_at or format_rfc3339(dt.datetime.now(dt.UTC), timespec="milliseconds"),
         "organization_id": organization_id,
         "store_id": store_id,
         "data": data,

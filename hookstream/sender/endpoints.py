@@ -27,8 +27,8 @@ from dataclasses import dataclass, field
 
 from hookstream.core import metrics
 from hookstream.core.model import AttemptResult, Deferred, Failed, Succeeded
+from hookstream.core.states import BreakerState
 
-CLOSED, OPEN, HALF_OPEN = "closed", "open", "half_open"
 # A call running longer than this marks its endpoint as slow (only overflow is deferred then).
 SLOW_CALL_S = 1.0
 DEFER_S = 1.0
@@ -46,7 +46,7 @@ class EndpointGate:
     semaphore: asyncio.Semaphore = field(init=False)
     waiting: int = 0
     consecutive_failures: int = 0
-    state: str = CLOSED
+    state: BreakerState = BreakerState.CLOSED
     open_until: float = 0.0
     probe_in_flight: bool = False
     call_started: dict[int, float] = field(default_factory=dict)
@@ -61,7 +61,7 @@ class EndpointGate:
         return bool(self.call_started) and now - min(self.call_started.values()) > SLOW_CALL_S
 
     def is_unhealthy(self, now: float) -> bool:
-        return bool(self.consecutive_failures) or self.state != CLOSED or self.is_slow(now)
+        return bool(self.consecutive_failures) or self.state != BreakerState.CLOSED or self.is_slow(now)
 
 
 class EndpointGates:
@@ -80,11 +80,11 @@ class EndpointGates:
         self._open_s = open_s
         self._clock = clock
 
-    def state_of(self, webhook_id: str) -> str:
+    def state_of(self, webhook_id: str) -> BreakerState:
         gate = self._gates.get(webhook_id)
-        return gate.state if gate else CLOSED
+        return gate.state if gate else BreakerState.CLOSED
 
-    def _set_state(self, gate: EndpointGate, state: str) -> None:
+    def _set_state(self, gate: EndpointGate, state: BreakerState) -> None:
         if gate.state != state:
             gate.state = state
             metrics.BREAKER_TRANSITIONS.labels(state).inc()
@@ -92,10 +92,10 @@ class EndpointGates:
     def _refusal(self, gate: EndpointGate) -> Failed | None:
         """The immediate failure when the breaker says no, else None (no state change)."""
         now = self._clock()
-        if gate.state == OPEN and now < gate.open_until:
+        if gate.state == BreakerState.OPEN and now < gate.open_until:
             return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False,
                           not_before_s=gate.open_until - now)
-        if gate.state == HALF_OPEN and gate.probe_in_flight:
+        if gate.state == BreakerState.HALF_OPEN and gate.probe_in_flight:
             return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False,
                           not_before_s=self._open_s)
         return None
@@ -105,9 +105,9 @@ class EndpointGates:
         refused = self._refusal(gate)
         if refused is not None:
             return refused
-        if gate.state == OPEN:
-            self._set_state(gate, HALF_OPEN)
-        if gate.state == HALF_OPEN:
+        if gate.state == BreakerState.OPEN:
+            self._set_state(gate, BreakerState.HALF_OPEN)
+        if gate.state == BreakerState.HALF_OPEN:
             gate.probe_in_flight = True
         return None
 
@@ -139,7 +139,7 @@ class EndpointGates:
                 refused = self._admit(gate)
                 if refused is not None:
                     return refused
-                probing = gate.state == HALF_OPEN
+                probing = gate.state == BreakerState.HALF_OPEN
                 call_id = gate.next_call = gate.next_call + 1
                 gate.call_started[call_id] = self._clock()
                 try:
@@ -200,16 +200,16 @@ class EndpointGates:
             if isinstance(result, Succeeded):
                 gate.consecutive_failures = 0
                 gate.defer_level, gate.defer_raised_at = 0, float("-inf")
-                self._set_state(gate, CLOSED)
+                self._set_state(gate, BreakerState.CLOSED)
             return
         # A 4xx other than 408/429 says the endpoint is up and answering: it does not trip the breaker.
         status = result.http_status
         if status is not None and 400 <= status < 500 and status not in (408, 429):
             gate.consecutive_failures = 0
-            if gate.state == HALF_OPEN:
-                self._set_state(gate, CLOSED)
+            if gate.state == BreakerState.HALF_OPEN:
+                self._set_state(gate, BreakerState.CLOSED)
             return
         gate.consecutive_failures += 1
-        if gate.state == HALF_OPEN or gate.consecutive_failures >= self._failure_threshold:
+        if gate.state == BreakerState.HALF_OPEN or gate.consecutive_failures >= self._failure_threshold:
             gate.open_until = self._clock() + self._open_s
-            self._set_state(gate, OPEN)
+            self._set_state(gate, BreakerState.OPEN)

@@ -21,6 +21,7 @@ from hookstream.core import liveness, metrics
 from hookstream.core.errors import describe, is_transient, isolate_poison, retry_transient
 from hookstream.core.kafka import RenewableProducer, discard
 from hookstream.core.model import AttemptRecord, Failed, Succeeded
+from hookstream.core.states import AttemptStatus
 from hookstream.core.tasks import cancel_and_wait
 
 log = logging.getLogger(__name__)
@@ -104,8 +105,8 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
     Deferred deliveries get only their new schedule: no attempt row, and their attempt count,
     status and last outcome stay as they were.
     """
-    deferred = [r for r in records if r.status == "deferred"]
-    records = [r for r in records if r.status != "deferred"]
+    deferred = [r for r in records if r.status == AttemptStatus.DEFERRED]
+    records = [r for r in records if r.status != AttemptStatus.DEFERRED]
     if deferred and records and isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as one, one.transaction():
             await write_outcomes(one, deferred)
@@ -213,7 +214,8 @@ class OutcomeSink:
         isolated (:func:`isolate_poison`) and recorded without its details, or dropped when its
         delivery no longer exists: one tenant's attempt never holds up the others' outcomes.
         """
-        attempted = [r for r in records if r.status != "deferred"]  # deferrals are not attempts: no status record
+        # deferrals are not attempts: no status record
+        attempted = [r for r in records if r.status != AttemptStatus.DEFERRED]
 
         async def once() -> None:
             sends: list[asyncio.Future] = []

@@ -51,6 +51,7 @@ from hookstream.core.model import (
 )
 from hookstream.core.retry import RetryPolicy
 from hookstream.core.settings import Settings
+from hookstream.core.states import AttemptStatus
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.webhooks import Webhook, WebhookDirectory
 from hookstream.sender.endpoints import EndpointGates
@@ -73,19 +74,19 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
                    duration_ms: float) -> AttemptRecord:
     """Turn an attempt's result into its durable record: succeeded, retrying (with when) or failed."""
     if isinstance(result, Succeeded):
-        return AttemptRecord(task, started_at, duration_ms, result, "succeeded")
+        return AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.SUCCEEDED)
     if isinstance(result, Deferred):
-        record = AttemptRecord(task, started_at, duration_ms, result, "deferred")
+        record = AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.DEFERRED)
         jitter = random.uniform(0, result.delay_s / 2)
         return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(
             seconds=result.delay_s + jitter))
     delay_s = None if task.manual else policy.next_delay_s(
         task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
     if delay_s is None:
-        return AttemptRecord(task, started_at, duration_ms, result, "failed")
+        return AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.FAILED)
     # A delivery deferred by an open breaker is retried no earlier than the breaker's probe.
     delay_s = max(delay_s, result.not_before_s)
-    record = AttemptRecord(task, started_at, duration_ms, result, "retrying")
+    record = AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.RETRYING)
     return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
 
 
@@ -247,18 +248,18 @@ class Sender:
                                      extra={"webhook_id": webhook_id})
 
     def _observe(self, record: AttemptRecord) -> None:
-        if record.status == "deferred":
+        if record.status == AttemptStatus.DEFERRED:
             return
-        outcome = "success" if record.status == "succeeded" else "failure"
+        outcome = "success" if record.status == AttemptStatus.SUCCEEDED else "failure"
         metrics.attempts_counter(outcome, metrics.status_class(record.http_status)).inc()
         metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
-        if record.status == "retrying":
+        if record.status == AttemptStatus.RETRYING:
             metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()
         else:
             metrics.finished_counter(record.status).inc()
         # End-to-end latency is the automatic path's: a redelivery of an old event, or a test send,
         # would report how long ago the event happened, not how fast hookstream delivers.
-        if record.status == "succeeded" and not record.task.manual:
+        if record.status == AttemptStatus.SUCCEEDED and not record.task.manual:
             with contextlib.suppress(ValueError):
                 occurred = parse_validated_rfc3339(record.task.occurred_at)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))

@@ -9,7 +9,8 @@ from collections.abc import Awaitable, Callable
 import pytest
 
 from hookstream.core.model import AttemptResult, Deferred, Failed, Succeeded
-from hookstream.sender.endpoints import CLOSED, HALF_OPEN, OPEN, SLOW_CALL_S, EndpointGates
+from hookstream.core.states import BreakerState
+from hookstream.sender.endpoints import SLOW_CALL_S, EndpointGates
 
 WH = "wh_1"
 OK = Succeeded(http_status=200, response_excerpt=None)
@@ -103,14 +104,14 @@ def assert_refused(result: AttemptResult, text: str) -> None:
 
 
 async def test_unknown_webhook_is_closed() -> None:
-    assert make_gates(FakeClock()).state_of("nope") == CLOSED
+    assert make_gates(FakeClock()).state_of("nope") == BreakerState.CLOSED
 
 
 async def test_success_passes_through() -> None:
     gates, endpoint = make_gates(FakeClock()), Endpoint(OK)
     assert await gates.call(WH, endpoint) is OK
     assert endpoint.calls == 1
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 @pytest.mark.parametrize(
@@ -127,9 +128,9 @@ async def test_threshold_consecutive_failures_open_the_breaker(failure: Failed) 
     gates, endpoint = make_gates(FakeClock(), threshold=3), Endpoint(failure)
     results = await call_n(gates, endpoint, 2)
     assert results == [failure, failure]
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     assert await gates.call(WH, endpoint) == failure
-    assert gates.state_of(WH) == OPEN
+    assert gates.state_of(WH) == BreakerState.OPEN
     assert endpoint.calls == 3
 
 
@@ -141,7 +142,7 @@ async def test_open_breaker_answers_without_calling_the_endpoint() -> None:
         clock.advance(5)
         assert_refused(await gates.call(WH, endpoint), "circuit breaker open")
     assert endpoint.calls == 2
-    assert gates.state_of(WH) == OPEN
+    assert gates.state_of(WH) == BreakerState.OPEN
 
 
 async def test_success_resets_the_consecutive_failure_count() -> None:
@@ -149,22 +150,22 @@ async def test_success_resets_the_consecutive_failure_count() -> None:
     await call_n(gates, Endpoint(HTTP_500), 2)
     await gates.call(WH, Endpoint(OK))
     await call_n(gates, Endpoint(HTTP_500), 2)
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     await gates.call(WH, Endpoint(HTTP_500))
-    assert gates.state_of(WH) == OPEN
+    assert gates.state_of(WH) == BreakerState.OPEN
 
 
 async def test_threshold_of_one_opens_on_first_failure() -> None:
     gates = make_gates(FakeClock(), threshold=1)
     await gates.call(WH, Endpoint(TIMEOUT))
-    assert gates.state_of(WH) == OPEN
+    assert gates.state_of(WH) == BreakerState.OPEN
 
 
 @pytest.mark.parametrize("status", [400, 401, 403, 404, 405, 409, 413, 422, 499])
 async def test_client_errors_do_not_trip_the_breaker(status: int) -> None:
     gates, endpoint = make_gates(FakeClock(), threshold=2), Endpoint(Failed(True, f"HTTP {status}", status))
     await call_n(gates, endpoint, 10)
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     assert endpoint.calls == 10
 
 
@@ -173,14 +174,14 @@ async def test_client_error_resets_the_failure_count() -> None:
     await gates.call(WH, Endpoint(HTTP_500))
     await gates.call(WH, Endpoint(Failed(True, "HTTP 404", 404)))
     await gates.call(WH, Endpoint(HTTP_500))
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 async def test_unsent_failures_do_not_count() -> None:
     gates = make_gates(FakeClock(), threshold=2)
     unsent = Failed(retryable=False, error="unsafe endpoint: private", sent=False)
     await call_n(gates, Endpoint(unsent), 5)
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 async def test_breakers_are_per_webhook() -> None:
@@ -189,8 +190,8 @@ async def test_breakers_are_per_webhook() -> None:
     healthy = Endpoint(OK)
     assert await gates.call("wh_good", healthy) is OK
     assert healthy.calls == 1
-    assert gates.state_of("wh_bad") == OPEN
-    assert gates.state_of("wh_good") == CLOSED
+    assert gates.state_of("wh_bad") == BreakerState.OPEN
+    assert gates.state_of("wh_good") == BreakerState.CLOSED
 
 
 async def test_still_open_just_before_open_period_ends() -> None:
@@ -210,11 +211,11 @@ async def test_probe_success_closes_the_breaker() -> None:
     probe = Endpoint(OK)
     assert await gates.call(WH, probe) is OK
     assert probe.calls == 1
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     # Closed again: normal traffic flows, and it takes a full threshold of failures to re-open.
     after = Endpoint(HTTP_500)
     await gates.call(WH, after)
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     assert after.calls == 1
 
 
@@ -226,14 +227,14 @@ async def test_probe_failure_reopens_for_a_new_open_period() -> None:
     probe = Endpoint(TIMEOUT)
     assert await gates.call(WH, probe) == TIMEOUT  # one failure is enough in half-open
     assert probe.calls == 1
-    assert gates.state_of(WH) == OPEN
+    assert gates.state_of(WH) == BreakerState.OPEN
     clock.advance(29)
     later = Endpoint(OK)
     assert_refused(await gates.call(WH, later), "open")
     assert later.calls == 0
     clock.advance(1)
     assert await gates.call(WH, later) is OK
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 async def test_probe_answered_with_client_error_closes_the_breaker() -> None:
@@ -242,7 +243,7 @@ async def test_probe_answered_with_client_error_closes_the_breaker() -> None:
     await gates.call(WH, Endpoint(HTTP_500))
     clock.advance(30)
     await gates.call(WH, Endpoint(Failed(True, "HTTP 404", 404)))
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 async def test_single_probe_in_half_open_concurrent_calls_refused() -> None:
@@ -253,14 +254,14 @@ async def test_single_probe_in_half_open_concurrent_calls_refused() -> None:
     probe = BlockingEndpoint(OK)
     probe_task = asyncio.create_task(gates.call(WH, probe))
     await wait_until(lambda: probe.running == 1)
-    assert gates.state_of(WH) == HALF_OPEN
+    assert gates.state_of(WH) == BreakerState.HALF_OPEN
     others = Endpoint(OK)
     for _ in range(3):
         assert_refused(await gates.call(WH, others), "half-open")
     assert others.calls == 0
     probe.release.set()
     assert await probe_task is OK
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
     assert await gates.call(WH, others) is OK
     assert others.calls == 1
 
@@ -389,7 +390,7 @@ async def test_deferrals_do_not_trip_the_breaker() -> None:
         assert isinstance(await gates.call(WH, Endpoint(OK)), Deferred)
     endpoint.release.set()
     await first
-    assert gates.state_of(WH) == CLOSED
+    assert gates.state_of(WH) == BreakerState.CLOSED
 
 
 async def test_open_breaker_defers_the_retry_until_its_probe() -> None:

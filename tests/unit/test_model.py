@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import dataclasses
 import datetime as dt
+import logging
 
 import orjson
 import pytest
 
+from hookstream.core.logs import JsonFormatter
 from hookstream.core.model import (
     DELIVERY_TASK_VERSION,
     AttemptRecord,
@@ -15,10 +17,13 @@ from hookstream.core.model import (
     DeliveryTask,
     Failed,
     Succeeded,
+    format_rfc3339,
     parse_rfc3339,
     parse_validated_rfc3339,
 )
+from hookstream.core.publish import make_event
 from hookstream.core.retry import RetryPolicy
+from hookstream.core.states import AttemptStatus
 from hookstream.core.validation import validate_status_record
 from hookstream.sender.sender import decide_outcome
 
@@ -340,3 +345,56 @@ def test_breaker_deferral_schedules_the_retry_no_earlier_than_the_probe() -> Non
                                   "2026-12-31T23:59:60Z", "2026-03-01T10:00:00.1234567-05:30"])
 def test_the_fast_parser_of_validated_times_agrees_with_the_strict_one(text):
     assert parse_validated_rfc3339(text) == parse_rfc3339(text)
+
+
+# ------------------------------------------------------------------------------- the one formatter
+
+PLUS_TWO = dt.timezone(dt.timedelta(hours=2))
+
+
+@pytest.mark.parametrize(
+    ("value", "options", "text"),
+    [
+        # status records' ``at`` and delivery tasks' ``occurred_at``: microseconds only when there are any
+        (dt.datetime(2026, 11, 27, 10, 15, tzinfo=dt.UTC), {}, "2026-11-27T10:15:00Z"),
+        (dt.datetime(2026, 11, 27, 10, 15, 0, 120000, tzinfo=dt.UTC), {}, "2026-11-27T10:15:00.120000Z"),
+        (dt.datetime(2026, 11, 27, 12, 15, 0, 5, tzinfo=PLUS_TWO), {}, "2026-11-27T10:15:00.000005Z"),
+        # event and test-event times: always milliseconds, truncated
+        (dt.datetime(2026, 11, 27, 10, 15, tzinfo=dt.UTC), {"timespec": "milliseconds"}, "2026-11-27T10:15:00.000Z"),
+        (dt.datetime(2026, 11, 27, 12, 15, 0, 123999, tzinfo=PLUS_TWO), {"timespec": "milliseconds"},
+         "2026-11-27T10:15:00.123Z"),
+        # the JSON log lines' ``ts``
+        (dt.datetime(2026, 11, 27, 10, 15, 0, 123999, tzinfo=dt.UTC), {"timespec": "milliseconds", "zone": "+00:00"},
+         "2026-11-27T10:15:00.123+00:00"),
+        (dt.datetime(1, 1, 1, 0, 0, 1, tzinfo=dt.UTC), {}, "0001-01-01T00:00:01Z"),
+    ],
+)
+def test_format_rfc3339_writes_exactly(value: dt.datetime, options: dict, text: str) -> None:
+    assert format_rfc3339(value, **options) == text
+    kept = value if options.get("timespec") != "milliseconds" else value.replace(
+        microsecond=value.microsecond // 1000 * 1000)
+    assert parse_rfc3339(text) == kept  # what the one parser reads back
+
+
+def test_status_record_at_keeps_its_format() -> None:
+    whole = record(OK, AttemptStatus.SUCCEEDED, duration_ms=750.0)  # finishes at 10:15:02.000000
+    assert orjson.loads(whole.status_record())["at"] == "2026-11-27T10:15:02Z"
+    assert orjson.loads(record(OK, AttemptStatus.SUCCEEDED, duration_ms=1.5).status_record())["at"] == (
+        "2026-11-27T10:15:01.251500Z")
+
+
+def test_status_record_of_an_enum_status_is_byte_identical_to_a_plain_one() -> None:
+    for status in (AttemptStatus.SUCCEEDED, AttemptStatus.RETRYING, AttemptStatus.FAILED):
+        assert record(OK, status).status_record() == record(OK, status.value).status_record()
+
+
+def test_log_lines_keep_their_ts_format() -> None:
+    entry = logging.LogRecord("hookstream.test", logging.INFO, __file__, 1, "hello", None, None)
+    entry.created = dt.datetime(2026, 11, 27, 10, 15, 0, 123999, tzinfo=dt.UTC).timestamp()
+    assert orjson.loads(JsonFormatter().format(entry))["ts"] == "2026-11-27T10:15:00.123+00:00"
+
+
+def test_published_events_keep_their_occurred_at_format() -> None:
+    occurred_at = make_event("order.created", organization_id="o", store_id="s", data={})["occurred_at"]
+    assert len(occurred_at) == len("2026-11-27T10:15:00.123Z") and occurred_at.endswith("Z")
+    assert parse_rfc3339(occurred_at) <= dt.datetime.now(dt.UTC)
