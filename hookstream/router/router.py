@@ -1,8 +1,9 @@
 """The router: domain events in, one delivery per matched webhook out.
 
-Router.run -> route_batch -> validate_batch (hookstream.core.validation) -> _dead_letter | match_batch
-(WebhookDirectory, then each webhook's filter) -> _store (store_batch; a refused event isolated and
-dead-lettered) -> _enqueue (delivery topic) -> commit.
+Router.run -> route_batch -> validate_batch (hookstream.core.validation) -> match_batch
+(WebhookDirectory, then each webhook's filter) -> _deliver_batch: _dead_letter (the rejected records,
+meanwhile) and _store (store_batch; a refused event isolated and dead-lettered) -> _enqueue
+(delivery topic) -> commit.
 
 Offsets: a batch's source offsets are committed (every 200 ms, and on revocation and stop) only
 after its events and deliveries are stored in PostgreSQL and every delivery task and dead-letter
@@ -488,9 +489,9 @@ class Router:
     async def _store(self, good: list[tuple[SourceRecord, DomainEvent, str]],
                      all_matches: list[tuple[str, DomainEvent]]) -> tuple[
             list[DeliveryTask], list[tuple[SourceRecord, Rejection]]]:
-        """Match, store, and return the delivery tasks to enqueue (pending deliveries only), and the
-        events PostgreSQL refused for good, each with the database's reason (isolated by halving
-        the batch until the refused events stand alone; everything else is stored)."""
+        """Store the events and their matches; return the delivery tasks to enqueue (pending
+        deliveries only) and the events PostgreSQL refused for good, each with the database's reason
+        (isolated by halving the batch until the refused events stand alone; everything else is stored)."""
         tasks: list[DeliveryTask] = []
         unstorable: list[tuple[SourceRecord, Rejection]] = []
 
