@@ -1,6 +1,6 @@
 """The ``hookstream`` command: parse arguments, load settings once, run.
 
-Subcommands: router, sender, api, all (the three in one process), migrate, org create NAME,
+Subcommands: router, sender, api, all (the three in one process), migrate, topics, org create NAME,
 publish. Each reads the configuration of CONTRACT §1 from the environment; a bad value stops
 start-up with exit code 2 and a message naming the variable.
 """
@@ -44,6 +44,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("api", help="admin API, web console and /metrics", epilog=_CONFIG_HELP)
     sub.add_parser("all", help="router, sender and api in one process (local use)", epilog=_CONFIG_HELP)
     sub.add_parser("migrate", help="apply database migrations (idempotent)", epilog=_CONFIG_HELP)
+    topics = sub.add_parser("topics", help="create missing Kafka topics from their specs and report drift (idempotent)",
+                            epilog=_CONFIG_HELP)
+    topics.add_argument("--with-source-topics", action="store_true",
+                        help="also create missing source topics (HOOKSTREAM_SOURCE_TOPICS; owned upstream: local use)")
+    topics.add_argument("--strict", action="store_true",
+                        help="exit 1 when an existing topic differs from its spec (default: report and exit 0)")
 
     org = sub.add_parser("org", help="manage organizations", epilog=_CONFIG_HELP)
     org_sub = org.add_subparsers(dest="org_command", required=True, metavar="ACTION")
@@ -133,6 +139,20 @@ async def cmd_migrate(settings: Settings) -> int:
     return 0
 
 
+async def cmd_topics(settings: Settings, *, with_source_topics: bool, strict: bool) -> int:
+    """Create the missing topics of hookstream.core.topics.topic_specs and print a line per topic.
+    Existing topics are left as they are: a difference from the spec is printed and logged, and is
+    an error only with ``strict`` (an init step must not block start-up on an operator's choice)."""
+    from hookstream.core.topics import TopicState, apply_topic_specs, topic_specs
+
+    specs = [s for s in topic_specs(settings) if s.owned or with_source_topics]
+    reports = await apply_topic_specs(settings.kafka_bootstrap_servers, specs)
+    for report in reports:
+        print(report.describe())
+    differ = any(r.state is TopicState.DIFFERS for r in reports)
+    return EXIT_FAILURE if strict and differ else 0
+
+
 async def cmd_org_create(settings: Settings, name: str, as_json: bool) -> int:
     import asyncpg
 
@@ -218,6 +238,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         "api": lambda: run_services(settings, ("api",)),
         "all": lambda: run_services(settings, ("router", "sender", "api")),
         "migrate": lambda: cmd_migrate(settings),
+        "topics": lambda: cmd_topics(settings, with_source_topics=args.with_source_topics, strict=args.strict),
         "publish": lambda: cmd_publish(settings, args),
     }
     if args.command == "org":

@@ -1,4 +1,5 @@
-"""Kafka clients with hookstream's defaults: manual commits, acks from all replicas, topics ensured."""
+"""Kafka clients with hookstream's defaults: manual commits, acks from all replicas. The topics
+themselves (names, partitions, configs) are specified in hookstream/core/topics.py."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -17,34 +17,25 @@ from aiokafka.errors import (
     OutOfOrderSequenceNumber,
     ProducerClosed,
     ProducerFenced,
-    TopicAlreadyExistsError,
     UnknownProducerId,
 )
 from aiokafka.partitioner import DefaultPartitioner
 
 from hookstream.core.errors import is_transient
-from hookstream.core.settings import DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+from hookstream.core.topics import (
+    DEAD_LETTER_MAX_MESSAGE_BYTES,
+    DELIVERY_MAX_MESSAGE_BYTES,
+    INTERNAL_TOPIC_PARTITIONS,
+    TopicSpec,
+    apply_topic_specs,
+)
 
 log = logging.getLogger(__name__)
 
-# Enough partitions that several sender replicas share the delivery topic.
-INTERNAL_TOPIC_PARTITIONS = 12
-# Room on the dead-letter topic for a copy of a record at the broker's default limit plus headers.
-DEAD_LETTER_MAX_MESSAGE_BYTES = 8 * 1024 * 1024
-# The delivery topic's limit, equal to the sender's max_partition_fetch_bytes so that any task the
-# broker accepts can be fetched. The router refuses (dead-letters as too_large) an event whose
-# delivery task would not fit; HOOKSTREAM_MAX_EVENT_BYTES is capped at a quarter of it, since a
-# task can be up to ~4x its event (numbers re-serialised, e.g. 1e15 -> 1000000000000000.0, then the
-# body escaped into a JSON string).
-DELIVERY_MAX_MESSAGE_BYTES = DELIVERY_TOPIC_MAX_MESSAGE_BYTES
+# Any task the delivery topic accepts (hookstream.core.topics.DELIVERY_MAX_MESSAGE_BYTES) can be fetched.
 FETCH_MAX_PARTITION_BYTES = DELIVERY_MAX_MESSAGE_BYTES
 # Record and batch overhead Kafka adds around a value (key, headers, batch header), with room to spare.
 RECORD_OVERHEAD_BYTES = 4 * 1024
-
-
-def internal_topic_configs(dead_letter_topic: str, delivery_topic: str) -> dict[str, dict[str, str]]:
-    return {dead_letter_topic: {"max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)},
-            delivery_topic: {"max.message.bytes": str(DELIVERY_MAX_MESSAGE_BYTES)}}
 
 
 # How long a batch of sends may wait for acknowledgements before the producer is presumed stuck.
@@ -266,19 +257,6 @@ def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsume
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = INTERNAL_TOPIC_PARTITIONS,
                         configs: dict[str, dict[str, str]] | None = None) -> None:
-    """Create the topics hookstream owns if they are missing (existing ones are left as they are);
-    ``configs`` gives per-topic settings for the ones created."""
-    admin = AIOKafkaAdminClient(bootstrap_servers=bootstrap)
-    await admin.start()
-    try:
-        existing = set(await admin.list_topics())
-        missing = [t for t in dict.fromkeys(topics) if t not in existing]
-        if missing:
-            try:
-                await admin.create_topics([NewTopic(t, partitions, 1, topic_configs=(configs or {}).get(t))
-                                           for t in missing])
-            except TopicAlreadyExistsError:
-                pass  # another process won the race
-            log.info("created topics %s", ", ".join(missing))
-    finally:
-        await admin.close()
+    """Create missing topics of one's own (tests, the bench); ``configs`` gives per-topic settings for
+    the ones created. hookstream's own topics come from hookstream.core.topics.topic_specs instead."""
+    await apply_topic_specs(bootstrap, [TopicSpec(t, partitions, (configs or {}).get(t, {})) for t in topics])

@@ -32,12 +32,9 @@ from hookstream.core.deliveries import fail_undeliverable
 from hookstream.core.errors import Stopped, describe, is_transient, isolate_poison, retry_transient
 from hookstream.core.filters import FilterFailure, evaluate, make_context, webhook_payload
 from hookstream.core.kafka import (
-    DELIVERY_MAX_MESSAGE_BYTES,
     RECORD_OVERHEAD_BYTES,
     RenewableProducer,
     commit_offsets,
-    ensure_topics,
-    internal_topic_configs,
     make_consumer,
     open_producer,
     send_isolated,
@@ -46,6 +43,7 @@ from hookstream.core.model import TASK_ENVELOPE_MAX_BYTES, DeliveryTask
 from hookstream.core.settings import Settings
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.text import storable_text
+from hookstream.core.topics import DELIVERY_MAX_MESSAGE_BYTES, apply_topic_specs, topic_specs
 from hookstream.core.validation import DomainEvent, Rejection, validate_event
 from hookstream.core.webhooks import WebhookDirectory
 
@@ -554,13 +552,12 @@ class Router:
 async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
                      directory: WebhookDirectory) -> None:
     """Run one router replica until ``stop`` is set."""
-    await ensure_topics(settings.kafka_bootstrap_servers,
-                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
-                        configs=internal_topic_configs(settings.dead_letter_topic, settings.delivery_topic))
+    specs = topic_specs(settings)
+    await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in specs if s.owned])
     try:
         # Upstream owns the source topics; creating missing ones keeps a fresh setup quiet and lets
         # the consumer see them at once. Without the right to create topics, just wait for them.
-        await ensure_topics(settings.kafka_bootstrap_servers, settings.source_topics)
+        await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in specs if not s.owned])
     except KafkaError as exc:
         log.warning("could not create missing source topics (%s); waiting for them to appear", exc)
     async with open_producer(settings.kafka_bootstrap_servers) as producer:

@@ -34,8 +34,6 @@ from hookstream.core import liveness, metrics
 from hookstream.core.errors import describe, retry_transient
 from hookstream.core.kafka import (
     commit_offsets,
-    ensure_topics,
-    internal_topic_configs,
     make_consumer,
     open_producer,
 )
@@ -53,6 +51,7 @@ from hookstream.core.retry import RetryPolicy
 from hookstream.core.settings import Settings
 from hookstream.core.states import AttemptStatus
 from hookstream.core.tasks import cancel_and_wait
+from hookstream.core.topics import apply_topic_specs, topic_specs
 from hookstream.core.webhooks import Webhook, WebhookDirectory
 from hookstream.sender.endpoints import EndpointGates
 from hookstream.sender.http import make_session, post_webhook, storable_error
@@ -320,9 +319,7 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
 async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,
                      directory: WebhookDirectory) -> None:
     """Run one sender replica (attempts, outcome flusher, retry pump) until ``stop`` is set, then drain."""
-    await ensure_topics(settings.kafka_bootstrap_servers,
-                        [settings.delivery_topic, settings.dead_letter_topic, settings.status_topic],
-                        configs=internal_topic_configs(settings.dead_letter_topic, settings.delivery_topic))
+    await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in topic_specs(settings) if s.owned])
     async with open_producer(settings.kafka_bootstrap_servers) as producer, \
             make_session(allow_private_networks=settings.allow_private_networks) as session:
         async with OutcomeSink(pool, producer, settings.status_topic,

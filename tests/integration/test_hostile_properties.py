@@ -26,10 +26,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hookstream.core.db import open_pool
-from hookstream.core.kafka import ensure_topics, internal_topic_configs, open_producer
+from hookstream.core.kafka import ensure_topics, open_producer
 from hookstream.core.model import DeliveryTask, Failed, Succeeded
 from hookstream.core.retry import RetryPolicy
 from hookstream.core.signing import decode_secret
+from hookstream.core.topics import apply_topic_specs, topic_specs
 from hookstream.core.validation import EVENT_TYPES, DomainEvent, validate_event
 from hookstream.core.webhooks import Webhook, WebhookDirectory
 from hookstream.router.router import Router, SourceRecord
@@ -222,9 +223,9 @@ def schema_passing_events(draw, *, org_id: str) -> bytes:
 async def router_parts(db, database_url, hs_settings):
     org_id, _ = await make_org(db, "Routed", stores=("s1",))
     await make_webhook(db, org_id, "https://example.com/hook", store_ids=["s1"])
-    await ensure_topics(hs_settings.kafka_bootstrap_servers,
-                        [hs_settings.delivery_topic, hs_settings.dead_letter_topic],
-                        configs=internal_topic_configs(hs_settings.dead_letter_topic, hs_settings.delivery_topic))
+    await apply_topic_specs(hs_settings.kafka_bootstrap_servers,
+                            [s for s in topic_specs(hs_settings)
+                             if s.name in (hs_settings.delivery_topic, hs_settings.dead_letter_topic)])
     placed: list[bytes] = []
     async with open_pool(database_url, max_size=4) as pool, WebhookDirectory(database_url) as directory, \
             open_producer(hs_settings.kafka_bootstrap_servers) as producer:

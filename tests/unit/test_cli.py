@@ -47,6 +47,7 @@ def test_bad_setting_exits_2_naming_the_variable(capsys: pytest.CaptureFixture[s
         ["api"],
         ["all"],
         ["migrate"],
+        ["topics"],
         ["org", "create", "Acme"],
         ["publish", "--type", "order.created", "--store", "s1", "--org", "o1", "--data", "{}"],
     ],
@@ -93,10 +94,19 @@ def test_parser_knows_every_command() -> None:
         ["api"],
         ["all"],
         ["migrate"],
+        ["topics"],
         ["org", "create", "n"],
         ["publish", "--type", "t", "--store", "s", "--org", "o"],
     ):
         assert parser.parse_args(argv).command == argv[0]
+
+
+def test_topics_flags() -> None:
+    parser = build_parser()
+    plain = parser.parse_args(["topics"])
+    assert (plain.with_source_topics, plain.strict) == (False, False)
+    both = parser.parse_args(["topics", "--with-source-topics", "--strict"])
+    assert (both.with_source_topics, both.strict) == (True, True)
 
 
 def test_publish_defaults() -> None:
@@ -135,7 +145,7 @@ def test_real_entry_point_help() -> None:
     proc = run_hookstream("--help")
     assert proc.returncode == 0, proc.stderr
     assert "usage: hookstream" in proc.stdout
-    for command in ("router", "sender", "api", "all", "migrate", "org", "publish"):
+    for command in ("router", "sender", "api", "all", "migrate", "topics", "org", "publish"):
         assert command in proc.stdout
 
 
@@ -147,10 +157,11 @@ def test_real_entry_point_help() -> None:
         (["api"], "api"),
         (["all"], "all"),
         (["migrate"], "migrate"),
+        (["topics"], "--with-source-topics"),
         (["org", "create"], "name"),
         (["publish"], "--type"),
     ],
-    ids=["router", "sender", "api", "all", "migrate", "org-create", "publish"],
+    ids=["router", "sender", "api", "all", "migrate", "topics", "org-create", "publish"],
 )
 def test_real_entry_point_subcommand_help(argv: list[str], must_mention: str) -> None:
     # --help must work even with a broken environment: it reads no configuration.
