@@ -1,7 +1,9 @@
 """Offline checks of everything under deploy/ and the Dockerfile: files parse, dashboards and alerts
 only name metrics that hookstream/core/metrics.py registers, containers only get variables that
 Settings.from_env knows (with values it accepts), Kubernetes manifests carry what production needs
-(resources, probes, non-root), and every image is pinned. No Docker engine or cluster needed."""
+(resources, probes, non-root, migrations and topics as init steps, scrape jobs named as the alerts
+select them), topics are created only by `hookstream topics` from hookstream/core/topics.py, and
+every image is pinned. No Docker engine or cluster needed."""
 
 from __future__ import annotations
 
@@ -19,6 +21,7 @@ from prometheus_client import REGISTRY
 
 import hookstream.core.metrics  # noqa: F401  (registers hookstream's collectors in REGISTRY)
 from hookstream.core.settings import VARIABLES, Settings
+from hookstream.core.topics import topic_specs
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"
@@ -209,6 +212,18 @@ def test_every_alert_has_a_runbook_and_a_severity() -> None:
         assert name in readme, f"deploy/README.md does not describe {name}"
 
 
+def promql_job_selectors() -> set[str]:
+    """The values of every ``job="..."`` selector in the alert rules and the dashboard's queries."""
+    matchers = [m for expr in all_promql_expressions() for m in re.findall(r'\bjob\s*(=~|!=|!~|=)\s*"([^"]*)"', expr)]
+    assert all(op == "=" for op, _ in matchers), f"only job=\"...\" is understood here: {matchers}"
+    return {value for _, value in matchers}
+
+
+def compose_hookstream_jobs() -> set[str]:
+    config = load_yaml_documents(PROMETHEUS_CONFIG)[0]
+    return {job["job_name"] for job in config["scrape_configs"] if job["job_name"].startswith("hookstream-")}
+
+
 def test_alerts_use_the_scrape_job_names() -> None:
     jobs = {job["job_name"] for job in load_yaml_documents(PROMETHEUS_CONFIG)[0]["scrape_configs"]}
     for job in re.findall(r'job="([^"]+)"', ALERTS.read_text(encoding="utf-8")):
@@ -271,7 +286,7 @@ def test_k8s_containers_get_only_known_valid_settings() -> None:
     known = settings_variables()
     assert workloads()
     for path, obj in workloads():
-        for container in pod_spec(obj)["containers"]:
+        for container in pod_spec(obj)["containers"] + pod_spec(obj).get("initContainers", []):
             env = container_env(obj, container)
             assert set(env) <= known, f"{path.name}: unknown variables {sorted(set(env) - known)}"
             assert "DATABASE_URL" in env and "KAFKA_BOOTSTRAP_SERVERS" in env, path.name
@@ -308,10 +323,30 @@ def test_kustomization_lists_every_manifest() -> None:
 
 def test_expected_k8s_objects_exist() -> None:
     kinds = {(obj["kind"], obj["metadata"]["name"]) for _, obj in k8s_objects()}
-    assert {("ConfigMap", "hookstream-config"), ("Secret", "hookstream-db"), ("Job", "hookstream-migrate"),
+    assert {("ConfigMap", "hookstream-config"), ("Secret", "hookstream-db"),
             ("Deployment", "hookstream-router"), ("Deployment", "hookstream-sender"),
             ("Deployment", "hookstream-api"), ("Service", "hookstream-api"),
-            ("PodDisruptionBudget", "hookstream-sender"), ("ScaledObject", "hookstream-sender")} <= kinds
+            ("PodDisruptionBudget", "hookstream-sender"), ("ScaledObject", "hookstream-sender"),
+            ("PodMonitor", "hookstream-router"), ("PodMonitor", "hookstream-sender"),
+            ("PodMonitor", "hookstream-api")} <= kinds
+
+
+def test_no_migrate_job_migrations_and_topics_are_init_steps_of_every_deployment() -> None:
+    # A Job's pod template is immutable: `kubectl apply` of a new image fails until it is deleted.
+    assert not [obj["metadata"]["name"] for _, obj in k8s_objects() if obj["kind"] in ("Job", "CronJob")]
+    deployments = [obj for _, obj in k8s_objects() if obj["kind"] == "Deployment"]
+    assert {d["metadata"]["name"] for d in deployments} == {"hookstream-router", "hookstream-sender", "hookstream-api"}
+    for deployment in deployments:
+        name = deployment["metadata"]["name"]
+        spec = pod_spec(deployment)
+        [main] = spec["containers"]
+        init = spec.get("initContainers", [])
+        assert [c.get("args") for c in init] == [["migrate"], ["topics"]], name
+        for container in init:
+            # the same image (one `images:` entry rewrites all), configuration and no command override
+            assert container["image"] == main["image"], f"{name}: {container['name']}"
+            assert container["envFrom"] == main["envFrom"], f"{name}: {container['name']}"
+            assert "command" not in container, f"{name}: {container['name']} must run the image's entrypoint"
 
 
 def test_every_container_states_resources_and_runs_as_non_root() -> None:
@@ -369,7 +404,129 @@ def test_sender_scaling_targets_the_sender_group_and_deliveries_topic() -> None:
     assert "replicas" not in k8s_object("Deployment", "hookstream-sender")["spec"]
 
 
-def test_pdb_and_service_select_the_right_pods() -> None:
+def test_sender_scaling_stays_within_the_delivery_topics_partitions() -> None:
+    # One partition feeds at most one sender of the group: more replicas than partitions sit idle.
+    settings = Settings.from_env(k8s_object("ConfigMap", "hookstream-config")["data"])
+    [delivery] = [s for s in topic_specs(settings) if s.name == settings.delivery_topic]
+    assert k8s_object("ScaledObject", "hookstream-sender")["spec"]["maxReplicaCount"] <= delivery.partitions
+
+
+def pod_monitor_job(monitor: dict[str, Any], pod_labels: dict[str, str], namespace: str = "NAMESPACE") -> str:
+    """The ``job`` label the Prometheus Operator gives the targets of ``monitor``'s one endpoint: by
+    default ``<namespace>/<name>``, or the pod label named by ``jobLabel``, then the endpoint's
+    relabelings (action ``replace`` with the default regex) applied in order."""
+    meta = {"__meta_kubernetes_pod_label_" + re.sub(r"[^a-zA-Z0-9_]", "_", k): v for k, v in pod_labels.items()}
+    job = f"{namespace}/{monitor['metadata']['name']}"
+    if monitor["spec"].get("jobLabel"):
+        job = pod_labels.get(monitor["spec"]["jobLabel"], "")
+    [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+    for rule in endpoint.get("relabelings", []):
+        if rule.get("targetLabel") != "job":
+            continue
+        assert rule.get("action", "replace") == "replace", rule
+        source = rule.get("separator", ";").join(meta.get(label, "") for label in rule.get("sourceLabels", []))
+        match = re.fullmatch(rule.get("regex", "(.*)"), source)
+        if match:
+            job = match.expand(re.sub(r"\$\{?(\d+)\}?", r"\\g<\1>", rule.get("replacement", "$1")))
+    return job
+
+
+def test_pod_monitors_scrape_every_deployment_with_the_job_names_the_alerts_use() -> None:
+    monitors = [obj for _, obj in k8s_objects() if obj["kind"] == "PodMonitor"]
+    jobs: dict[str, str] = {}  # deployment -> job
+    for deployment in (obj for _, obj in k8s_objects() if obj["kind"] == "Deployment"):
+        name = deployment["metadata"]["name"]
+        labels = deployment["spec"]["template"]["metadata"]["labels"]
+        selecting = [m for m in monitors if m["spec"]["selector"]["matchLabels"].items() <= labels.items()]
+        assert len(selecting) == 1, f"{name}: scraped by {len(selecting)} PodMonitors, expected exactly one"
+        [monitor] = selecting
+        assert monitor["apiVersion"] == "monitoring.coreos.com/v1"
+        assert "namespaceSelector" not in monitor["spec"], "the monitors look in their own namespace"
+        [endpoint] = monitor["spec"]["podMetricsEndpoints"]
+        [main] = pod_spec(deployment)["containers"]
+        port = {p["name"]: p["containerPort"] for p in main["ports"]}.get(endpoint["port"])
+        assert port == int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]), name
+        assert endpoint.get("path", "/metrics") == "/metrics", name
+        jobs[name] = pod_monitor_job(monitor, labels)
+    # The names compose's prometheus.yml gives the same jobs: one dashboard and one rule file for both.
+    assert set(jobs.values()) == compose_hookstream_jobs()
+    assert jobs == {f"hookstream-{c}": f"hookstream-{c}" for c in ("router", "sender", "api")}
+    used = promql_job_selectors()
+    assert used, "alerts.yml selects no job: this test would prove nothing"
+    assert used <= set(jobs.values()), f"alerts select jobs no PodMonitor produces: {sorted(used - set(jobs.values()))}"
+
+
+def test_pod_monitor_job_simulation_follows_the_operator() -> None:
+    # The helper itself: the operator's default, jobLabel, and a replace relabeling with a group.
+    monitor = {"metadata": {"name": "m"}, "spec": {"podMetricsEndpoints": [{"port": "metrics"}]}}
+    assert pod_monitor_job(monitor, {"a": "b"}, namespace="ns") == "ns/m"
+    monitor["spec"]["jobLabel"] = "app.kubernetes.io/component"
+    assert pod_monitor_job(monitor, {"app.kubernetes.io/component": "sender"}) == "sender"
+    monitor["spec"]["podMetricsEndpoints"][0]["relabelings"] = [
+        {"sourceLabels": ["__meta_kubernetes_pod_label_app_kubernetes_io_component"], "targetLabel": "job",
+         "replacement": "hookstream-$1"}]
+    assert pod_monitor_job(monitor, {"app.kubernetes.io/component": "sender"}) == "hookstream-sender"
+
+
+# ---- topics: created by `hookstream topics` from hookstream/core/topics.py, never by hand -----------
+
+# Where a deploy file may name a topic: the Settings variables that name them (and so the specs'
+# names), and the KEDA trigger, which test_sender_scaling_* holds to Settings.
+TOPIC_SETTINGS = {"HOOKSTREAM_SOURCE_TOPICS", "HOOKSTREAM_STATUS_TOPIC", "HOOKSTREAM_DEAD_LETTER_TOPIC",
+                  "HOOKSTREAM_DELIVERY_TOPIC"}
+
+
+def yaml_leaves(node: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[tuple[str, ...], str, bool]]:
+    """Every (key path, text, is a key) of a parsed YAML document: its keys and its scalars."""
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield (*path, str(key)), str(key), True
+            yield from yaml_leaves(value, (*path, str(key)))
+    elif isinstance(node, list):
+        for item in node:
+            yield from yaml_leaves(item, path)
+    else:
+        yield path, str(node), False
+
+
+def known_topic_names() -> set[str]:
+    """Every topic any deploy configuration makes hookstream use (defaults, k8s ConfigMap, compose)."""
+    configs = [Settings(), Settings.from_env(k8s_object("ConfigMap", "hookstream-config")["data"])]
+    configs += [Settings.from_env(compose_env(svc)) for svc in hookstream_compose_services().values()]
+    return {spec.name for settings in configs for spec in topic_specs(settings)}
+
+
+def test_no_deploy_file_lists_topics_or_partitions_by_hand() -> None:
+    topics = known_topic_names()
+    assert {"aiq.orders", "hookstream.deliveries", "hookstream.dead-letter"} <= topics
+    for path in [COMPOSE, *K8S_FILES]:
+        for doc in load_yaml_documents(path):
+            for keys, text, is_key in yaml_leaves(doc):
+                where = f"{path.relative_to(DEPLOY)}: {'.'.join(keys)}"
+                assert "kafka-topics" not in text and "--partitions" not in text, f"{where}: topics made by hand"
+                if is_key:
+                    assert "partitions" not in text.lower(), f"{where}: a partition count by hand"
+                    continue
+                named = sorted(t for t in topics if t in text)
+                allowed = (bool(keys) and keys[-1] in TOPIC_SETTINGS) or keys[-3:] == ("triggers", "metadata", "topic")
+                assert not named or allowed, f"{where} names topics {named} by hand"
+
+
+def test_compose_creates_topics_with_hookstream_and_nothing_else() -> None:
+    services = load_yaml_documents(COMPOSE)[0]["services"]
+    hookstream_services = hookstream_compose_services()
+    topics = hookstream_services["topics"]
+    # Nothing upstream runs in compose, so the source topics are created too.
+    assert topics["command"] == ["topics", "--with-source-topics"]
+    assert topics["restart"] == "no"
+    assert topics["depends_on"]["kafka"]["condition"] == "service_healthy"
+    # No topic from a first use with the broker's defaults: every one comes from the specs.
+    broker = compose_env(services["kafka"])
+    assert broker["KAFKA_AUTO_CREATE_TOPICS_ENABLE"] == "false"
+    assert not [key for key in broker if "PARTITIONS" in key]
+    for name in ("router", "sender", "api"):
+        assert hookstream_services[name]["depends_on"]["topics"]["condition"] == "service_completed_successfully"
+
     sender_labels = k8s_object("Deployment", "hookstream-sender")["spec"]["template"]["metadata"]["labels"]
     pdb = k8s_object("PodDisruptionBudget", "hookstream-sender")
     assert pdb["spec"]["selector"]["matchLabels"].items() <= sender_labels.items()
