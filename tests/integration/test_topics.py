@@ -5,6 +5,7 @@ they are and reports how they differ from their specs. Each test uses topics of 
 from __future__ import annotations
 
 import asyncio
+import secrets
 import sys
 from collections.abc import AsyncIterator
 
@@ -15,13 +16,13 @@ from aiokafka.errors import KafkaError
 
 from hookstream.core.settings import Settings
 from hookstream.core.topics import TopicSpec, TopicState, apply_topic_specs, topic_specs
-from tests.support import ROOT, delete_topics, isolated_names, isolated_topics, unique_id
+from tests.support import delete_topics, isolated_names, isolated_topics
 
 
 @pytest.fixture
 async def topics_env(infra_env) -> AsyncIterator[dict[str, str]]:
     """Kafka and topic names of this test's own (none of them exists yet); deleted afterwards."""
-    env = {"KAFKA_BOOTSTRAP_SERVERS": infra_env["KAFKA_BOOTSTRAP_SERVERS"], **isolated_names(unique_id())}
+    env = {"KAFKA_BOOTSTRAP_SERVERS": infra_env["KAFKA_BOOTSTRAP_SERVERS"], **isolated_names("t" + secrets.token_hex(5))}
     yield env
     await delete_topics(env["KAFKA_BOOTSTRAP_SERVERS"], isolated_topics(env))
 
@@ -36,7 +37,7 @@ async def admin(infra_env) -> AsyncIterator[AIOKafkaAdminClient]:
 
 async def run_topics(env: dict[str, str], *args: str) -> tuple[int, list[str]]:
     """Run `hookstream topics` as its own process; returns its exit code and the lines it printed."""
-    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hookstream.cli", "topics", *args, cwd=ROOT,
+    proc = await asyncio.create_subprocess_exec(sys.executable, "-m", "hookstream.cli", "topics", *args,
                                                 env={"PATH": "/usr/bin:/bin", **env},
                                                 stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     out, err = await asyncio.wait_for(proc.communicate(), 60)
