@@ -1,32 +1,52 @@
-# hookstream container image: one image, every subcommand (`docker run IMAGE router|sender|api|migrate`).
+# hookstream container image: one image, every subcommand (`docker run IMAGE router|sender|api|migrate|topics`).
 # Build from the repository root: docker build -t hookstream:0.1.0 .
 # No HEALTHCHECK: orchestrators probe /healthz and /readyz themselves (deploy/k8s).
+#
+# Two stages. `build` makes the sdist, the wheel and the hashed runtime requirements from uv.lock
+# (deploy/build-dist.sh); the image installs them with deploy/install-wheel.sh. The same two
+# scripts are what tests/integration/test_wheel.py runs, so the image's install path is tested.
+
+FROM python:3.11-slim AS build
+
+# The uv of uv.lock (Makefile's UV_VERSION; tests/unit/test_packaging.py keeps them equal).
+ARG UV_VERSION=0.13.9
+ENV PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore
+
+WORKDIR /src
+RUN pip install "uv==${UV_VERSION}"
+COPY pyproject.toml uv.lock README.md ./
+# The locked build tools (the `build` dependency group), checked against their hashes.
+RUN uv export --locked --only-group build --no-emit-project --format requirements-txt \
+        --quiet --output-file /tmp/build-requirements.txt \
+    && pip install --require-hashes --no-deps -r /tmp/build-requirements.txt
+COPY deploy/build-dist.sh deploy/install-wheel.sh ./deploy/
+COPY hookstream ./hookstream
+RUN PYTHON=python UV=uv deploy/build-dist.sh /dist
+
+
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
     PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_ROOT_USER_ACTION=ignore \
     HOOKSTREAM_LOG_FORMAT=json
 
 RUN groupadd --system --gid 10001 hookstream \
-    && useradd --system --uid 10001 --gid hookstream --no-create-home --home-dir /app hookstream
+    && useradd --system --uid 10001 --gid hookstream --no-create-home --home-dir /nonexistent hookstream
 
-WORKDIR /app
-
-# Dependencies first, pinned by the constraints file, so code changes reuse this layer.
-COPY deploy/requirements.lock /tmp/requirements.lock
-RUN pip install --no-cache-dir -r /tmp/requirements.lock
-
-# hookstream/ finds hookstream/schemas/ (JSON Schemas, SQL migrations) next to the package, so the project is
-# installed from /app in place (editable) rather than copied into site-packages without them.
-COPY pyproject.toml ./
-COPY services ./services
-COPY schemas ./schemas
-RUN pip install --no-cache-dir --no-deps -c /tmp/requirements.lock -e . \
-    && python -c "import hookstream.cli, hookstream.core.validation" \
-    && chmod -R a+rX,go-w /app
+# The wheel and the locked dependencies go into site-packages; no source tree is copied.
+COPY --from=build /dist /tmp/dist
+COPY --from=build /src/deploy/install-wheel.sh /tmp/install-wheel.sh
+RUN /tmp/install-wheel.sh python /tmp/dist \
+    && rm -rf /tmp/dist /tmp/install-wheel.sh \
+    && python -c "import hookstream.cli, hookstream.core.validation, hookstream.core.db"
 
 USER 10001:10001
+WORKDIR /tmp
 
 # api (and `all`) on 8080, router metrics on 9101, sender metrics on 9102. In a container the
 # listeners must bind 0.0.0.0: set HOOKSTREAM_API_LISTEN / HOOKSTREAM_METRICS_LISTEN (deploy/).

@@ -8,12 +8,18 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
+# The uv that keeps uv.lock; uv.lock pins the same version (tests/unit/test_packaging.py).
+UV_VERSION := 0.13.9
 ENV_FILE := .local/env
 # `set -a` exports every KEY=value in .local/env to the command that follows.
 WITH_ENV := set -a && source $(ENV_FILE) && set +a &&
 PYTEST_ARGS ?=
+# A .venv (from $(PYTHON)) holding uv $(UV_VERSION); `uv sync` then installs the rest from uv.lock.
+BOOTSTRAP_UV := test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+	test "$$($(BIN)/uv --version 2>/dev/null | cut -d' ' -f2)" = "$(UV_VERSION)" \
+	|| $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
 
-.PHONY: help install system-deps up down migrate run test test-unit lint bench clean
+.PHONY: help install system-deps up down migrate run test test-unit lint lock dist bench clean
 
 help:
 	@echo "make run      install, start Kafka + PostgreSQL, migrate, create a demo org, run hookstream"
@@ -21,13 +27,16 @@ help:
 	@echo "make up/down  start/stop local Kafka + PostgreSQL (.local/), writes .local/env"
 	@echo "make install  create .venv with hookstream and its dev tools"
 	@echo "make migrate  apply database migrations"
-	@echo "make lint     ruff"
+	@echo "make lint     ruff, mypy (strict on hookstream/core), hadolint (part of make test)"
+	@echo "make lock     re-resolve uv.lock after editing pyproject.toml (make lock UPGRADE=1: newest versions)"
+	@echo "make dist     the sdist, the wheel and the hashed runtime requirements in dist/"
 	@echo "make bench    the benchmark harness (not part of make test)"
 
-$(STAMP): pyproject.toml
-	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[dev]'
+# Installs exactly what uv.lock says (hashes checked) into .venv: runtime, dev extras and the build
+# tools. --locked refuses a uv.lock that pyproject.toml has moved past (run `make lock`).
+$(STAMP): pyproject.toml uv.lock
+	@$(BOOTSTRAP_UV)
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --extra dev --group build
 	@touch $(STAMP)
 
 install: $(STAMP) system-deps
@@ -47,7 +56,7 @@ migrate: install up
 run: install up migrate
 	@$(WITH_ENV) bash deploy/local/run.sh
 
-test: install up
+test: install lint up
 	@$(WITH_ENV) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 test-unit: $(STAMP)
@@ -55,6 +64,16 @@ test-unit: $(STAMP)
 
 lint: $(STAMP)
 	$(BIN)/ruff check hookstream tests
+	$(BIN)/mypy
+	$(BIN)/hadolint Dockerfile
+
+lock:
+	@$(BOOTSTRAP_UV)
+	$(BIN)/uv lock $(if $(UPGRADE),--upgrade)
+
+dist: $(STAMP)
+	@rm -rf dist
+	bash deploy/build-dist.sh dist
 
 bench: install up
 	@$(WITH_ENV) $(BIN)/python -m tests.bench.run $(BENCH_ARGS)
