@@ -3,23 +3,14 @@
 Every test gets its own database (a copy of a migrated template, so migrations run once per
 session), its own topics and its own consumer groups, so tests never see each other's data.
 Connection settings come from the environment or from ``.local/env`` written by `make up`.
+Only fixtures live here; the helpers they use, and that tests import, are in ``tests/support.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import logging
-import os
-import secrets
 import socket
-import subprocess
-import sys
-import time
 from collections.abc import AsyncIterator, Callable, Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import pytest
@@ -27,33 +18,17 @@ from aiokafka.errors import KafkaError
 
 from hookstream.core.db import migrate
 from hookstream.core.settings import Settings
-from tests.support import delete_topics, isolated_names, isolated_topics
-
-ROOT = Path(__file__).resolve().parents[1]
-LOCAL_ENV = ROOT / ".local" / "env"
-
-
-def load_local_env() -> dict[str, str]:
-    """``os.environ`` over ``.local/env``: an explicit variable wins over the file."""
-    env: dict[str, str] = {}
-    if LOCAL_ENV.exists():
-        for line in LOCAL_ENV.read_text().splitlines():
-            key, sep, value = line.strip().partition("=")
-            if sep and not key.startswith("#"):
-                env[key] = value
-    for key in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
-        if key in os.environ:
-            env[key] = os.environ[key]
-    return env
-
-
-def with_database(url: str, name: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path="/" + name))
-
-
-def unique_id(prefix: str = "t") -> str:
-    return f"{prefix}{secrets.token_hex(5)}"
+from tests.support import (
+    HookstreamProcess,
+    create_database,
+    delete_topics,
+    drop_database,
+    free_port,
+    isolated_names,
+    isolated_topics,
+    load_local_env,
+    unique_id,
+)
 
 
 @pytest.fixture(scope="session")
@@ -76,35 +51,17 @@ async def template_database(infra_env) -> AsyncIterator[str]:
     concurrent sessions never drop each other's template)."""
     admin_url = infra_env["DATABASE_URL"]
     name = unique_id("hs_template_")
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    await migrate(with_database(admin_url, name))
+    await migrate(await create_database(admin_url, name))
     yield name
-    conn = await asyncpg.connect(admin_url)
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    await drop_database(admin_url, name)
 
 
 @pytest.fixture
 async def database_url(infra_env, template_database) -> AsyncIterator[str]:
     """A new database for this test, already migrated; dropped afterwards."""
     name = unique_id("hs_test_")
-    conn = await asyncpg.connect(infra_env["DATABASE_URL"])
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}" TEMPLATE "{template_database}"')
-    finally:
-        await conn.close()
-    yield with_database(infra_env["DATABASE_URL"], name)
-    conn = await asyncpg.connect(infra_env["DATABASE_URL"])
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    yield await create_database(infra_env["DATABASE_URL"], name, template=template_database)
+    await drop_database(infra_env["DATABASE_URL"], name)
 
 
 @pytest.fixture
@@ -112,12 +69,6 @@ async def db(database_url) -> AsyncIterator[asyncpg.Connection]:
     conn = await asyncpg.connect(database_url)
     yield conn
     await conn.close()
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -150,60 +101,6 @@ async def hs_env(infra_env, database_url) -> AsyncIterator[dict[str, str]]:
 @pytest.fixture
 def hs_settings(hs_env) -> Settings:
     return Settings.from_env(hs_env)
-
-
-async def wait_for(predicate: Callable[[], object], *, timeout_s: float = 30.0, interval_s: float = 0.05,
-                   message: str = "condition") -> object:
-    """Poll ``predicate`` (sync or async) until it returns something truthy, or fail after ``timeout_s``."""
-    deadline = time.monotonic() + timeout_s
-    last = None
-    while time.monotonic() < deadline:
-        last = predicate()
-        if asyncio.iscoroutine(last):
-            last = await last
-        if last:
-            return last
-        await asyncio.sleep(interval_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {message}; last value: {last!r}")
-
-
-@dataclass
-class HookstreamProcess:
-    """A hookstream subcommand running as a real child process (so it can be SIGKILLed)."""
-
-    args: list[str]
-    env: dict[str, str]
-    log_path: Path
-    proc: subprocess.Popen | None = None
-    _log: object = field(default=None, repr=False)
-
-    def start(self) -> HookstreamProcess:
-        self._log = open(self.log_path, "ab")
-        full_env = {**os.environ, **self.env}
-        self.proc = subprocess.Popen([sys.executable, "-m", "hookstream.cli", *self.args], cwd=ROOT, env=full_env,
-                                     stdout=self._log, stderr=subprocess.STDOUT)
-        return self
-
-    def kill(self) -> None:
-        if self.proc and self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait(10)
-
-    def terminate(self, timeout_s: float = 30) -> int:
-        if self.proc and self.proc.poll() is None:
-            self.proc.terminate()
-            return self.proc.wait(timeout_s)
-        return self.proc.returncode if self.proc else 0
-
-    def stop(self) -> None:
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.terminate(20)
-        self.kill()
-        if self._log:
-            self._log.close()
-
-    def output(self) -> str:
-        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
 
 
 @pytest.fixture

@@ -23,9 +23,16 @@ import orjson
 from aiokafka.errors import KafkaError
 
 from hookstream.core.kafka import discard, open_producer
-from tests.conftest import ROOT, HookstreamProcess
 from tests.receiver import Received, Receiver
-from tests.support import make_org, make_webhook, read_topic_to_end, sample_event, status_records
+from tests.support import (
+    ROOT,
+    HookstreamProcess,
+    make_org,
+    make_webhook,
+    read_topic_to_end,
+    sample_event,
+    status_records,
+)
 
 KAFKA_START = ROOT / "deploy" / "local" / "kafka" / "start.sh"
 KAFKA_STOP = ROOT / "deploy" / "local" / "kafka" / "stop.sh"

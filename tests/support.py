@@ -1,12 +1,28 @@
-"""Test helpers that act through the real database and broker: organizations, webhooks, events, topics."""
+"""Helpers shared by the tests, the fault harness and the bench (conftest.py keeps only fixtures).
+
+- the local infrastructure: :func:`load_local_env`, :func:`free_port`, :func:`unique_id`, databases
+  (:func:`with_database`, :func:`create_database`, :func:`drop_database`), isolated topics and groups;
+- waiting on a condition with a deadline (:func:`wait_for`), never a fixed sleep;
+- hookstream (or any module) as a real child process (:class:`HookstreamProcess`);
+- acting through the real database and broker: organizations, webhooks, events, topic reads.
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import secrets
+import socket
+import subprocess
+import sys
+import time
 import uuid
-from collections.abc import Iterable
-from dataclasses import dataclass
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import IO
+from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
 import orjson
@@ -17,6 +33,134 @@ from hookstream.core.orgs import create_organization
 from hookstream.core.publish import make_event
 from hookstream.core.signing import generate_secret
 from hookstream.core.validation import EVENT_TYPES
+
+ROOT = Path(__file__).resolve().parents[1]
+LOCAL_ENV = ROOT / ".local" / "env"
+
+
+# ------------------------------------------------------------------------------- infrastructure
+
+
+def load_local_env() -> dict[str, str]:
+    """``os.environ`` over ``.local/env`` (written by `make up`): an explicit variable wins over the file."""
+    env: dict[str, str] = {}
+    if LOCAL_ENV.exists():
+        for line in LOCAL_ENV.read_text().splitlines():
+            key, sep, value = line.strip().partition("=")
+            if sep and not key.startswith("#"):
+                env[key] = value
+    for key in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL"):
+        if key in os.environ:
+            env[key] = os.environ[key]
+    return env
+
+
+def with_database(url: str, name: str) -> str:
+    """``url`` naming database ``name`` instead."""
+    return urlunsplit(urlsplit(url)._replace(path="/" + name))
+
+
+async def create_database(admin_url: str, name: str, *, template: str | None = None) -> str:
+    """Create database ``name`` on ``admin_url``'s server (a copy of ``template`` if given); returns its URL."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'CREATE DATABASE "{name}"' + (f' TEMPLATE "{template}"' if template else ""))
+    finally:
+        await conn.close()
+    return with_database(admin_url, name)
+
+
+async def drop_database(admin_url: str, name: str) -> None:
+    """Drop database ``name`` if it exists, disconnecting whoever is still connected to it."""
+    conn = await asyncpg.connect(admin_url)
+    try:
+        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        await conn.close()
+
+
+def unique_id(prefix: str = "t") -> str:
+    return f"{prefix}{secrets.token_hex(5)}"
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class WaitTimeout(AssertionError):
+    """:func:`wait_for` ran out of time (an AssertionError, so a test reads as failed, not errored)."""
+
+
+async def wait_for(predicate: Callable[[], object], *, timeout_s: float = 30.0, interval_s: float = 0.05,
+                   message: str = "condition") -> object:
+    """Poll ``predicate`` (sync or async) until it returns something truthy, and return that; raises
+    :class:`WaitTimeout` after ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    last = None
+    while time.monotonic() < deadline:
+        last = predicate()
+        if asyncio.iscoroutine(last):
+            last = await last
+        if last:
+            return last
+        await asyncio.sleep(interval_s)
+    raise WaitTimeout(f"timed out after {timeout_s}s waiting for {message}; last value: {last!r}")
+
+
+@dataclass
+class HookstreamProcess:
+    """``python -m <module> <args>`` (a hookstream subcommand unless told otherwise) as a real child
+    process, so it can be SIGKILLed; its output goes to ``log_path``."""
+
+    args: list[str]
+    env: dict[str, str]
+    log_path: Path
+    module: str = "hookstream.cli"
+    proc: subprocess.Popen | None = None
+    _log: IO[bytes] | None = field(default=None, repr=False)
+
+    def start(self) -> HookstreamProcess:
+        self._log = open(self.log_path, "ab")  # closed by stop()
+        full_env = {**os.environ, **self.env}
+        self.proc = subprocess.Popen([sys.executable, "-m", self.module, *self.args], cwd=ROOT, env=full_env,
+                                     stdout=self._log, stderr=subprocess.STDOUT)
+        return self
+
+    @property
+    def pid(self) -> int:
+        assert self.proc is not None, "not started"
+        return self.proc.pid
+
+    def exit_code(self) -> int | None:
+        """The exit code, or None while it runs (or was never started)."""
+        return self.proc.poll() if self.proc else None
+
+    def kill(self) -> None:
+        if self.proc and self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(10)
+
+    def terminate(self, timeout_s: float = 30) -> int:
+        if self.proc and self.proc.poll() is None:
+            self.proc.terminate()
+            return self.proc.wait(timeout_s)
+        return self.proc.returncode if self.proc else 0
+
+    def stop(self, timeout_s: float = 20) -> None:
+        """SIGTERM, then SIGKILL if it has not exited within ``timeout_s``; closes the log."""
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.terminate(timeout_s)
+        self.kill()
+        if self._log:
+            self._log.close()
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""
+
+
+# ------------------------------------------------------------------------ topics and consumer groups
 
 
 def isolated_topics(names: dict[str, str]) -> list[str]:
@@ -50,6 +194,9 @@ def isolated_names(uid: str) -> dict[str, str]:
     }
 
 
+# ------------------------------------------------------------------- through the database and broker
+
+
 @dataclass(frozen=True)
 class ApiOrg:
     """An organization as an API client sees it: its id and the headers that carry its key."""
@@ -63,6 +210,7 @@ class ApiOrg:
 
 
 async def make_org(conn: asyncpg.Connection, name: str, stores: Iterable[str] = ("store_1", "store_2")) -> tuple[str, str]:
+    """Create an organization and its stores (each named as its id); returns (organization id, API key)."""
     org_id, key = await create_organization(conn, name)
     for store in stores:
         await conn.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, $2, $3)", org_id, store, store)
@@ -70,14 +218,15 @@ async def make_org(conn: asyncpg.Connection, name: str, stores: Iterable[str] = 
 
 
 async def make_webhook(conn: asyncpg.Connection, org_id: str, url: str, *, event_types: Iterable[str] = EVENT_TYPES,
-                       store_ids: Iterable[str] = ("store_1",), enabled: bool = True) -> tuple[str, str]:
-    """Insert a webhook directly (as the API would); returns (webhook id, secret)."""
-    webhook_id = f"wh_{uuid.uuid4().hex[:16]}"
+                       store_ids: Iterable[str] = ("store_1",), enabled: bool = True,
+                       filter_: str | None = None, webhook_id: str | None = None) -> tuple[str, str]:
+    """Insert a webhook directly (as the API would, with an unsealed secret); returns (webhook id, secret)."""
+    webhook_id = webhook_id or f"wh_{uuid.uuid4().hex[:16]}"
     secret = generate_secret()
     await conn.execute(
-        "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7)",
-        webhook_id, org_id, url, list(event_types), list(store_ids), enabled, secret)
+        "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret, filter)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+        webhook_id, org_id, url, list(event_types), list(store_ids), enabled, secret, filter_)
     return webhook_id, secret
 
 

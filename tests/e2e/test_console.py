@@ -24,8 +24,8 @@ from hookstream.core.kafka import open_producer
 from hookstream.core.orgs import create_organization
 from hookstream.core.publish import make_event, publish_event
 from hookstream.core.settings import Settings
-from tests.conftest import ROOT, wait_for
 from tests.receiver import Receiver
+from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
 

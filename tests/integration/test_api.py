@@ -26,9 +26,8 @@ from hookstream.core.orgs import create_organization
 from hookstream.core.settings import Settings
 from hookstream.core.signing import decode_secret
 from hookstream.core.validation import EVENT_TYPES
-from tests.conftest import free_port, wait_for
 from tests.receiver import Receiver
-from tests.support import ApiOrg
+from tests.support import ApiOrg, free_port, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -38,8 +38,7 @@ from schemathesis.specs.openapi.checks import (
 
 from hookstream import resources
 from hookstream.core.orgs import create_organization
-from tests.conftest import wait_for
-from tests.support import ApiOrg
+from tests.support import ApiOrg, wait_for
 
 pytestmark = pytest.mark.integration
 

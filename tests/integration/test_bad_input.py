@@ -24,9 +24,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import resource_key, topic_for
 from hookstream.core.validation import EVENT_TYPES
-from tests.conftest import wait_for
 from tests.receiver import Receiver
-from tests.support import make_org, make_webhook, sample_event
+from tests.support import make_org, make_webhook, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from tests.bench.run import RESULT_KEYS
-from tests.conftest import ROOT
+from tests.support import ROOT
 
 pytestmark = pytest.mark.integration
 

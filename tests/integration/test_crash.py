@@ -10,9 +10,8 @@ import orjson
 import pytest
 
 from hookstream.core.kafka import open_producer
-from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org, make_webhook, sample_event
+from tests.support import make_org, make_webhook, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

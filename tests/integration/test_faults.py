@@ -21,10 +21,9 @@ import aiohttp
 import pytest
 
 from tests import faults
-from tests.conftest import free_port, wait_for
 from tests.faults import Stream, account, assert_alive, make_stream, terminate_within, wait_all_succeeded
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org
+from tests.support import free_port, make_org, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

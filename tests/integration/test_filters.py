@@ -12,10 +12,9 @@ import pytest
 
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
-from tests.conftest import free_port, wait_for
 from tests.integration.test_observability import scrape, value
 from tests.receiver import Receiver
-from tests.support import make_org, sample_event
+from tests.support import free_port, make_org, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -14,8 +14,7 @@ import pytest
 from hookstream.core.db import list_migrations, migrate, open_pool
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import PublishError, make_event, publish_event
-from tests.conftest import ROOT, unique_id, with_database
-from tests.support import read_topic
+from tests.support import ROOT, read_topic, unique_id, with_database
 
 pytestmark = pytest.mark.integration
 

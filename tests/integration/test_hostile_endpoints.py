@@ -24,8 +24,8 @@ from hookstream.core.model import DeliveryTask, Failed, Succeeded
 from hookstream.core.signing import decode_secret, generate_secret, signature_header
 from hookstream.core.webhooks import Webhook
 from hookstream.sender.http import make_session, post_webhook
-from tests.conftest import free_port, wait_for
 from tests.receiver import Behaviour, Receiver
+from tests.support import free_port, wait_for
 
 SECRET = generate_secret()
 TIMEOUT_S = 1.0

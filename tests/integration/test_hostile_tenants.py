@@ -22,9 +22,8 @@ from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
-from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org, make_webhook, read_topic_to_end, sample_event
+from tests.support import make_org, make_webhook, read_topic_to_end, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

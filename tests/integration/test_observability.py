@@ -9,9 +9,8 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from hookstream.core.kafka import open_producer
-from tests.conftest import free_port, wait_for
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org, make_webhook, sample_event
+from tests.support import free_port, make_org, make_webhook, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

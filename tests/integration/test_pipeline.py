@@ -14,7 +14,6 @@ import pytest
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
 from hookstream.core.validation import EVENT_TYPES
-from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
 from tests.support import (
     delivery_states,
@@ -24,6 +23,7 @@ from tests.support import (
     read_topic_to_end,
     sample_event,
     status_records,
+    wait_for,
 )
 
 pytestmark = pytest.mark.integration

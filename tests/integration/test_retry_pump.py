@@ -13,9 +13,8 @@ import pytest
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
 from tests import faults
-from tests.conftest import wait_for
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org, make_webhook, sample_event
+from tests.support import make_org, make_webhook, sample_event, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

@@ -12,9 +12,8 @@ from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
 from hookstream.core.secretbox import SecretBox, generate_key
 from hookstream.core.signing import generate_secret
-from tests.conftest import wait_for
 from tests.receiver import Receiver
-from tests.support import make_org, sample_event
+from tests.support import make_org, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 

@@ -22,8 +22,8 @@ import hookstream.sender.http as sender_http
 from hookstream.core.model import Failed, Succeeded
 from hookstream.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_endpoint
 from hookstream.sender.http import make_session
-from tests.conftest import wait_for
 from tests.integration.test_hostile_endpoints import RawServer, answer_ok, attempt
+from tests.support import wait_for
 
 PUBLIC_IP = "93.184.215.14"  # a global unicast address; never connected to in these tests
 

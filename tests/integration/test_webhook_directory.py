@@ -7,8 +7,7 @@ import time
 import pytest
 
 from hookstream.core.webhooks import WebhookDirectory
-from tests.conftest import wait_for
-from tests.support import make_org, make_webhook
+from tests.support import make_org, make_webhook, wait_for
 
 pytestmark = pytest.mark.integration
 
