@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import datetime as dt
-import os
 import re
 import secrets
 import statistics
@@ -36,21 +35,19 @@ sys.path.insert(0, str(ROOT))
 from hookstream.api.deliveries import build_log_query  # noqa: E402
 from hookstream.api.params import encode_cursor  # noqa: E402
 from hookstream.core.db import migrate  # noqa: E402
+from hookstream.core.model import format_rfc3339  # noqa: E402
 from hookstream.core.validation import EVENT_TYPES  # noqa: E402
+from tests.support import create_database, drop_database, load_local_env  # noqa: E402
 
 LIMIT = 50
 RUNS = 30
 
 
 def database_url() -> str:
-    if "DATABASE_URL" in os.environ:
-        return os.environ["DATABASE_URL"]
-    env_file = ROOT / ".local" / "env"
-    for line in env_file.read_text().splitlines() if env_file.exists() else []:
-        key, _, value = line.partition("=")
-        if key.strip() == "DATABASE_URL":
-            return value.strip()
-    sys.exit("DATABASE_URL is not set and .local/env is missing: run `make up` first")
+    url = load_local_env().get("DATABASE_URL")
+    if not url:
+        sys.exit("DATABASE_URL is not set and .local/env is missing: run `make up` first")
+    return url
 
 
 _FILL_SQL = """
@@ -130,16 +127,14 @@ async def main() -> None:
     args = parser.parse_args()
     admin_url = database_url()
     name = f"hs_bench_{secrets.token_hex(4)}"
-    admin = await asyncpg.connect(admin_url)
-    await admin.execute(f'CREATE DATABASE "{name}"')
-    url = admin_url.rsplit("/", 1)[0] + "/" + name
+    url = await create_database(admin_url, name)
     try:
         await migrate(url)
         conn = await asyncpg.connect(url)
         try:
             org_id, webhook_id = await fill(conn, args.rows)
-            since = (dt.datetime.now(dt.UTC) - dt.timedelta(days=7)).isoformat()
-            until = (dt.datetime.now(dt.UTC) - dt.timedelta(days=6)).isoformat()
+            since = format_rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(days=7))
+            until = format_rfc3339(dt.datetime.now(dt.UTC) - dt.timedelta(days=6))
             cases = [
                 ("first page", {}),
                 ("first page, status=failed", {"status": "failed"}),
@@ -162,10 +157,9 @@ async def main() -> None:
             await conn.close()
     finally:
         if not args.keep:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+            await drop_database(admin_url, name)
         else:
             print(f"kept database {name}")
-        await admin.close()
 
 
 if __name__ == "__main__":

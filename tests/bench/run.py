@@ -18,12 +18,10 @@ import asyncio
 import collections
 import contextlib
 import dataclasses
-import datetime as dt
 import gc
 import logging
 import os
 import secrets
-import socket
 import statistics
 import subprocess
 import sys
@@ -31,22 +29,35 @@ import time
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import aiohttp
 import asyncpg
 import orjson
 import uvloop
-from aiokafka import AIOKafkaConsumer
+from aiokafka import AIOKafkaConsumer, TopicPartition
 
 from hookstream.core.db import migrate
 from hookstream.core.kafka import RenewableProducer, ensure_topics, open_producer
-from hookstream.core.orgs import create_organization
+from hookstream.core.publish import make_event
 from hookstream.core.signing import decode_secret, generate_secret, signature_header
 from hookstream.core.validation import Rejection, validate_event
-from tests.support import delete_topics, isolated_names, isolated_topics
+from tests.support import (
+    ROOT,
+    HookstreamProcess,
+    WaitTimeout,
+    create_database,
+    delete_topics,
+    drop_database,
+    free_port,
+    isolated_names,
+    isolated_topics,
+    load_local_env,
+    make_org,
+    make_webhook,
+    wait_for,
+)
 
-ROOT = Path(__file__).resolve().parents[2]
 DEFAULT_OUT = ROOT / ".local" / "bench" / "results.json"
 EVENT_TYPE = "order.created"
 STORE_ID = "store_1"
@@ -119,16 +130,6 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", file=sys.stderr, flush=True)
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def with_database(url: str, name: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path="/" + name))
-
-
 def percentile(values: list[float], q: float) -> float:
     ordered = sorted(values)
     return ordered[min(len(ordered) - 1, max(0, round(q * (len(ordered) - 1))))]
@@ -141,15 +142,12 @@ def latencies_ms(records: list, ids: set[str]) -> list[float]:
 
 def event_bytes(org_id: str, n: int, *, sent_at: float | None = None) -> tuple[str, bytes, bytes]:
     """(event id, record value, record key) of one valid order.created event."""
-    event_id = f"evt_{secrets.token_hex(10)}"
     data: dict = {"order": {"id": f"ord_{n}", "total": "42.10", "currency": "USD",
                             "lines": [{"id": f"line_{i}", "sku": f"sku_{i}", "quantity": 1, "price": "10.00"} for i in range(3)]}}
     if sent_at is not None:
         data["bench_sent_at"] = sent_at
-    event = {"id": event_id, "type": EVENT_TYPE,
-             "occurred_at": dt.datetime.now(dt.UTC).isoformat(timespec="milliseconds").replace("+00:00", "Z"),
-             "organization_id": org_id, "store_id": STORE_ID, "data": data}
-    return event_id, orjson.dumps(event), f"ord_{n}".encode()
+    event = make_event(EVENT_TYPE, organization_id=org_id, store_id=STORE_ID, data=data)
+    return event["id"], orjson.dumps(event), f"ord_{n}".encode()
 
 
 # --------------------------------------------------------------------------------------------- sink
@@ -224,7 +222,7 @@ class Scenario:
     db_name: str = ""
     org_id: str = ""
     hooks: list[str] = field(default_factory=list)  # webhook ids
-    procs: list[tuple[str, subprocess.Popen]] = field(default_factory=list)
+    procs: list[tuple[str, HookstreamProcess]] = field(default_factory=list)
     profilers: list[subprocess.Popen] = field(default_factory=list)
     conn: asyncpg.Connection | None = None
     # The scenario's own publisher, closed before its topics are deleted: a producer that outlived
@@ -245,12 +243,7 @@ class Scenario:
         await settle(self.name)
         uid = f"b{secrets.token_hex(5)}"
         self.db_name = f"hs_bench_{uid}"
-        admin = await asyncpg.connect(bench.admin_url)
-        try:
-            await admin.execute(f'CREATE DATABASE "{self.db_name}" TEMPLATE "{bench.template}"')
-        finally:
-            await admin.close()
-        url = with_database(bench.admin_url, self.db_name)
+        url = await create_database(bench.admin_url, self.db_name, template=bench.template)
         self.env = {
             "KAFKA_BOOTSTRAP_SERVERS": bench.bootstrap,
             "DATABASE_URL": url,
@@ -264,18 +257,13 @@ class Scenario:
             "HOOKSTREAM_LOG_LEVEL": "INFO",
         }
         self.conn = await asyncpg.connect(url)
-        self.org_id, _ = await create_organization(self.conn, f"bench {self.name}")
-        await self.conn.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, $2, $2)",
-                                self.org_id, STORE_ID)
+        self.org_id, _ = await make_org(self.conn, f"bench {self.name}", stores=(STORE_ID,))
         secrets_by_path = {}
         for _ in range(self.webhooks):
-            webhook_id = f"wh_{secrets.token_hex(8)}"
-            secret = generate_secret()
-            await self.conn.execute(
-                "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret, filter)"
-                " VALUES ($1, $2, $3, $4, $5, true, $6, $7)",
-                webhook_id, self.org_id, bench.sink.url(f"/h/{webhook_id}"), [EVENT_TYPE], [STORE_ID], secret,
-                self.filter)
+            webhook_id = f"wh_{secrets.token_hex(8)}"  # chosen here: the sink's path names it
+            _, secret = await make_webhook(self.conn, self.org_id, bench.sink.url(f"/h/{webhook_id}"),
+                                           event_types=[EVENT_TYPE], store_ids=[STORE_ID], filter_=self.filter,
+                                           webhook_id=webhook_id)
             self.hooks.append(webhook_id)
             secrets_by_path[f"/h/{webhook_id}"] = secret
         await bench.sink.set_secrets(secrets_by_path)
@@ -286,14 +274,7 @@ class Scenario:
         return self
 
     async def __aexit__(self, *exc_info) -> None:
-        for _, proc in self.procs:
-            if proc.poll() is None:
-                proc.terminate()
-        for _, proc in self.procs:
-            try:
-                await asyncio.to_thread(proc.wait, 40)
-            except subprocess.TimeoutExpired:
-                proc.kill()
+        await asyncio.gather(*(asyncio.to_thread(proc.stop, 40) for _, proc in self.procs))
         for profiler in self.profilers:
             try:
                 await asyncio.to_thread(profiler.wait, 30)
@@ -303,23 +284,18 @@ class Scenario:
             await self.conn.close()
         await self._closing.aclose()
         await delete_topics(self.bench.bootstrap, isolated_topics(self.env))
-        admin = await asyncpg.connect(self.bench.admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{self.db_name}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(self.bench.admin_url, self.db_name)
 
-    def start(self, role: str, extra_env: dict[str, str] | None = None) -> subprocess.Popen:
-        return self.start_command(role, ["-m", "hookstream.cli", role], extra_env)
+    def start(self, role: str, extra_env: dict[str, str] | None = None) -> HookstreamProcess:
+        return self.start_command(role, "hookstream.cli", [role], extra_env)
 
-    def start_command(self, role: str, args: list[str], extra_env: dict[str, str] | None = None
-                      ) -> subprocess.Popen:
-        """Start ``python <args>`` with the scenario's environment, logging to the bench's log directory."""
-        env = {**os.environ, **self.env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}",
-               **(extra_env or {})}
+    def start_command(self, role: str, module: str, args: list[str], extra_env: dict[str, str] | None = None
+                      ) -> HookstreamProcess:
+        """Start ``python -m <module> <args>`` with the scenario's environment, logging to the bench's log
+        directory."""
+        env = {**self.env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{free_port()}", **(extra_env or {})}
         log_path = self.bench.log_dir / f"{self.name}-{role}-{len(self.procs)}.log"
-        proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env,
-                                stdout=open(log_path, "ab"), stderr=subprocess.STDOUT)
+        proc = HookstreamProcess(args, env, log_path, module=module).start()
         if self.bench.profile_dir is not None:
             # Sampled from outside (py-spy, non-blocking), so the profile barely slows what it measures;
             # it ends, writing collapsed stacks, when the process exits.
@@ -333,8 +309,8 @@ class Scenario:
 
     def check_alive(self) -> None:
         for role, proc in self.procs:
-            if proc.poll() is not None:
-                raise BenchFailure(f"{self.name}: {role} exited with {proc.returncode}; see {self.bench.log_dir}")
+            if (code := proc.exit_code()) is not None:
+                raise BenchFailure(f"{self.name}: {role} exited with {code}; see {self.bench.log_dir}")
 
     async def publish(self, count: int, *, start: int = 0, rate_per_s: float | None = None,
                       stamp: bool = False) -> list[str]:
@@ -365,14 +341,20 @@ class Scenario:
             "SELECT count(*) FROM deliveries WHERE status = 'succeeded' AND webhook_id = ANY($1::text[])", hooks)
 
     async def wait_until(self, what: str, predicate, timeout_s: float) -> float:
-        """Poll ``predicate`` (async) until truthy; returns the time.time() it became true."""
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
+        """Poll ``predicate`` (async) until truthy, failing as soon as a process has died; returns the
+        time.time() it became true."""
+
+        async def reached() -> bool:
             if await predicate():
-                return time.time()
+                return True
             self.check_alive()
-            await asyncio.sleep(POLL_S)
-        raise BenchFailure(f"{self.name}: timed out after {timeout_s:.0f}s waiting for {what}")
+            return False
+
+        try:
+            await wait_for(reached, timeout_s=timeout_s, interval_s=POLL_S, message=what)
+        except WaitTimeout:
+            raise BenchFailure(f"{self.name}: timed out after {timeout_s:.0f}s waiting for {what}") from None
+        return time.time()
 
     async def wait_status(self, status: StatusReader, target: int, timeout_s: float) -> float:
         """time.time() at which the status topic held ``target`` succeeded records. Waiting on the topic
@@ -611,10 +593,10 @@ class Bench:
             secret = generate_secret()
             await self.sink.set_secrets({path: secret})
             common = ["--bootstrap", self.bootstrap, "--hop", hop_topic]
-            sc.start_command("hop1", ["-m", "tests.bench.floor", "hop1", *common, "--source", sc.orders_topic,
+            sc.start_command("hop1", "tests.bench.floor", ["hop1", *common, "--source", sc.orders_topic,
                                       "--group", f"{sc.env['HOOKSTREAM_ROUTER_GROUP']}.floor",
                                       "--database", sc.env["DATABASE_URL"]])
-            sc.start_command("hop2", ["-m", "tests.bench.floor", "hop2", *common, "--sink", self.sink.url(path),
+            sc.start_command("hop2", "tests.bench.floor", ["hop2", *common, "--sink", self.sink.url(path),
                                       "--group", f"{sc.env['HOOKSTREAM_SENDER_GROUP']}.floor", "--secret", secret])
             try:
                 warm = await sc.publish(5, start=10_000_000)
@@ -630,15 +612,18 @@ class Bench:
         """Sink records until every one of ``ids`` has arrived (the floor has no status topic)."""
         records: list = []
         seen: set[str] = set()
-        deadline = time.monotonic() + 120
-        while not ids <= seen:
-            if time.monotonic() > deadline:
-                raise BenchFailure(f"{sc.name}: {len(ids - seen)} of {len(ids)} events never reached the sink")
+
+        async def all_arrived() -> bool:
             sc.check_alive()
-            await asyncio.sleep(POLL_S)
             batch = await self.sink.dump()
             records.extend(batch)
             seen.update(r[1] for r in batch)
+            return ids <= seen
+
+        try:
+            await wait_for(all_arrived, timeout_s=120, interval_s=POLL_S, message="the sink")
+        except WaitTimeout:
+            raise BenchFailure(f"{sc.name}: {len(ids - seen)} of {len(ids)} events never reached the sink") from None
         return records
 
     async def idle(self) -> float:
@@ -778,20 +763,19 @@ class Bench:
     async def wait_topic_filled(self, topic: str, n: int, timeout_s: float = 120) -> None:
         consumer = AIOKafkaConsumer(bootstrap_servers=self.bootstrap, group_id=None)
         await consumer.start()
-        try:
-            from aiokafka import TopicPartition
 
-            deadline = time.monotonic() + timeout_s
-            while time.monotonic() < deadline:
-                parts = consumer.partitions_for_topic(topic) or set()
-                if parts:
-                    ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
-                    if sum(ends.values()) >= n:
-                        return
-                else:
-                    await consumer._client.force_metadata_update()
-                await asyncio.sleep(0.2)
-            raise BenchFailure(f"delivery topic {topic} never held {n} tasks")
+        async def filled() -> bool:
+            parts = consumer.partitions_for_topic(topic) or set()
+            if not parts:
+                await consumer._client.force_metadata_update()
+                return False
+            ends = await consumer.end_offsets([TopicPartition(topic, p) for p in parts])
+            return sum(ends.values()) >= n
+
+        try:
+            await wait_for(filled, timeout_s=timeout_s, interval_s=0.2, message=f"{n} tasks on {topic}")
+        except WaitTimeout:
+            raise BenchFailure(f"delivery topic {topic} never held {n} tasks") from None
         finally:
             await consumer.stop()
 
@@ -1029,10 +1013,11 @@ async def amain(args: argparse.Namespace) -> int:
     if unknown:
         print(f"--only: unknown scenario(s) {', '.join(sorted(unknown))}", file=sys.stderr)
         return 2
-    admin_url = os.environ.get("DATABASE_URL")
-    bootstrap = os.environ.get("KAFKA_BOOTSTRAP_SERVERS")
+    env = load_local_env()
+    admin_url = env.get("DATABASE_URL")
+    bootstrap = env.get("KAFKA_BOOTSTRAP_SERVERS")
     if not admin_url or not bootstrap:
-        print("DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS must be set (make bench exports .local/env)",
+        print("DATABASE_URL and KAFKA_BOOTSTRAP_SERVERS are not set and there is no .local/env: run `make up`",
               file=sys.stderr)
         return 2
     out_path, log_dir, profile_dir = prepare_dirs(args.out, args.profile)
@@ -1050,14 +1035,10 @@ async def amain(args: argparse.Namespace) -> int:
             bench.infra_pids[name] = pid
         else:
             log(f"{name} (port {port}) is not a process of this machine: its CPU is not in the CPU figures")
-    admin = await asyncpg.connect(admin_url)
-    try:
-        await admin.execute(f'CREATE DATABASE "{bench.template}"')
-    finally:
-        await admin.close()
+    template_url = await create_database(admin_url, bench.template)
     runs: list[dict[str, float]] = []
     try:
-        await migrate(with_database(admin_url, bench.template))
+        await migrate(template_url)
         async with SinkProcess(log_dir) as sink:
             bench.sink = sink
             for i in range(1, sizes.runs + 1):
@@ -1066,11 +1047,7 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"bench FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
-        admin = await asyncpg.connect(admin_url)
-        try:
-            await admin.execute(f'DROP DATABASE IF EXISTS "{bench.template}" WITH (FORCE)')
-        finally:
-            await admin.close()
+        await drop_database(admin_url, bench.template)
 
     results = {key: statistics.median(r[key] for r in runs) for key in RESULT_KEYS if key in runs[0]}
     out_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
