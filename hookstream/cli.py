@@ -15,7 +15,8 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import Awaitable, Callable
+from collections.abc import Callable, Coroutine
+from typing import Any
 
 import orjson
 
@@ -91,7 +92,7 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
         pool = await stack.enter_async_context(open_pool(settings.database_url, max_size=10))
-        runners: list[Awaitable[None]] = []
+        runners: list[Coroutine[Any, Any, None]] = []
         if "router" in names or "sender" in names:
             directory = await stack.enter_async_context(
                 WebhookDirectory(settings.database_url, SecretBox(settings.secret_key)))
@@ -126,8 +127,8 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
         if failed:
             stop.set()
         await asyncio.gather(*tasks, return_exceptions=True)
-        if failed:
-            raise failed[0].exception()
+        if failed and (exc := failed[0].exception()) is not None:
+            raise exc
         log.info("hookstream %s stopped", "+".join(names))
 
 
@@ -210,7 +211,7 @@ async def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
     return 0
 
 
-def run_event_loop(coro: Awaitable[int | None]) -> int | None:
+def run_event_loop(coro: Coroutine[Any, Any, int | None]) -> int | None:
     """Run on uvloop where it is installed (Linux, macOS; a cheaper event loop for a sender whose CPU
     goes largely to scheduling and HTTP, see BENCHMARKS.md); the plain asyncio loop otherwise."""
     try:
@@ -232,7 +233,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
     from hookstream.core.logs import configure_logging
 
     configure_logging(settings.log_format, settings.log_level)
-    commands: dict[str, Callable[[], Awaitable[int | None]]] = {
+    commands: dict[str, Callable[[], Coroutine[Any, Any, int | None]]] = {
         "router": lambda: run_services(settings, ("router",)),
         "sender": lambda: run_services(settings, ("sender",)),
         "api": lambda: run_services(settings, ("api",)),
@@ -241,10 +242,8 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         "topics": lambda: cmd_topics(settings, with_source_topics=args.with_source_topics, strict=args.strict),
         "publish": lambda: cmd_publish(settings, args),
     }
-    if args.command == "org":
-        command = lambda: cmd_org_create(settings, args.name, args.json)  # noqa: E731
-    else:
-        command = commands[args.command]
+    commands["org"] = lambda: cmd_org_create(settings, args.name, args.json)
+    command = commands[args.command]
     try:
         return run_event_loop(command()) or 0
     except KeyboardInterrupt:

@@ -91,7 +91,7 @@ async def retry_transient(
     heartbeat: str | None = None,
     start_s: float = BACKOFF_START_S,
     max_s: float = BACKOFF_MAX_S,
-    extra: dict | None = None,
+    extra: dict[str, object] | None = None,
     retryable: Callable[[Exception], bool] = is_transient,
 ) -> T:
     """Run ``operation`` until it succeeds, backing off (capped, doubling) after transient errors.

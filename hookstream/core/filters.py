@@ -58,7 +58,7 @@ class CompiledFilter:
         return f"CompiledFilter({self.source!r})"
 
 
-def compile_filter(source: str) -> CompiledFilter:
+def compile_filter(source: object) -> CompiledFilter:
     """Compile ``source``; raises :class:`FilterError` for an empty, too long or malformed expression,
     or one that uses a variable the payload does not have. Compiled programs are cached by source, so
     the routers' periodic full reload of webhooks does not compile unchanged filters again."""

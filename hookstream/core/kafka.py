@@ -31,6 +31,8 @@ from hookstream.core.topics import (
 )
 
 log = logging.getLogger(__name__)
+# Record headers as aiokafka takes them: (name, value) pairs.
+Headers = list[tuple[str, bytes]]
 
 # Any task the delivery topic accepts (hookstream.core.topics.DELIVERY_MAX_MESSAGE_BYTES) can be fetched.
 FETCH_MAX_PARTITION_BYTES = DELIVERY_MAX_MESSAGE_BYTES
@@ -57,7 +59,7 @@ class RenewableProducer:
     on timeout the producer is replaced and the caller retries its batch: duplicates, never a loss.
     """
 
-    def __init__(self, bootstrap: str, config: dict) -> None:
+    def __init__(self, bootstrap: str, config: dict[str, Any]) -> None:
         self._bootstrap = bootstrap
         self._config = config
         self._producer: AIOKafkaProducer | None = None
@@ -71,11 +73,13 @@ class RenewableProducer:
         if self._producer is not None:
             await self._producer.stop()
 
-    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+    async def send(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                   headers: Headers | None = None) -> asyncio.Future[Any]:
         assert self._producer is not None
-        return await self._producer.send(topic, value=value, key=key, headers=headers)
+        future: asyncio.Future[Any] = await self._producer.send(topic, value=value, key=key, headers=headers)
+        return future
 
-    async def send_many(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[asyncio.Future]:
+    async def send_many(self, topic: str, records: list[tuple[bytes | None, bytes]]) -> list[asyncio.Future[Any]]:
         """Send ``(key, value)`` records, partitioned by key as :meth:`send` does, as one producer
         batch per partition (a third of the CPU of a send per record); returns a future per record,
         which records of one batch share (the broker accepts or refuses a batch whole). A record
@@ -86,7 +90,7 @@ class RenewableProducer:
         producer = self._producer
         partitions = sorted(await producer.partitions_for(topic))
         limit = self._config.get("max_batch_size", 16384) - RECORD_OVERHEAD_BYTES
-        futures: list[asyncio.Future] = []
+        futures: list[asyncio.Future[Any]] = []
         owners: list[int] = []  # per record, the index in ``futures`` of the send that carries it
         open_batches: dict[int, tuple[Any, list[int]]] = {}  # partition -> (batch, record indexes)
         partition_of: dict[bytes | None, int] = {}
@@ -129,12 +133,13 @@ class RenewableProducer:
             raise
         return [futures[owner] for owner in owners]
 
-    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None, headers=None):
+    async def send_and_wait(self, topic: str, value: bytes | None = None, key: bytes | None = None,
+                            headers: Headers | None = None) -> Any:
         """Send one record and return its RecordMetadata once acknowledged."""
         [metadata] = await self.acked([await self.send(topic, value=value, key=key, headers=headers)])
         return metadata
 
-    async def acked(self, futures: list[asyncio.Future], *, return_exceptions: bool = False) -> list:
+    async def acked(self, futures: list[asyncio.Future[Any]], *, return_exceptions: bool = False) -> list[Any]:
         """Wait for every send's acknowledgement; renews the producer and raises TimeoutError when
         they do not all arrive within ``ACK_TIMEOUT_S``."""
         stuck_on = self._producer
@@ -195,7 +200,7 @@ async def send_isolated(producer: RenewableProducer, topic: str,
     return outcomes
 
 
-def discard(futures: list[asyncio.Future]) -> None:
+def discard(futures: list[asyncio.Future[Any]]) -> None:
     """Let go of send futures whose outcome no longer matters, without waiting for them (a stuck
     producer may never complete them) and without leaving an exception unretrieved."""
     for future in futures:
@@ -207,7 +212,7 @@ def discard(futures: list[asyncio.Future]) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[RenewableProducer]:
+async def open_producer(bootstrap: str, **overrides: Any) -> AsyncIterator[RenewableProducer]:
     """A started producer, stopped (and flushed) on exit. acks=all: a send is durable when acknowledged."""
     config = {"acks": "all", "linger_ms": 0, "max_batch_size": 256 * 1024, "enable_idempotence": True,
               "max_request_size": DEAD_LETTER_MAX_MESSAGE_BYTES, "request_timeout_ms": 30_000}
@@ -220,7 +225,7 @@ async def open_producer(bootstrap: str, **overrides) -> AsyncIterator[RenewableP
         await producer.stop()
 
 
-async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict, *, owner: str, otherwise: str) -> bool:
+async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[Any, Any], *, owner: str, otherwise: str) -> bool:
     """Commit ``offsets``; True when committed. A failed commit (the partitions moved to another
     replica, or the broker is away) is logged, ``owner`` and ``otherwise`` saying whose and what
     follows: whatever stays uncommitted is replayed from the last commit, a duplicate, never a loss."""
@@ -232,7 +237,7 @@ async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict, *, owner: st
     return True
 
 
-def make_consumer(bootstrap: str, group_id: str, **overrides) -> AIOKafkaConsumer:
+def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer with manual commits that starts from the earliest offset for a new group."""
     config = {
         "group_id": group_id,

@@ -41,7 +41,7 @@ def stale(now: float | None = None, bound_s: float | None = None) -> dict[str, f
     return {name: round(now - at, 1) for name, at in _beats.items() if now - at > bound_s}
 
 
-def health() -> tuple[int, dict]:
+def health() -> tuple[int, dict[str, object]]:
     """The ``/healthz`` answer: (200, ok) or (503, which loops are stale)."""
     late = stale()
     if not late:

@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import contextlib
 import functools
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterable
 
 from aiohttp import web
+from aiokafka import TopicPartition
 from prometheus_client import CONTENT_TYPE_LATEST, Counter, Gauge, Histogram, generate_latest
 
 from hookstream.core import liveness
@@ -89,17 +90,17 @@ CONSUMER_LAG = Gauge(
 
 
 @functools.cache
-def attempts_counter(outcome: str, status_class_: str):
+def attempts_counter(outcome: str, status_class_: str) -> Counter:
     """The bound child of DELIVERY_ATTEMPTS (label lookup once per combination, not per attempt)."""
     return DELIVERY_ATTEMPTS.labels(outcome, status_class_)
 
 
 @functools.cache
-def finished_counter(status: str):
+def finished_counter(status: str) -> Counter:
     return DELIVERIES_FINISHED.labels(status)
 
 
-def forget_lag(group: str, partitions) -> None:
+def forget_lag(group: str, partitions: Iterable[TopicPartition]) -> None:
     """Drop the lag series of partitions this process no longer owns (their new owner reports them)."""
     for tp in partitions:
         with contextlib.suppress(KeyError):

@@ -10,10 +10,9 @@ from __future__ import annotations
 import asyncio
 import ipaddress
 import socket
-from typing import Any
 from urllib.parse import urlsplit
 
-from aiohttp.abc import AbstractResolver
+from aiohttp.abc import AbstractResolver, ResolveResult
 from aiohttp.resolver import DefaultResolver
 
 MAX_URL_LENGTH = 2048
@@ -99,7 +98,7 @@ async def check_endpoint(url: str, *, allow_http: bool, allow_private_networks: 
             infos = await loop.getaddrinfo(host, None, type=socket.SOCK_STREAM)
         except (socket.gaierror, UnicodeError):
             raise UnsafeEndpointError(f"host {host!r} does not resolve") from None
-        addresses = [info[4][0] for info in infos]
+        addresses = [str(info[4][0]) for info in infos]
     if any(is_blocked_address(a) for a in addresses):
         raise UnsafeEndpointError("must not point at a private, loopback, link-local or reserved address")
 
@@ -124,7 +123,8 @@ class PublicOnlyResolver(AbstractResolver):
         self._inner = DefaultResolver()
         self._allow_private = allow_private_networks
 
-    async def resolve(self, host: str, port: int = 0, family: int = socket.AF_INET) -> list[dict[str, Any]]:
+    async def resolve(self, host: str, port: int = 0,
+                      family: socket.AddressFamily = socket.AF_INET) -> list[ResolveResult]:
         results = await self._inner.resolve(host, port, family)
         if not self._allow_private:
             for entry in results:

@@ -68,5 +68,5 @@ async def authenticate(conn: asyncpg.Connection, key: str) -> str | None:
             "SELECT organization_id, key_hash FROM api_keys WHERE id = $1 AND revoked_at IS NULL", key_id)
     stored = row["key_hash"] if row else _DUMMY_HASH
     if hmac.compare_digest(stored, hash_api_key(key)) and row is not None:
-        return row["organization_id"]
+        return str(row["organization_id"])
     return None

@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import secrets
 from dataclasses import dataclass
+from typing import Any
 
 import orjson
 
@@ -36,8 +37,8 @@ def topic_for(event_type: str, source_topics: tuple[str, ...]) -> str:
     return source_topics[1]
 
 
-def make_event(event_type: str, *, organization_id: str, store_id: str, data: dict,
-               event_id: str | None = None, occurred_at: str | None = None) -> dict:
+def make_event(event_type: str, *, organization_id: str, store_id: str, data: dict[str, Any],
+               event_id: str | None = None, occurred_at: str | None = None) -> dict[str, Any]:
     return {
         "id": event_id or f"evt_{secrets.token_hex(10)}",
         "type": event_type,
@@ -48,14 +49,14 @@ def make_event(event_type: str, *, organization_id: str, store_id: str, data: di
     }
 
 
-def resource_key(event: dict) -> bytes:
+def resource_key(event: dict[str, Any]) -> bytes:
     """The record key: the product or order id, falling back to the event id."""
     data = event.get("data") or {}
     resource = data.get("product") or data.get("order") or {}
     return str(resource.get("id") or event["id"]).encode()
 
 
-async def publish_event(producer: RenewableProducer, event: dict, source_topics: tuple[str, ...],
+async def publish_event(producer: RenewableProducer, event: dict[str, Any], source_topics: tuple[str, ...],
                         *, max_bytes: int = 256 * 1024) -> Published:
     """Validate and publish one domain event; raises :class:`PublishError` if the router would reject it."""
     value = orjson.dumps(event)

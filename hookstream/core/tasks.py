@@ -6,7 +6,7 @@ import asyncio
 import contextlib
 
 
-async def cancel_and_wait(task: asyncio.Task | None) -> None:
+async def cancel_and_wait(task: asyncio.Task[object] | None) -> None:
     """Cancel ``task`` and wait until it has finished (its cancellation is not an error)."""
     if task is None:
         return

@@ -146,7 +146,8 @@ class Rejection:
 
 
 def _load_schema(relative: str) -> dict[str, Any]:
-    return orjson.loads((SCHEMAS_DIR / relative).read_bytes())
+    schema: dict[str, Any] = orjson.loads((SCHEMAS_DIR / relative).read_bytes())
+    return schema
 
 
 def _refuse_remote_ref(uri: str) -> Any:

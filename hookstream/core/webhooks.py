@@ -129,7 +129,7 @@ class WebhookDirectory:
         self._index: dict[tuple[str, str], list[Webhook]] = {}
         self._changed: set[str] = set()
         self._wake = asyncio.Event()
-        self._task: asyncio.Task | None = None
+        self._task: asyncio.Task[None] | None = None
         self.ready = asyncio.Event()
 
     async def __aenter__(self) -> WebhookDirectory:
@@ -141,7 +141,7 @@ class WebhookDirectory:
             self._task.result()  # surfaces the start-up error
         return self
 
-    async def __aexit__(self, *exc_info) -> None:
+    async def __aexit__(self, *exc_info: object) -> None:
         await cancel_and_wait(self._task)
         liveness.forget(HEARTBEAT)
 
@@ -165,7 +165,7 @@ class WebhookDirectory:
     def __len__(self) -> int:
         return len(self._by_id)
 
-    def _on_notify(self, _conn, _pid, _channel, payload: str) -> None:
+    def _on_notify(self, _conn: object, _pid: int, _channel: str, payload: str) -> None:
         self._changed.add(payload)
         self._wake.set()
 
