@@ -20,6 +20,7 @@ from typing import Any
 
 import orjson
 
+from hookstream import __version__
 from hookstream.core.settings import Settings, SettingsError, render_cli_help
 
 log = logging.getLogger("hookstream")
@@ -39,6 +40,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="hookstream", description="Webhook delivery for e-commerce events.",
                                      epilog=render_cli_help(),
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"hookstream {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     sub.add_parser("router", help="consume domain events, match webhooks, enqueue deliveries", epilog=_CONFIG_HELP)
     sub.add_parser("sender", help="deliver webhooks: HTTP attempts, retries, outcomes", epilog=_CONFIG_HELP)

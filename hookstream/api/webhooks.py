@@ -99,14 +99,21 @@ async def validate_changes(request: web.Request, org_id: str, body: dict[str, An
                            creating: bool) -> dict[str, Any]:
     """Shape first (cheap), then stores (one query), then the URL (DNS)."""
     changes = parse_webhook_changes(body, creating=creating)
-    if changes.get("filter") is not None:
-        event_types = changes.get("event_types")
-        if event_types is None:
-            event_types = list(await request.app[POOL].fetchval(
-                "SELECT event_types FROM webhooks WHERE organization_id = $1 AND id = $2",
-                org_id, request.match_info["webhook_id"]) or [])
-        if (problem := check_against_samples(compile_filter(changes["filter"]), event_types)) is not None:
-            raise field_error("filter", problem)
+    if "filter" in changes or "event_types" in changes:
+        # The filter as it will be, checked against the event types as they will be: a PATCH of
+        # either one is refused when the pair would fail on a subscribed type's sample event.
+        filter_source, event_types = changes.get("filter"), changes.get("event_types")
+        if not creating and ("filter" not in changes or event_types is None):
+            row = await request.app[POOL].fetchrow(
+                "SELECT filter, event_types FROM webhooks WHERE organization_id = $1 AND id = $2",
+                org_id, request.match_info["webhook_id"])
+            if row is not None:
+                filter_source = changes["filter"] if "filter" in changes else row["filter"]
+                event_types = event_types if event_types is not None else list(row["event_types"])
+        if filter_source is not None and event_types:
+            problem = check_against_samples(compile_filter(filter_source), event_types)
+            if problem is not None:
+                raise field_error("filter" if "filter" in changes else "event_types", problem)
     if "store_ids" in changes:
         async with request.app[POOL].acquire() as conn:
             await check_stores(conn, org_id, body["store_ids"])

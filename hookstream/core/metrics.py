@@ -24,8 +24,8 @@ DELIVERIES_SCHEDULED = Counter(
     ["event_type"],
 )
 DELIVERY_ATTEMPTS = Counter(
-    "hookstream_delivery_attempts_total", "HTTP delivery attempts by outcome and status class",
-    ["outcome", "status_class"],
+    "hookstream_delivery_attempts_total", "HTTP delivery attempts by outcome, status class and event type",
+    ["outcome", "status_class", "event_type"],
 )
 DELIVERIES_FINISHED = Counter(
     "hookstream_deliveries_finished_total", "Deliveries that reached a final state", ["status"]
@@ -90,9 +90,9 @@ CONSUMER_LAG = Gauge(
 
 
 @functools.cache
-def attempts_counter(outcome: str, status_class_: str) -> Counter:
+def attempts_counter(outcome: str, status_class_: str, event_type: str) -> Counter:
     """The bound child of DELIVERY_ATTEMPTS (label lookup once per combination, not per attempt)."""
-    return DELIVERY_ATTEMPTS.labels(outcome, status_class_)
+    return DELIVERY_ATTEMPTS.labels(outcome, status_class_, event_type)
 
 
 @functools.cache

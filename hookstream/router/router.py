@@ -90,7 +90,7 @@ def build_webhook_body(event: DomainEvent) -> str:
 def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tuple[str, bytes]]:
     return [
         ("hookstream-reason", rejection.reason.encode()),
-        ("hookstream-error", rejection.detail.encode()[:1000]),
+        ("hookstream-error", rejection.detail.encode()[:1000].decode(errors="ignore").encode()),
         ("hookstream-source-topic", record.topic.encode()),
         ("hookstream-source-partition", str(record.partition).encode()),
         ("hookstream-source-offset", str(record.offset).encode()),

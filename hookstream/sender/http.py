@@ -17,6 +17,7 @@ from urllib.parse import urlsplit
 
 import aiohttp
 
+from hookstream import __version__
 from hookstream.core.errors import describe
 from hookstream.core.model import AttemptResult, DeliveryTask, Failed, Succeeded
 from hookstream.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_connect_host
@@ -25,7 +26,7 @@ from hookstream.core.signing import signature_header
 from hookstream.core.text import storable_text
 from hookstream.core.webhooks import Webhook
 
-USER_AGENT = "hookstream/0.1.0"
+USER_AGENT = f"hookstream/{__version__}"
 MAX_ERROR_CHARS = 500
 
 

@@ -120,7 +120,7 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
             next_backlog = loop.time() + BACKLOG_REFRESH_S
             async with pool.acquire() as conn:
                 rows = await conn.fetch(_BACKLOG_SQL)
-            for tier in ("1", "2", "3"):
+            for tier in ("0", "1", "2", "3"):  # 0: deferred first attempts
                 metrics.RETRY_BACKLOG.labels(tier).set(0)
             for row in rows:
                 metrics.RETRY_BACKLOG.labels(str(row["tier"] or 0)).set(row["n"])

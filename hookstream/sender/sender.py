@@ -250,7 +250,7 @@ class Sender:
         if record.status == AttemptStatus.DEFERRED:
             return
         outcome = "success" if record.status == AttemptStatus.SUCCEEDED else "failure"
-        metrics.attempts_counter(outcome, metrics.status_class(record.http_status)).inc()
+        metrics.attempts_counter(outcome, metrics.status_class(record.http_status), record.task.event_type).inc()
         metrics.ATTEMPT_DURATION.observe(record.duration_ms / 1000)
         if record.status == AttemptStatus.RETRYING:
             metrics.RETRIES_SCHEDULED.labels(str(record.task.retry_index + 1)).inc()

@@ -894,6 +894,15 @@ async def test_a_filter_is_compiled_when_saved_and_returned_on_read(api):
     product = await api.webhook(event_types=["product.created"])
     status, answer = await api.call("PATCH", f"/v1/webhooks/{product['id']}", json={"filter": "data.product.id > 1"})
     assert status == 422 and "product.created" in answer["error"]["message"]
+    # ... and changing the event types checks the webhook's own filter against them
+    orders = await api.webhook(event_types=["order.created"], filter="data.product.id > 1")
+    status, answer = await api.call("PATCH", f"/v1/webhooks/{orders['id']}",
+                                    json={"event_types": ["order.created", "product.created"]})
+    assert status == 422 and answer["error"]["field"] == "event_types", answer
+    assert "product.created" in answer["error"]["message"]
+    _, got = await api.call("GET", f"/v1/webhooks/{orders['id']}", status=200)
+    assert got["event_types"] == ["order.created"]  # nothing changed
+    await api.call("PATCH", f"/v1/webhooks/{orders['id']}", json={"event_types": ["order.shipped"]}, status=200)
 
     _, changed = await api.call("PATCH", f"/v1/webhooks/{wh['id']}", json={"filter": None}, status=200)
     assert changed["filter"] is None

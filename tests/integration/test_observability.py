@@ -27,7 +27,9 @@ async def scrape(url: str) -> dict[tuple[str, tuple], float]:
 
 
 def value(samples, name: str, **labels) -> float:
-    return samples.get((name, tuple(sorted((k, str(v)) for k, v in labels.items()))), 0.0)
+    """The sum of ``name``'s series that carry ``labels`` (and any others)."""
+    wanted = {(k, str(v)) for k, v in labels.items()}
+    return sum(v for (n, series), v in samples.items() if n == name and wanted <= set(series))
 
 
 def total(samples, name: str) -> float:
@@ -77,6 +79,8 @@ async def test_counters_move_by_the_right_amounts_and_logs_keep_secrets(db, hs_s
                               message="sender metrics")
         assert value(sent, "hookstream_delivery_attempts_total", outcome="success", status_class="2xx") == 5
         assert value(sent, "hookstream_delivery_attempts_total", outcome="failure", status_class="5xx") == 4
+        assert value(sent, "hookstream_delivery_attempts_total", event_type="order.created") == 5
+        assert value(sent, "hookstream_delivery_attempts_total", outcome="failure", event_type="order.shipped") == 4
         assert value(sent, "hookstream_deliveries_finished_total", status="succeeded") == 5
         assert value(sent, "hookstream_deliveries_finished_total", status="failed") == 1
         for tier in ("1", "2", "3"):

@@ -11,6 +11,7 @@ import aiohttp
 import orjson
 import pytest
 
+import hookstream
 from hookstream.core.kafka import open_producer
 from hookstream.core.publish import publish_event
 from hookstream.core.validation import EVENT_TYPES
@@ -71,7 +72,7 @@ async def test_every_event_type_reaches_exactly_the_matching_webhooks(db, hs_set
             assert request.headers["content-type"] == "application/json"
             assert request.headers["webhook-id"] == source["id"]
             assert abs(int(request.headers["webhook-timestamp"]) - time.time()) < 60
-            assert request.headers["user-agent"].startswith("hookstream/")
+            assert request.headers["user-agent"] == f"hookstream/{hookstream.__version__}"
 
         states = await wait_for(
             lambda: _all_final(db, all_s1, 12), timeout_s=30, message="outcomes recorded in PostgreSQL")

@@ -9,6 +9,7 @@ import os
 import subprocess
 import sys
 import tarfile
+import tomllib
 import zipfile
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -19,7 +20,7 @@ import orjson
 import pytest
 
 from tests.receiver import Receiver
-from tests.support import unique_id, wait_for, with_database
+from tests.support import create_database, drop_database, unique_id, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.e2e]
 
@@ -104,26 +105,20 @@ def test_the_installed_package_is_the_wheel_not_the_checkout(installed: Installe
     assert not any(path.startswith(str(ROOT)) for path in found)
 
 
-def test_help_lists_the_subcommands(installed: Installed) -> None:
+def test_help_lists_the_subcommands_and_version_is_the_wheels(installed: Installed) -> None:
     out = installed.cli("--help", env={}).stdout
-    for command in ("router", "sender", "api", "all", "migrate", "org", "publish"):
+    for command in ("router", "sender", "api", "all", "migrate", "topics", "org", "publish"):
         assert command in out
+    version = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+    assert installed.cli("--version", env={}).stdout.strip() == f"hookstream {version}"
 
 
 @pytest.fixture
 async def empty_database(infra_env: dict[str, str]) -> AsyncIterator[str]:
+    """A database with no tables at all: the installed ``hookstream migrate`` makes them."""
     name = unique_id("hs_wheel_")
-    conn = await asyncpg.connect(infra_env["DATABASE_URL"])
-    try:
-        await conn.execute(f'CREATE DATABASE "{name}"')
-    finally:
-        await conn.close()
-    yield with_database(infra_env["DATABASE_URL"], name)
-    conn = await asyncpg.connect(infra_env["DATABASE_URL"])
-    try:
-        await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-    finally:
-        await conn.close()
+    yield await create_database(infra_env["DATABASE_URL"], name)
+    await drop_database(infra_env["DATABASE_URL"], name)
 
 
 async def test_installed_migrate_and_all_deliver_an_event(installed: Installed, hs_env: dict[str, str],

@@ -75,3 +75,18 @@ def test_filter_errors_are_stored_as_text_postgresql_accepts() -> None:
     router = Router(Settings(), pool=None, directory=FakeDirectory([]), producer=None)
     router.filter_errors.add("wh_1", "evt_1", "no such key: 'a\x00b'")
     assert "\x00" not in router.filter_errors._pending["wh_1"][1]
+
+
+def test_dead_letter_error_header_is_cut_at_a_character_boundary() -> None:
+    """A detail of multi-byte characters cut to the header's 1,000 bytes stays valid UTF-8 (a
+    consumer decoding the header must not fail on a half character)."""
+    from hookstream.core.validation import MAX_REJECTION_DETAIL_CHARS, Rejection
+    from hookstream.router.router import SourceRecord, dead_letter_headers
+
+    record = SourceRecord("aiq.orders", 3, 42, None, b"{}", ())
+    for detail in ("é" * MAX_REJECTION_DETAIL_CHARS, "€" * MAX_REJECTION_DETAIL_CHARS, "plain"):
+        headers = dict(dead_letter_headers(record, Rejection("schema", detail)))
+        error = headers["hookstream-error"]
+        assert len(error) <= 1000
+        assert detail.startswith(error.decode("utf-8"))  # strict decode: raises on a cut character
+        assert len(error) > 996 or error.decode() == detail  # nothing dropped but the partial character
