@@ -8,22 +8,22 @@
 
 FROM python:3.11-slim AS build
 
-# The uv of uv.lock (Makefile's UV_VERSION; tests/unit/test_packaging.py keeps them equal).
-ARG UV_VERSION=0.13.9
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
     PIP_ROOT_USER_ACTION=ignore
 
 WORKDIR /src
-RUN pip install "uv==${UV_VERSION}"
-COPY pyproject.toml uv.lock README.md ./
+# The uv of uv.lock, checked against its hashes (deploy/uv-bootstrap.txt, made by `make lock`).
+COPY deploy/uv-bootstrap.txt ./deploy/
+RUN pip install --require-hashes --no-deps -r deploy/uv-bootstrap.txt
+COPY pyproject.toml uv.lock README.md LICENSE ./
 # The locked build tools (the `build` dependency group), checked against their hashes.
 RUN uv export --locked --only-group build --no-emit-project --format requirements-txt \
         --quiet --output-file /tmp/build-requirements.txt \
     && pip install --require-hashes --no-deps -r /tmp/build-requirements.txt
 COPY deploy/build-dist.sh deploy/install-wheel.sh ./deploy/
 COPY hookstream ./hookstream
-RUN PYTHON=python UV=uv deploy/build-dist.sh /dist
+RUN PYTHON=python UV=uv bash deploy/build-dist.sh /dist
 
 
 FROM python:3.11-slim
@@ -41,9 +41,10 @@ RUN groupadd --system --gid 10001 hookstream \
 # The wheel and the locked dependencies go into site-packages; no source tree is copied.
 COPY --from=build /dist /tmp/dist
 COPY --from=build /src/deploy/install-wheel.sh /tmp/install-wheel.sh
-RUN /tmp/install-wheel.sh python /tmp/dist \
+RUN bash /tmp/install-wheel.sh python /tmp/dist \
     && rm -rf /tmp/dist /tmp/install-wheel.sh \
-    && python -c "import hookstream.cli, hookstream.core.validation, hookstream.core.db"
+    && hookstream --help >/dev/null \
+    && python -c "import hookstream.api.app, hookstream.api.console, hookstream.router.router, hookstream.sender.sender"
 
 USER 10001:10001
 WORKDIR /tmp

@@ -8,16 +8,22 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# The uv that keeps uv.lock; uv.lock pins the same version (tests/unit/test_packaging.py).
-UV_VERSION := 0.13.9
+# The uv that keeps uv.lock, installed first (hashes checked) from this export of the lock's
+# `bootstrap` group; `make lock` regenerates it.
+UV_BOOTSTRAP := deploy/uv-bootstrap.txt
+UV_VERSION := $(shell sed -n 's/^uv==\([^ ]*\).*/\1/p' $(UV_BOOTSTRAP))
 ENV_FILE := .local/env
 # `set -a` exports every KEY=value in .local/env to the command that follows.
 WITH_ENV := set -a && source $(ENV_FILE) && set +a &&
 PYTEST_ARGS ?=
 # A .venv (from $(PYTHON)) holding uv $(UV_VERSION); `uv sync` then installs the rest from uv.lock.
-BOOTSTRAP_UV := test -x $(BIN)/python || $(PYTHON) -m venv $(VENV); \
+# A venv that failed half-way (no python3-venv, no pip in it) is removed or repaired, not reused.
+BOOTSTRAP_UV := set -e; \
+	if ! $(BIN)/python -c '' 2>/dev/null; then rm -rf $(VENV); \
+		$(PYTHON) -m venv $(VENV) || { rm -rf $(VENV); echo "$(PYTHON) -m venv failed: install python3-venv" >&2; exit 1; }; fi; \
+	$(BIN)/python -m pip --version >/dev/null 2>&1 || $(BIN)/python -m ensurepip --upgrade >/dev/null; \
 	test "$$($(BIN)/uv --version 2>/dev/null | cut -d' ' -f2)" = "$(UV_VERSION)" \
-	|| $(BIN)/pip install --quiet --disable-pip-version-check "uv==$(UV_VERSION)"
+	|| $(BIN)/python -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r $(UV_BOOTSTRAP)
 
 .PHONY: help install system-deps up down migrate run test test-unit lint lock dist bench clean
 
@@ -32,11 +38,11 @@ help:
 	@echo "make dist     the sdist, the wheel and the hashed runtime requirements in dist/"
 	@echo "make bench    the benchmark harness (not part of make test)"
 
-# Installs exactly what uv.lock says (hashes checked) into .venv: runtime, dev extras and the build
+# Installs exactly what uv.lock says (hashes checked) into .venv: runtime, the dev group and the build
 # tools. --locked refuses a uv.lock that pyproject.toml has moved past (run `make lock`).
-$(STAMP): pyproject.toml uv.lock
+$(STAMP): pyproject.toml uv.lock $(UV_BOOTSTRAP) | system-deps
 	@$(BOOTSTRAP_UV)
-	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --extra dev --group build
+	UV_PROJECT_ENVIRONMENT=$(VENV) $(BIN)/uv sync --quiet --locked --group build
 	@touch $(STAMP)
 
 install: $(STAMP) system-deps
@@ -70,6 +76,8 @@ lint: $(STAMP)
 lock:
 	@$(BOOTSTRAP_UV)
 	$(BIN)/uv lock $(if $(UPGRADE),--upgrade)
+	$(BIN)/uv export --quiet --locked --only-group bootstrap --no-emit-project --no-header \
+		--format requirements-txt --output-file $(UV_BOOTSTRAP)
 
 dist: $(STAMP)
 	@rm -rf dist

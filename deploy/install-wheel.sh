@@ -12,6 +12,9 @@ if [[ ${#wheels[@]} -ne 1 || ! -f ${wheels[0]} ]]; then
     echo "install-wheel.sh: expected exactly one hookstream wheel in $dist, found: ${wheels[*]}" >&2
     exit 2
 fi
-"$python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps -r "$dist/requirements.txt"
+# Wheels only: every locked dependency has them for Linux x86_64 and aarch64, and a source build
+# would fetch unlocked build tools (and need a compiler the slim image lacks).
+"$python" -m pip install --quiet --disable-pip-version-check --require-hashes --no-deps --only-binary=:all: \
+    -r "$dist/requirements.txt"
 "$python" -m pip install --quiet --disable-pip-version-check --no-deps "${wheels[0]}"
 "$python" -m pip check

@@ -17,8 +17,12 @@ MARKDOWN_LINK = re.compile(r"(?<!!)\[[^\]]*\]\(([^)\s]+)(?:\s+\"[^\"]*\")?\)")
 
 
 def tracked(pattern: str) -> list[Path]:
-    out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern], cwd=ROOT,
-                         capture_output=True, text=True, check=True).stdout
+    """Files matching ``pattern`` that git tracks or would (not ignored); the tree itself when there is no git."""
+    try:
+        out = subprocess.run(["git", "ls-files", "--cached", "--others", "--exclude-standard", pattern], cwd=ROOT,
+                             capture_output=True, text=True, check=True).stdout
+    except (OSError, subprocess.CalledProcessError):
+        return [p for p in ROOT.rglob(pattern) if not {".venv", ".local", "node_modules"} & set(p.parts)]
     return [ROOT / line for line in out.splitlines() if (ROOT / line).is_file()]
 
 
@@ -67,19 +71,33 @@ def locked_version(name: str) -> str:
     return version
 
 
-def test_one_uv_version_in_the_makefile_the_dockerfile_and_the_lock() -> None:
-    makefile = re.search(r"^UV_VERSION := (\S+)$", (ROOT / "Makefile").read_text(encoding="utf-8"), re.M)
-    dockerfile = re.search(r"^ARG UV_VERSION=(\S+)$", DOCKERFILE.read_text(encoding="utf-8"), re.M)
-    assert makefile and dockerfile
-    assert makefile.group(1) == dockerfile.group(1) == locked_version("uv")
+def test_uv_is_bootstrapped_from_the_locks_own_hashed_pin() -> None:
+    """deploy/uv-bootstrap.txt is the `bootstrap` group of uv.lock exported with hashes (`make lock`
+    writes it); the Makefile and the Dockerfile install uv from it and from nowhere else."""
+    exported = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "uv"), "export", "--frozen", "--only-group", "bootstrap", "--no-emit-project",
+         "--no-header", "--format", "requirements-txt", "--project", str(ROOT)],
+        capture_output=True, text=True, check=True).stdout
+    bootstrap = (ROOT / "deploy" / "uv-bootstrap.txt").read_text(encoding="utf-8")
+    assert bootstrap == exported
+    assert f"uv=={locked_version('uv')} " in bootstrap and "--hash=sha256:" in bootstrap
+    pyproject = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+    assert pyproject["dependency-groups"]["bootstrap"] == [f"uv=={locked_version('uv')}"]  # exact: upgrades keep it
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    dockerfile = DOCKERFILE.read_text(encoding="utf-8")
+    assert "UV_BOOTSTRAP := deploy/uv-bootstrap.txt" in makefile and "--require-hashes --no-deps -r $(UV_BOOTSTRAP)" in makefile
+    assert re.search(r"^RUN pip install --require-hashes --no-deps -r deploy/uv-bootstrap\.txt$", dockerfile, re.M)
+    assert not re.search(r"install[^\n]*\buv==", makefile + dockerfile)  # no unhashed install of uv
 
 
 def test_the_lock_covers_every_declared_dependency() -> None:
     project = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
     lock = tomllib.loads((ROOT / "uv.lock").read_text(encoding="utf-8"))
     locked = {p["name"] for p in lock["package"]}
-    declared = [*project["project"]["dependencies"], *project["project"]["optional-dependencies"]["dev"],
-                *project["dependency-groups"]["build"]]
+    assert "optional-dependencies" not in project["project"], "tools belong in dependency groups (unpublished)"
+    groups = project["dependency-groups"]
+    declared = [d for d in [*project["project"]["dependencies"], *groups["dev"], *groups["build"], *groups["bootstrap"]]
+                if isinstance(d, str)]
     names = {re.split(r"[\[<>=!~; ]", d, maxsplit=1)[0].lower().replace("_", "-") for d in declared}
     assert names - locked == set()
     # Every locked distribution from the index carries hashes.
@@ -91,8 +109,8 @@ def test_the_lock_covers_every_declared_dependency() -> None:
 
 def test_the_image_installs_the_wheel_the_way_the_wheel_test_does() -> None:
     text = DOCKERFILE.read_text(encoding="utf-8")
-    assert re.search(r"^RUN .*deploy/build-dist\.sh /dist$", text, re.M)
-    assert re.search(r"^RUN /tmp/install-wheel\.sh python /tmp/dist", text, re.M)
+    assert re.search(r"^RUN .*bash deploy/build-dist\.sh /dist$", text, re.M)
+    assert re.search(r"^RUN bash /tmp/install-wheel\.sh python /tmp/dist", text, re.M)
     assert " -e " not in text and "--editable" not in text
     assert not re.search(r"^COPY (--from=\w+ )?\S*hookstream\S* /app", text, re.M)
     test = (ROOT / "tests" / "integration" / "test_wheel.py").read_text(encoding="utf-8")
@@ -101,7 +119,7 @@ def test_the_image_installs_the_wheel_the_way_the_wheel_test_does() -> None:
     build_dist = (ROOT / "deploy" / "build-dist.sh").read_text(encoding="utf-8")
     allowed = {line[1:] for line in (ROOT / ".dockerignore").read_text(encoding="utf-8").splitlines()
                if line.startswith("!")}
-    assert allowed == {"pyproject.toml", "uv.lock", "README.md", "hookstream/**", "deploy/build-dist.sh",
-                       "deploy/install-wheel.sh"}
-    for name in ("pyproject.toml", "uv.lock", "README.md"):
+    assert allowed == {"pyproject.toml", "uv.lock", "README.md", "LICENSE", "hookstream/**", "deploy/uv-bootstrap.txt",
+                       "deploy/build-dist.sh", "deploy/install-wheel.sh"}
+    for name in ("pyproject.toml", "uv.lock", "README.md", "LICENSE"):
         assert f'"$root/{name}"' in build_dist
