@@ -37,8 +37,9 @@ _FALSE = {"0", "false", "no", "off", ""}
 _TOPIC_RE = re.compile(r"^[A-Za-z0-9._-]{1,249}$")
 RETRY_DELAY_COUNT = 3
 SECRET_KEY_BYTES = 32
-# hookstream.core.kafka.DELIVERY_MAX_MESSAGE_BYTES (kept here so settings import nothing): an event's
-# delivery task (its body re-serialised and escaped into JSON) can be ~4x the event.
+# The delivery topic's max.message.bytes, hookstream.core.topics.DELIVERY_MAX_MESSAGE_BYTES (kept here
+# so that settings import nothing): an event's delivery task (its body re-serialised and escaped into
+# JSON) can be ~4x the event, hence the cap on HOOKSTREAM_MAX_EVENT_BYTES.
 DELIVERY_TOPIC_MAX_MESSAGE_BYTES = 4 * 1024 * 1024
 MAX_EVENT_BYTES_LIMIT = DELIVERY_TOPIC_MAX_MESSAGE_BYTES // 4
 
@@ -353,7 +354,7 @@ VARIABLES: tuple[Variable[Any], ...] = (
     Variable("HOOKSTREAM_DEAD_LETTER_TOPIC", "dead_letter_topic", TOPIC, "hookstream.dead-letter",
              "rejected input records"),
     Variable("HOOKSTREAM_DELIVERY_TOPIC", "delivery_topic", TOPIC, "hookstream.deliveries",
-             "internal: router → sender (created with 12 partitions)"),
+             "internal: router → sender (its partitions and configs: `hookstream/core/topics.py`)"),
     Variable("HOOKSTREAM_RETRY_DELAYS", "retry_delays_s", RETRY_DELAYS, "30s,5m,30m",
              "delays before retry 1, 2, 3 (±20 % jitter)"),
     Variable("HOOKSTREAM_REQUEST_TIMEOUT", "request_timeout_s", DURATION, "10s",
@@ -368,12 +369,13 @@ VARIABLES: tuple[Variable[Any], ...] = (
              "`/metrics` and `/healthz` of `router` / `sender`; unset: router on `127.0.0.1:9101`,"
              " sender on `127.0.0.1:9102`"),
     Variable("HOOKSTREAM_MAX_EVENT_BYTES", "max_event_bytes", SIZE, "256KiB",
-             "larger domain-event records are dead-lettered (`too_large`); capped at 1MiB because an event's"
-             " delivery task can be ~4× the event (numbers re-serialised, the body escaped) and must fit the"
-             " delivery topic's 4 MiB `max.message.bytes`",
+             "larger domain-event records are dead-lettered (`too_large`); capped at"
+             f" {format_size(MAX_EVENT_BYTES_LIMIT)} because an event's delivery task can be ~4× the event"
+             " (numbers re-serialised, the body escaped) and must fit the delivery topic's"
+             f" {format_size(DELIVERY_TOPIC_MAX_MESSAGE_BYTES)} `max.message.bytes`",
              minimum=1024, maximum=MAX_EVENT_BYTES_LIMIT,
              bounds_note="an event's delivery task can be about 4x its size and must fit the delivery topic's"
-                         f" {DELIVERY_TOPIC_MAX_MESSAGE_BYTES // (1024 * 1024)} MiB max.message.bytes"),
+                         f" {format_size(DELIVERY_TOPIC_MAX_MESSAGE_BYTES)} max.message.bytes"),
     Variable("HOOKSTREAM_MAX_RESPONSE_EXCERPT", "max_response_excerpt_bytes", SIZE, "4KiB",
              "how much of an endpoint's response body is kept", maximum=1024 * 1024),
     Variable("HOOKSTREAM_ROUTER_GROUP", "router_group", GROUP, "hookstream-router",
@@ -443,16 +445,17 @@ def render_cli_help(width: int = 79) -> str:
     return "\n".join(lines)
 
 
-def replace_marked_table(text: str, table: str) -> str:
-    """``text`` with what lies between its one :data:`TABLE_BEGIN` and :data:`TABLE_END` lines replaced
-    by ``table``; raises ValueError when the markers are missing, repeated or out of order."""
-    if text.count(TABLE_BEGIN) != 1 or text.count(TABLE_END) != 1:
-        raise ValueError(f"expected exactly one {TABLE_BEGIN} and one {TABLE_END}")
-    head, rest = text.split(TABLE_BEGIN)
-    if TABLE_END not in rest:
-        raise ValueError(f"{TABLE_END} comes before {TABLE_BEGIN}")
-    _, tail = rest.split(TABLE_END)
-    return f"{head}{TABLE_BEGIN}\n{table}{TABLE_END}{tail}"
+def replace_marked_table(text: str, table: str, begin: str = TABLE_BEGIN, end: str = TABLE_END) -> str:
+    """``text`` with what lies between its one ``begin`` and ``end`` lines (by default the settings
+    table's markers) replaced by ``table``; raises ValueError when the markers are missing, repeated
+    or out of order. hookstream.core.topics writes its tables with markers of its own."""
+    if text.count(begin) != 1 or text.count(end) != 1:
+        raise ValueError(f"expected exactly one {begin} and one {end}")
+    head, rest = text.split(begin)
+    if end not in rest:
+        raise ValueError(f"{end} comes before {begin}")
+    _, tail = rest.split(end)
+    return f"{head}{begin}\n{table}{end}{tail}"
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,7 +3,7 @@
 They are ``StrEnum`` members, so each *is* its wire value: orjson, asyncpg, Prometheus labels,
 ``%s`` and f-strings all see the plain text (``"succeeded"``), and a plain string read back from
 PostgreSQL or JSON compares equal to its member. The values are fixed by the schemas that also
-spell them (``schemas/sql/0001_init.sql``'s CHECK constraints, ``openapi.json``,
+spell them (``hookstream/schemas/sql/0001_init.sql``'s CHECK constraints, ``openapi.json``,
 ``delivery-status.schema.json``); tests/unit/test_states.py holds the two to each other. SQL in
 the code names the values as literals, the way the CHECK constraints do.
 """

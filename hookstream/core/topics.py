@@ -1,28 +1,50 @@
 """The Kafka topics hookstream reads and writes, as they should be, in one place: names (from
-:class:`~hookstream.core.settings.Settings`), partitions and the topic configs the code relies on.
+:class:`~hookstream.core.settings.Settings`), partitions and the topic configs the code and the
+operators rely on (size limits, cleanup policy, retention).
 
 ``hookstream topics`` (the deployments' init step) and the services' start-up create what is missing
 from :func:`topic_specs` through :func:`apply_topic_specs`, which also reports how an existing topic
 differs from its spec. Existing topics are never altered: adding partitions moves keys to other
 partitions and a config change is an operator's decision, so a difference is reported (and logged as
 a warning), not repaired. Deploy files list no topic of their own (tests/unit/test_deploy.py).
+
+The topic table of deploy/README.md and docs/CONTRACT.md, and deploy/README.md's commands that bring
+an existing topic to its spec, are made from :func:`topic_specs` (:func:`render_markdown_table`,
+:func:`render_fix_commands`); regenerate them with
+``python -m hookstream.core.topics --write deploy/README.md docs/CONTRACT.md``
+(tests/unit/test_topics.py fails while a copy is stale).
 """
 
 from __future__ import annotations
 
+import argparse
 import enum
 import logging
+import sys
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from pathlib import Path
 from typing import Any
 
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
 from aiokafka.errors import TopicAlreadyExistsError, for_code
 
-from hookstream.core.settings import DELIVERY_TOPIC_MAX_MESSAGE_BYTES, Settings
+from hookstream.core.settings import (
+    DELIVERY_TOPIC_MAX_MESSAGE_BYTES,
+    Settings,
+    format_size,
+    replace_marked_table,
+)
 
 log = logging.getLogger(__name__)
+
+# Where deploy/README.md and docs/CONTRACT.md hold the generated topic table, and deploy/README.md
+# the generated commands (render_markdown_table, render_fix_commands).
+TABLE_BEGIN = "<!-- topics-table:begin -->"
+TABLE_END = "<!-- topics-table:end -->"
+COMMANDS_BEGIN = "<!-- topics-commands:begin -->"
+COMMANDS_END = "<!-- topics-commands:end -->"
 
 # Enough partitions that several sender replicas share the delivery topic (one partition feeds at
 # most one sender of the group): deploy/k8s/keda-scaledobject-sender.yaml scales up to this many.
@@ -38,24 +60,41 @@ DELIVERY_MAX_MESSAGE_BYTES = DELIVERY_TOPIC_MAX_MESSAGE_BYTES
 # Copies of each partition of a topic hookstream creates: three where the cluster has three brokers,
 # as many as it has otherwise (one on a development broker). Producers send with acks=all.
 MAX_REPLICATION_FACTOR = 3
+_DAY_MS = 24 * 60 * 60 * 1000
+# How long each owned topic keeps a record, by age only (retention.bytes=-1: a broker-wide size limit
+# must not cut it shorter). A first attempt exists only as its task on the delivery topic until a
+# sender makes it (retries and deferrals are rows in PostgreSQL, put back on the topic when due): a
+# task older than DELIVERY_RETENTION_MS may be deleted before a sender consumes it, leaving its
+# delivery pending without an attempt. So this is how long the senders may be down, or behind,
+# without loss.
+DELIVERY_RETENTION_MS = 7 * _DAY_MS
+# How long a consumer of the status topic may be away and still read every outcome (PostgreSQL keeps
+# them all for the delivery log).
+STATUS_RETENTION_MS = 7 * _DAY_MS
+# Dead letters are read by people, after an alert, possibly after a weekend or a holiday: longer.
+DEAD_LETTER_RETENTION_MS = 30 * _DAY_MS
 # Every record matters until consumed or read by an operator: deleted by age, never compacted away
 # (compaction would keep only the last status record or delivery task per key).
-_DELETE = {"cleanup.policy": "delete"}
+_DELETE = {"cleanup.policy": "delete", "retention.bytes": "-1"}
 
 
 @dataclass(frozen=True)
 class TopicSpec:
     """One topic as hookstream wants it.
 
-    ``configs`` are the topic-level settings the code relies on; everything else (retention among
-    them) stays at the broker's defaults and is never compared. ``owned`` is False for the source
-    topics, which upstream publishers own: created when missing and asked for, never compared.
+    ``configs`` are the topic-level settings it is created with and compared on; every other config
+    stays at the broker's defaults and is never compared. ``owned`` is False for the source topics,
+    which upstream publishers own: created when missing and asked for, never compared. ``setting``
+    names the variable that names the topic and ``about`` says in a line of Markdown what the topic
+    holds and why its configs are what they are: both only for the docs' table.
     """
 
     name: str
     partitions: int
     configs: Mapping[str, str] = field(default_factory=dict)
     owned: bool = True
+    setting: str = ""
+    about: str = ""
 
 
 class TopicState(enum.Enum):
@@ -92,11 +131,28 @@ def topic_specs(settings: Settings) -> list[TopicSpec]:
     letters), then the source topics of ``settings.source_topics`` (``owned=False``)."""
     return [
         TopicSpec(settings.delivery_topic, INTERNAL_TOPIC_PARTITIONS,
-                  {**_DELETE, "max.message.bytes": str(DELIVERY_MAX_MESSAGE_BYTES)}),
-        TopicSpec(settings.status_topic, INTERNAL_TOPIC_PARTITIONS, dict(_DELETE)),
+                  {**_DELETE, "max.message.bytes": str(DELIVERY_MAX_MESSAGE_BYTES),
+                   "retention.ms": str(DELIVERY_RETENTION_MS)},
+                  setting="HOOKSTREAM_DELIVERY_TOPIC",
+                  about="router → sender, one task per delivery (internal). `max.message.bytes` is the senders'"
+                        " fetch limit (the router dead-letters an event whose task would not fit); a first"
+                        " attempt exists only here until a sender makes it, so `retention.ms` is how long the"
+                        " senders may be down or behind without losing one"),
+        TopicSpec(settings.status_topic, INTERNAL_TOPIC_PARTITIONS,
+                  {**_DELETE, "retention.ms": str(STATUS_RETENTION_MS)},
+                  setting="HOOKSTREAM_STATUS_TOPIC",
+                  about="one record per attempt outcome; `retention.ms` is how long a consumer may be away"
+                        " (PostgreSQL keeps every attempt)"),
         TopicSpec(settings.dead_letter_topic, INTERNAL_TOPIC_PARTITIONS,
-                  {**_DELETE, "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES)}),
-        *(TopicSpec(topic, INTERNAL_TOPIC_PARTITIONS, owned=False) for topic in settings.source_topics),
+                  {**_DELETE, "max.message.bytes": str(DEAD_LETTER_MAX_MESSAGE_BYTES),
+                   "retention.ms": str(DEAD_LETTER_RETENTION_MS)},
+                  setting="HOOKSTREAM_DEAD_LETTER_TOPIC",
+                  about="rejected input records, read by people: room for a copy of any input record plus"
+                        " headers, kept longer"),
+        *(TopicSpec(topic, INTERNAL_TOPIC_PARTITIONS, owned=False, setting="HOOKSTREAM_SOURCE_TOPICS",
+                    about="domain events, owned upstream: hookstream sets no config on them and compares"
+                          " nothing (it creates a missing one only when asked or allowed)")
+          for topic in settings.source_topics),
     ]
 
 
@@ -197,3 +253,99 @@ async def _compare_topics(admin: Any, specs: list[TopicSpec], replication: int) 
                     if actual.get(key) != wanted:
                         differences[name].append(f"{key}={actual.get(key)}, the spec has {wanted}")
     return differences
+
+
+# ------------------------------------------------------------------------------ docs from the specs
+
+
+def _config_text(key: str, value: str) -> str:
+    """One config as the table writes it: ``key=value`` and, for sizes and durations, what it means."""
+    gloss = ""
+    if key.endswith(".bytes"):
+        gloss = "no size limit" if int(value) < 0 else format_size(int(value))
+    elif key.endswith(".ms"):
+        ms = int(value)
+        gloss = f"{ms // _DAY_MS} days" if ms % _DAY_MS == 0 else f"{ms / 3_600_000:g} h"
+    return f"`{key}={value}`" + (f" ({gloss})" if gloss and gloss != value else "")
+
+
+def render_markdown_table(settings: Settings | None = None) -> str:
+    """The topic table of deploy/README.md and docs/CONTRACT.md, from :func:`topic_specs` of
+    ``settings`` (the defaults when None): one row per topic (source topics alike share one), then
+    what holds for every topic; ends in a newline."""
+    rows = ["| topic (default name) | named by | partitions | configs (compared on existing topics) | what, and why |",
+            "|---|---|---|---|---|"]
+    specs = topic_specs(settings or Settings())
+    grouped: list[tuple[TopicSpec, list[str]]] = []
+    for spec in specs:  # consecutive specs alike but for their names share a row
+        if grouped and replace(grouped[-1][0], name=spec.name) == spec:
+            grouped[-1][1].append(spec.name)
+        else:
+            grouped.append((spec, [spec.name]))
+    for spec, names in grouped:
+        topics = ", ".join(f"`{name}`" for name in names)
+        partitions = str(spec.partitions) if spec.owned else f"{spec.partitions} when hookstream creates one"
+        configs = ", ".join(_config_text(k, v) for k, v in sorted(spec.configs.items())) or "none"
+        rows.append(f"| {topics} | `{spec.setting}` | {partitions} | {configs} | {spec.about} |")
+    rows += ["", f"Replication factor {MAX_REPLICATION_FACTOR}, or the number of brokers when there are fewer (1 on a"
+             " development broker). Every config not in the table stays at the broker's defaults and is not compared."]
+    return "\n".join(rows) + "\n"
+
+
+def render_fix_commands(settings: Settings | None = None) -> str:
+    """A fenced ``sh`` block: for each topic hookstream owns, the ``kafka-configs.sh`` command that
+    sets its spec's configs on an existing topic and the ``kafka-topics.sh`` one that raises its
+    partitions to the spec's; ends in a newline."""
+    lines = ["```sh", "# BROKERS: your bootstrap servers. Set an existing topic's configs to its spec:"]
+    owned = [s for s in topic_specs(settings or Settings()) if s.owned]
+    for spec in owned:
+        configs = ",".join(f"{k}={v}" for k, v in sorted(spec.configs.items()))
+        lines.append(f"kafka-configs.sh --bootstrap-server BROKERS --alter --entity-type topics --entity-name {spec.name}"
+                     f" \\\n    --add-config {configs}")
+    lines.append("# Only for a topic with fewer partitions than its spec (keys move to other partitions):")
+    for spec in owned:
+        lines.append(f"kafka-topics.sh --bootstrap-server BROKERS --alter --topic {spec.name} --partitions {spec.partitions}")
+    lines.append("```")
+    return "\n".join(lines) + "\n"
+
+
+def write_marked_blocks(text: str) -> str:
+    """``text`` with each generated block it holds (the table, the commands) made current; raises
+    ValueError when it holds neither, or a block's markers are repeated or out of order."""
+    blocks = [(TABLE_BEGIN, TABLE_END, render_markdown_table()), (COMMANDS_BEGIN, COMMANDS_END, render_fix_commands())]
+    present = [(begin, end, block) for begin, end, block in blocks if begin in text or end in text]
+    if not present:
+        raise ValueError(f"holds neither {TABLE_BEGIN} nor {COMMANDS_BEGIN}")
+    for begin, end, block in present:
+        text = replace_marked_table(text, block, begin, end)
+    return text
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m hookstream.core.topics",
+                                     description="Print or update the topic table and commands made from topic_specs.")
+    action = parser.add_mutually_exclusive_group(required=True)
+    action.add_argument("--markdown", action="store_true", help="print the Markdown table")
+    action.add_argument("--commands", action="store_true",
+                        help="print the commands that bring existing topics to their specs")
+    action.add_argument("--write", nargs="+", type=Path, metavar="FILE",
+                        help=f"replace the blocks between {TABLE_BEGIN} / {COMMANDS_BEGIN} and their end markers"
+                             " in each FILE")
+    args = parser.parse_args(argv)
+    if args.markdown or args.commands:
+        sys.stdout.write(render_markdown_table() if args.markdown else render_fix_commands())
+        return 0
+    for path in args.write:
+        text = path.read_text(encoding="utf-8")
+        try:
+            updated = write_marked_blocks(text)
+        except ValueError as exc:
+            parser.error(f"{path}: {exc}")
+        if updated != text:
+            path.write_text(updated, encoding="utf-8")
+            sys.stdout.write(f"updated {path}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,5 +1,5 @@
 """`hookstream topics` against the real broker: it creates the missing topics with their specs'
-partitions and configs (read back with the admin client), is idempotent, leaves existing topics as
+partitions and configs, retention included (read back with the admin client), is idempotent, leaves existing topics as
 they are and reports how they differ from their specs. Each test uses topics of its own."""
 
 from __future__ import annotations
@@ -17,6 +17,8 @@ from aiokafka.errors import KafkaError
 from hookstream.core.settings import Settings
 from hookstream.core.topics import TopicSpec, TopicState, apply_topic_specs, topic_specs
 from tests.support import delete_topics, isolated_names, isolated_topics
+
+DAY_MS = 24 * 60 * 60 * 1000
 
 
 @pytest.fixture
@@ -61,28 +63,35 @@ async def test_topics_creates_missing_topics_with_their_specs_and_reports_drift(
     settings = Settings.from_env(topics_env)
     specs = {s.name: s for s in topic_specs(settings)}
     owned = [s.name for s in specs.values() if s.owned]
-    # Made before, by hand: a status topic with too few partitions, a dead-letter topic with the
-    # broker's default size limit (what deploy/compose.yaml's old kafka-topics.sh service made).
-    await admin.create_topics([NewTopic(settings.status_topic, 3, 1),
+    # Made before, by hand: a status topic with too few partitions (its configs as specified), a
+    # dead-letter topic with the broker's default size limit and 7 days' retention (what
+    # deploy/compose.yaml's old kafka-topics.sh service made on a broker with the usual defaults).
+    await admin.create_topics([NewTopic(settings.status_topic, 3, 1,
+                                        topic_configs=dict(specs[settings.status_topic].configs)),
                                NewTopic(settings.dead_letter_topic, 12, 1,
-                                        topic_configs={"max.message.bytes": str(1024 * 1024)})])
+                                        topic_configs={"max.message.bytes": str(1024 * 1024),
+                                                       "retention.ms": str(7 * DAY_MS), "retention.bytes": "-1",
+                                                       "cleanup.policy": "delete"})])
 
     code, lines = await run_topics(topics_env)
     assert code == 0, lines  # drift is reported, not an error: an init step must not block start-up
     assert lines == [
         f"{settings.delivery_topic}: created (12 partitions, replication factor 1, cleanup.policy=delete,"
-        " max.message.bytes=4194304)",
+        " max.message.bytes=4194304, retention.bytes=-1, retention.ms=604800000)",
         f"{settings.status_topic}: differs from its spec: 3 partitions, the spec has 12",
-        f"{settings.dead_letter_topic}: differs from its spec: max.message.bytes=1048576, the spec has 8388608",
+        f"{settings.dead_letter_topic}: differs from its spec: max.message.bytes=1048576, the spec has 8388608;"
+        " retention.ms=604800000, the spec has 2592000000",
     ]
     found = await existing(admin, [*owned, *settings.source_topics])
     assert set(found) == set(owned), "source topics are created only with --with-source-topics"
     partitions, configs = found[settings.delivery_topic]
     assert partitions == specs[settings.delivery_topic].partitions
     assert {k: configs[k] for k in specs[settings.delivery_topic].configs} == specs[settings.delivery_topic].configs
+    assert configs["retention.ms"] == str(7 * DAY_MS)
     # existing topics are left as they were
     assert found[settings.status_topic][0] == 3
     assert found[settings.dead_letter_topic][1]["max.message.bytes"] == str(1024 * 1024)
+    assert found[settings.dead_letter_topic][1]["retention.ms"] == str(7 * DAY_MS)
 
     # idempotent: nothing more is created, the same differences are reported; --strict fails on them
     code, again = await run_topics(topics_env, "--strict")
@@ -114,7 +123,7 @@ async def test_topics_creates_source_topics_only_when_asked_and_never_compares_t
     assert (found[products][0], found[orders][0]) == (2, 12)
 
 
-async def test_concurrent_runs_create_each_topic_once_without_error(topics_env):
+async def test_concurrent_runs_create_each_topic_once_without_error(topics_env, admin):
     # Every pod's init step runs `hookstream topics`: several start at once.
     settings = Settings.from_env(topics_env)
     owned = [s for s in topic_specs(settings) if s.owned]
@@ -124,6 +133,19 @@ async def test_concurrent_runs_create_each_topic_once_without_error(topics_env):
         assert [s[i] for s in states].count(TopicState.CREATED) <= 1
         assert {s[i] for s in states} <= {TopicState.CREATED, TopicState.MATCHES}
     assert any(TopicState.CREATED in s for s in states)
+    # Each topic was created with its spec's configs, retention included, as the broker reports them
+    # (once its metadata reaches the broker this admin client asks).
+    found: dict[str, tuple[int, dict[str, str]]] = {}
+    for _ in range(50):
+        found = await existing(admin, [s.name for s in owned])
+        if len(found) == len(owned):
+            break
+        await asyncio.sleep(0.2)
+    for spec in owned:
+        assert {k: found[spec.name][1][k] for k in spec.configs} == spec.configs, spec.name
+    assert found[settings.status_topic][1]["retention.ms"] == str(7 * DAY_MS)
+    assert found[settings.dead_letter_topic][1]["retention.ms"] == str(30 * DAY_MS)
+    assert found[settings.delivery_topic][1]["retention.ms"] == str(7 * DAY_MS)
 
 
 async def test_a_topic_the_broker_refuses_to_create_raises_naming_it(topics_env):

@@ -1,8 +1,8 @@
 """Offline checks of everything under deploy/ and the Dockerfile: files parse, dashboards and alerts
 only name metrics that hookstream/core/metrics.py registers, containers only get variables that
 Settings.from_env knows (with values it accepts), Kubernetes manifests carry what production needs
-(resources, probes, non-root, migrations and topics as init steps, scrape jobs named as the alerts
-select them), topics are created only by `hookstream topics` from hookstream/core/topics.py, and
+(resources, probes, non-root with a read-only root and an emptyDir /tmp, migrations and topics as
+init steps, one scrape per pod through a PodMonitor, scrape jobs named as the alerts select them), topics are created only by `hookstream topics` from hookstream/core/topics.py, and
 every image is pinned. No Docker engine or cluster needed."""
 
 from __future__ import annotations
@@ -198,7 +198,7 @@ def test_every_alert_has_a_runbook_and_a_severity() -> None:
     rules = [rule for group in load_yaml_documents(ALERTS)[0]["groups"] for rule in group["rules"]]
     names = {rule["alert"] for rule in rules}
     assert names >= {"HookstreamHighFailureRate", "HookstreamConsumerLagGrowing", "HookstreamDeadLetterSpike",
-                     "HookstreamNoDeliveries", "HookstreamSenderDown"}
+                     "HookstreamNoDeliveries", "HookstreamSenderDown", "HookstreamRouterDown"}
     for rule in rules:
         assert rule["annotations"]["runbook"].strip(), rule["alert"]
         assert rule["annotations"]["summary"].strip(), rule["alert"]
@@ -360,6 +360,19 @@ def test_every_container_states_resources_and_runs_as_non_root() -> None:
             assert security.get("runAsUser", 1) != 0, path.name
 
 
+def test_every_container_has_a_read_only_root_and_a_writable_tmp() -> None:
+    # The image's last WORKDIR is /tmp and Python's tempfile writes there: with a read-only root,
+    # every container (init containers included) needs /tmp mounted from an emptyDir.
+    for path, obj in workloads():
+        spec = pod_spec(obj)
+        empty_dirs = {v["name"] for v in spec.get("volumes", []) if "emptyDir" in v}
+        for container in spec["containers"] + spec.get("initContainers", []):
+            where = f"{path.name}: {container['name']}"
+            assert container["securityContext"].get("readOnlyRootFilesystem") is True, where
+            mounts = {m["mountPath"]: m["name"] for m in container.get("volumeMounts", [])}
+            assert mounts.get("/tmp") in empty_dirs, f"{where}: read-only root without an emptyDir on /tmp"
+
+
 @pytest.mark.parametrize(("component", "port", "listen_var", "liveness", "readiness"), [
     ("router", 9101, "HOOKSTREAM_METRICS_LISTEN", "/healthz", "/healthz"),
     ("sender", 9102, "HOOKSTREAM_METRICS_LISTEN", "/healthz", "/healthz"),
@@ -378,8 +391,6 @@ def test_deployment_probes_hit_the_port_the_process_listens_on(
     assert [p["containerPort"] for p in container["ports"]] == [port]
     assert container["livenessProbe"]["httpGet"] == {"path": liveness, "port": port}
     assert container["readinessProbe"]["httpGet"] == {"path": readiness, "port": port}
-    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
-    assert annotations["prometheus.io/port"] == str(port)
     selector = deployment["spec"]["selector"]["matchLabels"]
     assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
 
@@ -441,9 +452,17 @@ def test_pod_monitors_scrape_every_deployment_with_the_job_names_the_alerts_use(
         assert "namespaceSelector" not in monitor["spec"], "the monitors look in their own namespace"
         [endpoint] = monitor["spec"]["podMetricsEndpoints"]
         [main] = pod_spec(deployment)["containers"]
+        # The monitor names the container's port; it must be where the process serves /metrics.
+        component = labels["app.kubernetes.io/component"]
+        settings = Settings.from_env(container_env(deployment, main))
+        listen = settings.api_listen if component == "api" else settings.metrics_listen_for(component)
         port = {p["name"]: p["containerPort"] for p in main["ports"]}.get(endpoint["port"])
-        assert port == int(deployment["spec"]["template"]["metadata"]["annotations"]["prometheus.io/port"]), name
+        assert port == listen[1], f"{name}: the PodMonitor scrapes port {endpoint['port']!r}, /metrics is on {listen[1]}"
         assert endpoint.get("path", "/metrics") == "/metrics", name
+        # The PodMonitor is the one scrape: annotation-based discovery would scrape every pod again.
+        annotations = deployment["spec"]["template"]["metadata"].get("annotations") or {}
+        assert not [k for k in annotations if k.startswith("prometheus.io/")], \
+            f"{name}: prometheus.io/* annotations next to a PodMonitor scrape every series twice"
         jobs[name] = pod_monitor_job(monitor, labels)
     # The names compose's prometheus.yml gives the same jobs: one dashboard and one rule file for both.
     assert set(jobs.values()) == compose_hookstream_jobs()
@@ -583,7 +602,8 @@ def test_dockerfile_runs_hookstream_and_exposes_its_ports() -> None:
     assert "HEALTHCHECK" not in instructions, "probes belong to the orchestrator (deploy/k8s)"
     text = DOCKERFILE.read_text(encoding="utf-8")
     # Installed from the wheel and the hashed lock (tests/unit/test_packaging.py checks the path).
-    assert "PIP_NO_CACHE_DIR=1" in text and "--require-hashes" in text and "uv.lock" in text
+    assert "PIP_NO_CACHE_DIR=1" in text and re.search(r"^COPY pyproject\.toml uv\.lock ", text, re.M)
+    assert re.search(r"^RUN uv export --locked .*--require-hashes", text.replace("\\\n", " "), re.M)
 
 
 def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
