@@ -4,10 +4,13 @@
 takes the webhooks, and Debian's Chromium (never a downloaded browser) is driven through the
 console: sign in, add a webhook (the secret is shown once), publish an order.created event to
 Kafka, watch the delivery log turn "successful", open the attempts (HTTP 200), redeliver, and
-check that the receiver got exactly two correctly signed requests.
+check that the receiver got exactly two correctly signed requests. Then edit the webhook to deliver
+in order per resource (issue 14): the API reads it back, the list shows it, and of two events of one
+order published while the endpoint hangs, the later one shows "waiting behind" the earlier one and
+reaches the receiver only after it.
 
 Screenshots land in ``.local/console-webhooks.png``, ``.local/console-filter.png``,
-``.local/console-events.png`` and ``.local/console-attempts.png``.
+``.local/console-events.png``, ``.local/console-attempts.png`` and ``.local/console-ordering.png``.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ from hookstream.core.kafka import open_producer
 from hookstream.core.orgs import create_organization
 from hookstream.core.publish import make_event, publish_event
 from hookstream.core.settings import Settings
-from tests.receiver import Receiver
+from tests.receiver import Behaviour, Receiver
 from tests.support import ROOT, wait_for
 
 pytestmark = pytest.mark.e2e
@@ -36,6 +39,7 @@ VIEWPORT = {"width": 1280, "height": 800}
 UI_TIMEOUT_MS = 15_000
 DELIVERY_TIMEOUT_MS = 45_000  # publish -> router -> sender -> receiver -> log, seen through a 3 s refresh
 READY_TIMEOUT_S = 60.0
+CHANGE_REACHES_ROUTER_S = 2.0  # a webhook change reaches the router "within about a second" (CONTRACT §3)
 SCREENSHOT_DIR = ROOT / ".local"
 
 STORES = [("store_downtown", "Downtown"), ("store_airport", "Airport")]
@@ -183,15 +187,62 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await attempts.get_by_role("button", name="Close").last.click()
                 await expect(event_row.get_by_test_id("event-attempts")).to_have_text("2")
 
+                # Edit: ordering "In order per product/order"; the API reads it back, the list shows it.
+                await page.get_by_test_id("events-back").click()
+                row = page.get_by_test_id("webhook-row").first
+                await expect(row.get_by_test_id("wh-row-ordering")).to_have_count(0)
+                webhook_id = await row.get_attribute("data-webhook-id")
+                await row.get_by_role("button", name="Edit").click()
+                await expect(dialog).to_be_visible()
+                ordering = dialog.get_by_label("Ordering")
+                await expect(ordering).to_have_value("none")
+                await ordering.select_option(label="In order per product/order")
+                await dialog.get_by_role("button", name="Save").click()
+                await expect(dialog).to_be_hidden()
+                await expect(row.get_by_test_id("wh-row-ordering")).to_have_text("In order per product/order")
+                async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {api_key}"}) as session:
+                    async with session.get(f"{base_url}/v1/webhooks/{webhook_id}") as res:
+                        assert res.status == 200, await res.text()
+                        webhook = await res.json()
+                assert webhook["ordering"] == "per_resource", webhook
+                assert webhook["filter"] == 'type == "order.created"', webhook  # the rest unchanged
+                await row.get_by_role("button", name="Edit").click()
+                await expect(dialog.get_by_label("Ordering")).to_have_value("per_resource")
+                await dialog.get_by_role("button", name="Cancel").click()
+                await expect(dialog).to_be_hidden()
+                await asyncio.sleep(CHANGE_REACHES_ROUTER_S)
+
+                # Two events of one order while the endpoint hangs: the second waits behind the first.
+                receiver.set("/hook", Behaviour(mode="hang"))
+                first, second = (make_event("order.created", organization_id=org_id, store_id=store_id,
+                                            data={"order": {"id": "ord_e2e_2", "total": str(n), "currency": "USD"}})
+                                 for n in (1, 2))
+                async with open_producer(settings.kafka_bootstrap_servers) as producer:
+                    for ordered_event in (first, second):
+                        await publish_event(producer, ordered_event, settings.source_topics)
+                await row.get_by_role("button", name="View events").click()
+                first_row = page.locator(f'[data-testid="event-row"][data-event-id="{first["id"]}"]')
+                second_row = page.locator(f'[data-testid="event-row"][data-event-id="{second["id"]}"]')
+                await expect(second_row.get_by_test_id("event-status")).to_have_text(
+                    f"waiting behind {first['id']}", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(first_row.get_by_test_id("event-status")).to_have_text("pending")
+                await page.screenshot(path=SCREENSHOT_DIR / "console-ordering.png")
+                assert [r for r in receiver.at("/hook") if r.headers["webhook-id"] == second["id"]] == []
+                # The endpoint answers again: the first is delivered, then the second.
+                receiver.set("/hook", Behaviour())
+                receiver.release_hangs()
+                for ordered_row in (first_row, second_row):
+                    await expect(ordered_row.get_by_test_id("event-status")).to_have_text(
+                        "successful", timeout=DELIVERY_TIMEOUT_MS)
+
                 assert page_errors == [], page_errors
             finally:
                 await browser.close()
 
-        # The receiver got exactly the two attempts, each signed with the secret shown once.
-        await wait_for(lambda: len(receiver.at("/hook")) >= 2, timeout_s=10, message="two requests at the receiver")
+        # The receiver got exactly the two attempts of the first event, each signed with the secret shown once.
         await asyncio.sleep(0.5)  # room for a wrong extra request to show
-        received = receiver.at("/hook")
-        assert len(received) == 2, [r.headers.get("webhook-id") for r in received]
+        received = [r for r in receiver.at("/hook") if r.headers.get("webhook-id") == event["id"]]
+        assert len(received) == 2, [r.headers.get("webhook-id") for r in receiver.at("/hook")]
         for request in received:
             assert request.verify(secret), request.headers
             assert request.headers["webhook-id"] == event["id"]
@@ -199,3 +250,9 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
             assert (body["id"], body["type"], body["store_id"], body["organization_id"]) == (
                 event["id"], "order.created", store_id, org_id)
             assert body["data"] == event["data"]
+        # The ordered pair: every attempt of the first arrived before the second's only one.
+        of_first = [r for r in receiver.at("/hook") if r.headers.get("webhook-id") == first["id"]]
+        of_second = [r for r in receiver.at("/hook") if r.headers.get("webhook-id") == second["id"]]
+        assert of_first and len(of_second) == 1, [r.headers.get("webhook-id") for r in receiver.at("/hook")]
+        assert max(r.at for r in of_first) <= of_second[0].at
+        assert all(r.verify(secret) for r in of_first + of_second)

@@ -20,6 +20,7 @@ const FALLBACK_EVENT_TYPES = [
 
 const TEST_EVENT_TYPE = "webhook.test"; // what "Send test" puts in the delivery log
 const STATUS_LABELS = { succeeded: "successful", failed: "failed", pending: "pending", retrying: "retrying" };
+const ORDERING_LABELS = { none: "Any order", per_resource: "In order per product/order" };
 
 const state = {
   key: null,
@@ -81,6 +82,23 @@ function timeCell(iso) {
 function statusBadge(status, testid) {
   const label = STATUS_LABELS[status] || String(status || "unknown");
   return h("span", { class: `status status-${status}`, "data-testid": testid, "data-status": status }, label);
+}
+
+/** A delivery's status; one stored behind an earlier event of its resource (ordering per_resource) says whose. */
+function deliveryStatusLabel(row) {
+  if (row.status === "pending" && row.waiting_behind) return `waiting behind ${row.waiting_behind}`;
+  return STATUS_LABELS[row.status] || String(row.status || "unknown");
+}
+
+function deliveryStatusBadge(row, testid) {
+  const badge = statusBadge(row.status, testid);
+  if (row.status === "pending" && row.waiting_behind) {
+    badge.textContent = deliveryStatusLabel(row);
+    badge.classList.add("status-waiting");
+    badge.dataset.waitingBehind = row.waiting_behind;
+    badge.title = `Pending: delivered in order after event ${row.waiting_behind} (its delivery has not finished yet)`;
+  }
+  return badge;
 }
 
 function toast(text, { error = false } = {}) {
@@ -367,6 +385,11 @@ function webhookRow(wh) {
     h("td", { class: "cell-endpoint" },
       h("div", { class: "url", id: urlId, "data-testid": "wh-row-url" }, wh.url),
       wh.description ? h("div", { class: "desc" }, wh.description) : null,
+      wh.ordering === "per_resource"
+        ? h("div", { class: "desc" }, h("span", { class: "chip chip-ordering", "data-testid": "wh-row-ordering",
+            title: "Events of one product or order are delivered one at a time, in publish order" },
+          ORDERING_LABELS.per_resource))
+        : null,
       wh.filter ? h("div", { class: "desc mono", "data-testid": "wh-row-filter", title: "Filter" }, `filter: ${wh.filter}`) : null,
       Number(wh.filter_errors_24h || 0) > 0
         ? h("div", { class: "failures-some", "data-testid": "wh-row-filter-errors",
@@ -525,6 +548,7 @@ async function openWebhookForm(wh = null) {
   $("wh-filter-sample").replaceChildren(...state.eventTypes.map((t) => h("option", { value: t.type }, t.type)));
   if (wh?.event_types?.length) $("wh-filter-sample").value = wh.event_types[0];
   $("wh-enabled").checked = wh ? Boolean(wh.enabled) : true;
+  $("wh-ordering").value = wh?.ordering === "per_resource" ? "per_resource" : "none";
   renderEventChoices(new Set(wh?.event_types || []));
   renderStoreChoices(new Set(wh?.store_ids || []));
   updateFormState();
@@ -617,7 +641,10 @@ function onFormInput(field) {
   updateFormState();
 }
 
-const FIELD_CONTROLS = { url: "wh-url", event_types: "wh-events", store_ids: "wh-stores", description: "wh-description", enabled: "wh-enabled", filter: "wh-filter" };
+const FIELD_CONTROLS = {
+  url: "wh-url", event_types: "wh-events", store_ids: "wh-stores", description: "wh-description",
+  enabled: "wh-enabled", ordering: "wh-ordering", filter: "wh-filter",
+};
 
 function clearFieldError(field) {
   const err = $("webhook-form").querySelector(`[data-field-error="${field}"]`);
@@ -653,7 +680,7 @@ function showFormError(err, body) {
   const control = $(FIELD_CONTROLS[base]);
   if (control) {
     control.setAttribute("aria-invalid", "true");
-    (control.matches("input, textarea") ? control : control.querySelector("input"))?.focus();
+    (control.matches("input, textarea, select") ? control : control.querySelector("input"))?.focus();
   }
 }
 
@@ -688,6 +715,7 @@ async function onSubmitWebhook(ev) {
     store_ids: chosen("store_ids"),
     description: $("wh-description").value.trim(),
     enabled: $("wh-enabled").checked,
+    ordering: $("wh-ordering").value,
     filter: $("wh-filter").value.trim() || null,
   };
   state.form.submitting = true;
@@ -833,14 +861,14 @@ function eventRow(row) {
     ? h("div", { class: "muted", title: row.next_attempt_at }, `next attempt ${formatTime(row.next_attempt_at)}`) : null;
   return h("tr", {
     tabindex: "0", "data-testid": "event-row", "data-event-id": row.event_id, "data-status": row.status,
-    "aria-label": `${row.event_type}, ${STATUS_LABELS[row.status] || row.status}, ${row.attempts} attempt(s). Open attempts.`,
+    "aria-label": `${row.event_type}, ${deliveryStatusLabel(row)}, ${row.attempts} attempt(s). Open attempts.`,
     onclick: open,
     onkeydown: (e) => { if (e.key === "Enter" || e.key === " ") { e.preventDefault(); open(); } },
   },
   h("td", {}, timeCell(row.created_at)),
   h("td", { class: "mono", "data-testid": "event-type" }, row.event_type),
   h("td", { title: row.store_id }, storeName(row.store_id)),
-  h("td", {}, statusBadge(row.status, "event-status"), retryNote),
+  h("td", {}, deliveryStatusBadge(row, "event-status"), retryNote),
   h("td", { class: "num", "data-testid": "event-attempts" }, String(row.attempts ?? 0)),
   h("td", { class: "cell-error", title: errorText }, errorText || h("span", { class: "muted" }, "—")),
   h("td", { class: "cell-actions" }, h("button", {
@@ -898,7 +926,7 @@ function renderAttemptsSummary(row) {
   const item = (label, value) => [h("dt", {}, label), h("dd", {}, value)];
   $("attempts-summary").replaceChildren(
     ...item("Event type", h("span", { class: "mono" }, row.event_type)),
-    ...item("Status", statusBadge(row.status, "attempts-delivery-status")),
+    ...item("Status", deliveryStatusBadge(row, "attempts-delivery-status")),
     ...item("Store", storeName(row.store_id)),
     ...item("Created", timeCell(row.created_at)));
 }
@@ -918,7 +946,8 @@ async function loadAttempts() {
     const res = await api("GET", `/v1/webhooks/${encodeURIComponent(at.webhookId)}/events/${encodeURIComponent(at.row.event_id)}/attempts`);
     if (state.attempts !== at) return;
     const data = res?.data || [];
-    const snapshot = JSON.stringify(data);
+    // (with what the delivery waits behind, which the text shown while there are no attempts names)
+    const snapshot = JSON.stringify([data, at.row.status === "pending" ? at.row.waiting_behind || null : null]);
     if (snapshot !== at.snapshot) {
       if (at.snapshot !== undefined && at.redelivering) {
         $("attempts-status").textContent = "";
@@ -939,7 +968,10 @@ function renderAttempts(attempts) {
   const list = $("attempts-list");
   const sorted = [...attempts].sort((a, b) => (a.attempt ?? 0) - (b.attempt ?? 0));
   if (!sorted.length) {
-    list.replaceChildren(h("p", { class: "muted", "data-testid": "attempts-count", "data-count": "0" }, "No attempts yet: the delivery is queued."));
+    const behind = state.attempts?.row.status === "pending" ? state.attempts.row.waiting_behind : null;
+    list.replaceChildren(h("p", { class: "muted", "data-testid": "attempts-count", "data-count": "0" }, behind
+      ? `No attempts yet: delivered in order, it waits behind the delivery of ${behind}.`
+      : "No attempts yet: the delivery is queued."));
     return;
   }
   list.replaceChildren(
@@ -995,6 +1027,7 @@ function wire() {
   $("wh-filter").addEventListener("input", () => { onFormInput("filter"); $("wh-filter-result").textContent = ""; });
   $("wh-filter-test").addEventListener("click", testFilter);
   $("wh-enabled").addEventListener("change", () => onFormInput("enabled"));
+  $("wh-ordering").addEventListener("change", () => onFormInput("ordering"));
   $("wh-stores-all").addEventListener("change", (ev) => {
     for (const box of $("wh-stores-list").querySelectorAll("input")) box.checked = ev.target.checked;
     onFormInput("store_ids");
