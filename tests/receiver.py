@@ -39,6 +39,7 @@ class Behaviour:
     body: str = "ok"
     delay_s: float = 0.0  # answer after this long
     raw: bytes | None = None  # the body as bytes, instead of ``body`` (any bytes: NULs, gzip, ...)
+    fail_first_of: frozenset[str] | None = None  # first_fails: only these event ids (None: every event)
 
 
 class Receiver:
@@ -92,7 +93,8 @@ class Receiver:
         if behaviour.mode == "first_fails":
             event_id = request.headers.get("webhook-id", "")
             seen = sum(1 for r in self.requests if r.path == request.path and r.headers.get("webhook-id") == event_id)
-            return web.Response(status=500 if seen == 1 else behaviour.status, text=behaviour.body)
+            chosen = behaviour.fail_first_of is None or event_id in behaviour.fail_first_of
+            return web.Response(status=500 if seen == 1 and chosen else behaviour.status, text=behaviour.body)
         if behaviour.mode == "hang":
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._released.wait(), 3600)

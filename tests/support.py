@@ -219,14 +219,15 @@ async def make_org(conn: asyncpg.Connection, name: str, stores: Iterable[str] = 
 
 async def make_webhook(conn: asyncpg.Connection, org_id: str, url: str, *, event_types: Iterable[str] = EVENT_TYPES,
                        store_ids: Iterable[str] = ("store_1",), enabled: bool = True,
-                       filter_: str | None = None, webhook_id: str | None = None) -> tuple[str, str]:
+                       filter_: str | None = None, webhook_id: str | None = None,
+                       ordering: str = "none") -> tuple[str, str]:
     """Insert a webhook directly (as the API would, with an unsealed secret); returns (webhook id, secret)."""
     webhook_id = webhook_id or f"wh_{uuid.uuid4().hex[:16]}"
     secret = generate_secret()
     await conn.execute(
-        "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret, filter)"
-        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-        webhook_id, org_id, url, list(event_types), list(store_ids), enabled, secret, filter_)
+        "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, enabled, secret, filter, ordering)"
+        " VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        webhook_id, org_id, url, list(event_types), list(store_ids), enabled, secret, filter_, ordering)
     return webhook_id, secret
 
 
@@ -292,3 +293,4 @@ async def read_topic_to_end(bootstrap: str, topic: str, *, timeout_s: float = 60
 
 def status_records(records) -> list[dict]:
     return [orjson.loads(r.value) for r in records]
+

@@ -14,6 +14,7 @@ from typing import Any
 
 from hookstream.api.errors import field_error
 from hookstream.core.filters import FilterError, compile_filter
+from hookstream.core.ordering import NONE, ORDERINGS
 from hookstream.core.validation import EVENT_TYPES
 
 STORE_ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
@@ -22,7 +23,7 @@ MAX_DESCRIPTION_CHARS = 500
 MAX_LIST_ITEMS = 10_000
 MAX_STORE_ID_CHARS = 256  # ids referenced by webhooks; the same bound events use for their fields
 
-WEBHOOK_FIELDS = ("url", "event_types", "store_ids", "description", "enabled", "filter")
+WEBHOOK_FIELDS = ("url", "event_types", "store_ids", "description", "enabled", "ordering", "filter")
 STORE_FIELDS = ("id", "name")
 _KNOWN_EVENT_TYPES = frozenset(EVENT_TYPES)
 
@@ -106,6 +107,12 @@ def _parse_enabled(value: Any) -> bool:
     return value
 
 
+def _parse_ordering(value: Any) -> str:
+    if value not in ORDERINGS:
+        raise field_error("ordering", f"must be one of: {', '.join(ORDERINGS)}")
+    return str(value)
+
+
 def _parse_filter(value: Any) -> str | None:
     """None (no filter) or a CEL expression that compiles; 422 on ``filter`` with the position otherwise."""
     if value is None:
@@ -123,6 +130,7 @@ _PARSERS = {
     "store_ids": _parse_store_ids,
     "description": _parse_description,
     "enabled": _parse_enabled,
+    "ordering": _parse_ordering,
 }
 
 
@@ -138,4 +146,5 @@ def parse_webhook_changes(body: dict[str, Any], *, creating: bool) -> dict[str, 
     if creating:
         changes.setdefault("description", "")
         changes.setdefault("enabled", True)
+        changes.setdefault("ordering", NONE)
     return changes

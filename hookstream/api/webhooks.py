@@ -44,7 +44,8 @@ TEST_EVENT_MESSAGE = "hookstream test event"
 
 # failures_24h is served by the deliveries_log_status index (webhook_id, status, created_at DESC, id DESC).
 WEBHOOK_COLUMNS = """
-    w.id, w.url, w.description, w.event_types, w.store_ids, w.enabled, w.created_at, w.updated_at, w.filter,
+    w.id, w.url, w.description, w.event_types, w.store_ids, w.enabled, w.ordering, w.created_at, w.updated_at,
+    w.filter,
     (SELECT count(*) FROM deliveries d
       WHERE d.webhook_id = w.id AND d.status = 'failed'
         AND d.created_at > now() - interval '24 hours') AS failures_24h,
@@ -64,6 +65,7 @@ def webhook_json(row: asyncpg.Record) -> dict[str, Any]:
         "event_types": list(row["event_types"]),
         "store_ids": list(row["store_ids"]),
         "enabled": row["enabled"],
+        "ordering": row["ordering"],
         "created_at": row["created_at"],
         "updated_at": row["updated_at"],
         "failures_24h": row["failures_24h"],
@@ -163,10 +165,10 @@ async def create_webhook(request: web.Request) -> web.Response:
     secret, webhook_id = generate_secret(), new_id("wh")
     row = await request.app[POOL].fetchrow(
         "INSERT INTO webhooks AS w (id, organization_id, url, description, event_types, store_ids, enabled, secret,"
-        f" filter) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9) RETURNING {WEBHOOK_COLUMNS}",
+        f" filter, ordering) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10) RETURNING {WEBHOOK_COLUMNS}",
         webhook_id, org_id, changes["url"], changes["description"], changes["event_types"],
         changes["store_ids"], changes["enabled"], request.app[SECRET_BOX].seal(secret, webhook_id),
-        changes.get("filter"))
+        changes.get("filter"), changes["ordering"])
     return json_response({**webhook_json(row), "secret": secret}, status=201)
 
 

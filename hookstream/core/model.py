@@ -117,6 +117,7 @@ class DeliveryTask:
     retry_index: int  # 0 for the first attempt, n for the n-th automatic retry
     manual: bool  # a redelivery or test send: one attempt, no automatic retries
     body: str  # the exact JSON body to POST
+    ordered: bool = False  # of a per_resource webhook: a copy whose attempt is recorded is never sent again
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -133,6 +134,7 @@ class DeliveryTask:
                 "retry_index": self.retry_index,
                 "manual": self.manual,
                 "body": self.body,
+                "ordered": self.ordered,
             }
         )
 
@@ -159,6 +161,7 @@ class DeliveryTask:
                 retry_index=int(obj["retry_index"]),
                 manual=obj["manual"] is True,
                 body=str(obj["body"]),
+                ordered=obj.get("ordered") is True,  # absent in tasks of versions before ordering
             )
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadTaskError):

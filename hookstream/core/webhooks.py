@@ -19,6 +19,7 @@ import asyncpg
 
 from hookstream.core import liveness
 from hookstream.core.filters import CompiledFilter, FilterError, compile_filter
+from hookstream.core.ordering import PER_RESOURCE
 from hookstream.core.secretbox import SecretBox, SecretBoxError
 from hookstream.core.signing import decode_secret
 from hookstream.core.tasks import cancel_and_wait
@@ -32,7 +33,7 @@ HEARTBEAT = "webhook-directory"
 
 _SELECT = (
     "SELECT id, organization_id, url, event_types, store_ids, enabled, secret,"
-    " previous_secret, previous_secret_expires_at, filter FROM webhooks"
+    " previous_secret, previous_secret_expires_at, filter, ordering FROM webhooks"
 )
 
 
@@ -50,6 +51,7 @@ class Webhook:
     key_error: str | None = None  # set when the stored secret could not be opened: nothing can be signed
     filter: CompiledFilter | None = None  # compiled once, when the webhook is loaded
     filter_error: str | None = None  # a stored filter this version cannot compile: nothing is routed to it
+    ordered: bool = False  # ordering 'per_resource': its deliveries of one resource go out one at a time
 
     @property
     def filtered(self) -> bool:
@@ -93,6 +95,7 @@ class Webhook:
             key_error=error,
             filter=compiled,
             filter_error=filter_error,
+            ordered=row.get("ordering") == PER_RESOURCE,
         )
 
 

@@ -19,7 +19,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
 import asyncpg
@@ -40,6 +40,7 @@ from hookstream.core.kafka import (
     send_isolated,
 )
 from hookstream.core.model import TASK_ENVELOPE_MAX_BYTES, DeliveryTask
+from hookstream.core.ordering import resource_key
 from hookstream.core.settings import Settings
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.text import storable_text
@@ -121,32 +122,40 @@ WITH input AS (
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
 ), routed AS (
-    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight, issued_attempt)
-    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true, 1
-    FROM unnest($10::text[], $11::text[], $12::text[]) AS m(webhook_id, organization_id, event_id)
+    -- In the batch's order (the source order of its records): an ordered webhook's deliveries of one
+    -- resource are admitted in that order (deliveries_admit_ordered, 0004_ordering.sql), and a waiting
+    -- one comes back not in flight, so no task is issued for it.
+    INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight, issued_attempt,
+                                 resource_key)
+    SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true, 1, m.resource_key
+    FROM unnest($10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY
+        AS m(webhook_id, organization_id, event_id, resource_key, n)
     JOIN routable r USING (organization_id, event_id)
+    ORDER BY m.n
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
-    RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight
+    RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight,
+              d.resource_key IS NOT NULL AS ordered
 )
 -- A delivery's organization is its webhook's, known to the caller: joining ``routed`` back to
 -- ``routable`` here made the planner (which estimates one row for either) loop over both, quadratic
 -- in the batch: 95 of a 1,000-event batch's 143 ms.
-SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, NULL::text AS organization_id,
+SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, x.ordered, NULL::text AS organization_id,
        NULL::bigint AS replayed_seq
 FROM routed x
 UNION ALL
-SELECT NULL, NULL, s.event_id, NULL, NULL, s.organization_id, NULL FROM stored s
+SELECT NULL, NULL, s.event_id, NULL, NULL, NULL, s.organization_id, NULL FROM stored s
 WHERE NOT EXISTS (SELECT 1 FROM routable r
                   WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
 UNION ALL  -- replays of the same source position: their stored deliveries are looked up apart
-SELECT NULL, NULL, r.event_id, NULL, NULL, r.organization_id, r.seq FROM routable r WHERE r.existed
+SELECT NULL, NULL, r.event_id, NULL, NULL, NULL, r.organization_id, r.seq FROM routable r WHERE r.existed
 """
 
 # A replay (the router crashed after storing a batch, maybe before Kafka took its tasks): every
 # stored, never-attempted delivery of the replayed events, whatever the webhooks match now (a filter or
 # subscription changed since must not strand one in flight). Only run when a batch holds replays.
 _UNSENT_SQL = """
-SELECT d.id, d.webhook_id, d.event_id, d.status, true AS first_in_flight, e.organization_id
+SELECT d.id, d.webhook_id, d.event_id, d.status, true AS first_in_flight, d.resource_key IS NOT NULL AS ordered,
+       e.organization_id
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
 WHERE d.event_seq = ANY($1::bigint[]) AND d.attempts = 0 AND d.in_flight
 """
@@ -156,9 +165,12 @@ async def store_batch(
     conn: asyncpg.Connection | asyncpg.Pool,
     events: Sequence[tuple[SourceRecord, DomainEvent, str]],
     matches: Sequence[tuple[str, DomainEvent]],
+    ordered: Collection[str] = (),
 ) -> tuple[list[asyncpg.Record], int]:
     """Store events idempotently and the deliveries of ``matches`` (webhook id, event) for the events
     this record may route; returns (delivery rows, number of events left out as second publishes).
+    The deliveries of the ``ordered`` webhooks carry their event's resource key and are admitted in
+    order (:mod:`hookstream.core.ordering`).
 
     An event is routed when this record is the one that first carried its id (new, or a replay of
     the same source position after a crash); a second publish of the id is left out.
@@ -177,6 +189,7 @@ async def store_batch(
         [webhook_id for webhook_id, _ in matches],
         [e.organization_id for _, e in matches],
         [e.id for _, e in matches],
+        [resource_key(e.type, e.data) if webhook_id in ordered else None for webhook_id, e in matches],
     )
     deliveries = [row for row in rows if row["id"] is not None]
     replayed = [row["replayed_seq"] for row in rows if row["replayed_seq"] is not None]
@@ -497,7 +510,7 @@ class Router:
             keys = {(event.organization_id, event.id) for _, event, _ in part}
             matches = all_matches if len(part) == len(good) else [
                 (hook_id, event) for hook_id, event in all_matches if (event.organization_id, event.id) in keys]
-            rows, duplicates = await store_batch(self._pool, part, matches)
+            rows, duplicates = await store_batch(self._pool, part, matches, self._ordered(matches))
             if duplicates:
                 metrics.EVENTS_DUPLICATE.inc(duplicates)
             tasks.extend(self._tasks_for(part, matches, rows))
@@ -527,9 +540,19 @@ class Router:
             tasks.append(DeliveryTask(
                 delivery_id=row["id"], webhook_id=row["webhook_id"], organization_id=event.organization_id,
                 event_id=event.id, event_type=event.type, store_id=event.store_id, occurred_at=event.occurred_at,
-                attempt=1, retry_index=0, manual=False, body=body,
+                attempt=1, retry_index=0, manual=False, body=body, ordered=row["ordered"],
             ))
         return tasks
+
+    def _ordered(self, matches: Sequence[tuple[str, DomainEvent]]) -> set[str]:
+        """The matched webhooks whose ordering is per_resource (as the directory knows them now:
+        a change applies to events routed after it)."""
+        ordered = set()
+        for webhook_id in {webhook_id for webhook_id, _ in matches}:
+            hook = self._directory.get(webhook_id)
+            if hook is not None and hook.ordered:
+                ordered.add(webhook_id)
+        return ordered
 
     async def _report_lag(self, consumer: AIOKafkaConsumer, stop: asyncio.Event) -> None:
         while not stop.is_set():

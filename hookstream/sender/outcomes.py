@@ -14,6 +14,7 @@ import contextlib
 import dataclasses
 import logging
 import time
+from collections.abc import Callable
 
 import asyncpg
 
@@ -34,9 +35,11 @@ MAX_STORED_ERROR_CHARS = 1000
 # The delivery's status after an attempt. An automatic outcome: its own, except that a failure
 # with a manual redelivery still waiting stays pending. A manual outcome (a redelivery or test
 # send, one attempt that never schedules retries): a success is final and clears a waiting
-# automatic retry; a failure leaves a waiting automatic retry or redelivery in place (pending).
+# automatic retry; a failure leaves a waiting automatic retry or redelivery in place (pending), and
+# leaves an ordered delivery that waits behind its resource's head waiting for its turn.
 _NEW_STATUS = """CASE
     WHEN u.outcome = 'succeeded' THEN 'succeeded'
+    WHEN u.manual AND d.ordered_waiting THEN 'pending'
     WHEN NOT u.manual AND u.outcome = 'retrying' THEN 'pending'
     WHEN NOT u.manual AND d.manual_due_at IS NOT NULL THEN 'pending'
     WHEN u.manual AND (d.next_attempt_at IS NOT NULL OR d.manual_due_at IS NOT NULL) THEN 'pending'
@@ -138,12 +141,14 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
 
 class OutcomeSink:
     def __init__(self, pool: asyncpg.Pool, producer: RenewableProducer, status_topic: str, *,
-                 flush_interval_ms: int, flush_max: int) -> None:
+                 flush_interval_ms: int, flush_max: int,
+                 on_ordered_finished: Callable[[], None] | None = None) -> None:
         self._pool = pool
         self._producer = producer
         self._status_topic = status_topic
         self._interval_s = flush_interval_ms / 1000
         self._flush_max = flush_max
+        self._on_ordered_finished = on_ordered_finished
         self._buffer: list[tuple[AttemptRecord, asyncio.Future]] = []
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
@@ -195,6 +200,9 @@ class OutcomeSink:
         records = [r for r, _ in batch]
         started = time.perf_counter()
         await self._make_durable(records)
+        if self._on_ordered_finished is not None and any(
+                r.task.ordered and r.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED) for r in records):
+            self._on_ordered_finished()
         metrics.FLUSH_BATCH_SIZE.observe(len(records))
         metrics.FLUSH_DURATION.observe(time.perf_counter() - started)
         for _, future in batch:

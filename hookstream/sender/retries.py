@@ -38,7 +38,7 @@ HEARTBEAT = "retry-pump"
 
 _SELECT_TASK = """
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.store_id, d.attempts, d.next_retry_index,
-       e.organization_id, e.occurred_at, e.body
+       d.resource_key IS NOT NULL AS ordered, e.organization_id, e.occurred_at, e.body
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
 """
 # Due manual requests (redeliveries, test sends: few, and a person waits for them) first, up to a
@@ -77,6 +77,7 @@ def task_from_row(row: asyncpg.Record, *, manual: bool) -> DeliveryTask:
         event_id=row["event_id"], event_type=row["event_type"], store_id=row["store_id"],
         occurred_at=format_rfc3339(row["occurred_at"]), attempt=row["attempts"] + 1,
         retry_index=0 if manual else row["next_retry_index"] or 0, manual=manual, body=row["body"],
+        ordered=row["ordered"],
     )
 
 
@@ -106,9 +107,11 @@ async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, deli
 
 
 async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delivery_topic: str,
-                         stop: asyncio.Event) -> None:
+                         stop: asyncio.Event, *, wake: asyncio.Event | None = None) -> None:
     """Pump due deliveries until ``stop`` is set. Outages are waited out (``retry_transient``); a
-    permanent error stops the pump loudly (its heartbeat then goes stale and ``/healthz`` fails)."""
+    permanent error stops the pump loudly (its heartbeat then goes stale and ``/healthz`` fails).
+    ``wake`` set (an ordered delivery finished and released its successor) ends an idle wait early."""
+    wake = wake or asyncio.Event()
     loop = asyncio.get_running_loop()
     next_backlog = 0.0
     idle_s = PUMP_IDLE_S / 2
@@ -138,9 +141,14 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
             log.exception("retry pump stopped by a permanent error; /healthz will fail")
             raise
         idle_s = PUMP_IDLE_S if moved else min(idle_s * 2, PUMP_IDLE_MAX_S)
-        if moved < PUMP_BATCH:
+        if moved < PUMP_BATCH and not wake.is_set():
+            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
             try:
-                await asyncio.wait_for(stop.wait(), idle_s)
-            except TimeoutError:
-                pass
+                await asyncio.wait(waits, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
+            finally:
+                for waiter in waits:
+                    waiter.cancel()
+        if wake.is_set():
+            wake.clear()
+            idle_s = PUMP_IDLE_S
     liveness.forget(HEARTBEAT)  # stopped on purpose

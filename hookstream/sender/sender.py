@@ -157,7 +157,9 @@ class Sender:
                     try:
                         task = DeliveryTask.decode(message.value)
                         fetched.append((tp, message.offset, task))
-                        if message.timestamp < replay_horizon_ms:
+                        # An ordered delivery's copy whose attempt is already recorded must not go out
+                        # after the resource's next event: such tasks are always checked.
+                        if message.timestamp < replay_horizon_ms or task.ordered:
                             maybe_replayed.append(task)
                     except BadTaskError as exc:
                         log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
@@ -311,6 +313,9 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
             await self._sender.drain_partitions(self._consumer, set(revoked))
 
     async def on_partitions_assigned(self, assigned) -> None:
+        # One line per rebalance: which partitions of the delivery topic this replica now works on.
+        log.info("sender assigned partitions %s", ",".join(str(p) for p in sorted(tp.partition for tp in assigned))
+                 or "(none)")
         now_ms = time.time() * 1000
         for tp in assigned:
             self._sender._assigned_at_ms[tp] = now_ms
@@ -322,10 +327,13 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
     await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in topic_specs(settings) if s.owned])
     async with open_producer(settings.kafka_bootstrap_servers) as producer, \
             make_session(allow_private_networks=settings.allow_private_networks) as session:
+        # An ordered delivery that finished released the next one of its resource (made due now):
+        # the pump is woken instead of waiting out its idle delay.
+        released = asyncio.Event()
         async with OutcomeSink(pool, producer, settings.status_topic,
                                flush_interval_ms=settings.outcome_flush_interval_ms,
-                               flush_max=settings.outcome_flush_max) as sink:
-            pump = asyncio.create_task(run_retry_pump(pool, producer, settings.delivery_topic, stop),
+                               flush_max=settings.outcome_flush_max, on_ordered_finished=released.set) as sink:
+            pump = asyncio.create_task(run_retry_pump(pool, producer, settings.delivery_topic, stop, wake=released),
                                        name="retry-pump")
             try:
                 await Sender(settings, pool, directory, session, sink).run(stop)

@@ -280,7 +280,7 @@ async def test_create_webhook_returns_secret_once_and_normalises(api):
     _, got = await api.call("GET", f"/v1/webhooks/{created['id']}", status=200)
     assert "secret" not in got and "previous_secret" not in got
     assert got == {k: v for k, v in created.items() if k != "secret"}
-    assert set(got) == {"id", "url", "description", "event_types", "store_ids", "enabled", "created_at",
+    assert set(got) == {"id", "url", "description", "event_types", "store_ids", "enabled", "ordering", "created_at",
                         "updated_at", "failures_24h", "filter", "filter_errors_24h", "last_filter_error"}
 
     disabled = await api.webhook(enabled=False)
@@ -545,7 +545,7 @@ async def test_delivery_log_fields_filters_and_order(api):
     assert [d["event_id"] for d in body["data"]] == old[::-1]
     first = body["data"][0]
     assert set(first) == {"event_id", "event_type", "store_id", "status", "attempts", "last_http_status",
-                          "last_error", "created_at", "last_attempt_at", "next_attempt_at"}
+                          "last_error", "created_at", "last_attempt_at", "next_attempt_at", "waiting_behind"}
     assert (first["status"], first["attempts"], first["last_http_status"], first["last_error"]) == (
         "failed", 4, 500, "HTTP 500")
     assert first["created_at"] == first["last_attempt_at"] and first["next_attempt_at"] is None
