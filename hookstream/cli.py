@@ -80,6 +80,7 @@ def install_stop_signals(stop: asyncio.Event) -> None:
 async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     """Run the named services in this process until SIGTERM/SIGINT, then drain them."""
     from hookstream.core.db import open_pool
+    from hookstream.core.errors import Stopped, retry_transient
     from hookstream.core.metrics import serve_metrics
     from hookstream.core.secretbox import SecretBox
     from hookstream.core.webhooks import WebhookDirectory
@@ -93,20 +94,33 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     stop = asyncio.Event()
     install_stop_signals(stop)
     async with contextlib.AsyncExitStack() as stack:
-        pool = await stack.enter_async_context(open_pool(settings.database_url, max_size=10))
+        # A service started while PostgreSQL is away (restarting, not up yet) waits for it, as it
+        # waits out an outage later on; a context that fails to enter leaves nothing on the stack.
+        try:
+            pool = await retry_transient(
+                lambda: stack.enter_async_context(open_pool(settings.database_url, max_size=10)),
+                what="connecting to PostgreSQL", stop=stop)
+            directory = None
+            if "router" in names or "sender" in names:
+                directory = await retry_transient(
+                    lambda: stack.enter_async_context(
+                        WebhookDirectory(settings.database_url, SecretBox(settings.secret_key))),
+                    what="loading webhooks", stop=stop)
+        except Stopped:
+            log.info("hookstream %s stopped before it started", "+".join(names))
+            return
         runners: list[Coroutine[Any, Any, None]] = []
-        if "router" in names or "sender" in names:
-            directory = await stack.enter_async_context(
-                WebhookDirectory(settings.database_url, SecretBox(settings.secret_key)))
         if "api" not in names:
             await stack.enter_async_context(serve_metrics(*settings.metrics_listen_for(names[0])))
         if "router" in names:
             from hookstream.router.router import run_router
 
+            assert directory is not None
             runners.append(run_router(settings, stop, pool=pool, directory=directory))
         if "sender" in names:
             from hookstream.sender.sender import run_sender
 
+            assert directory is not None
             runners.append(run_sender(settings, stop, pool=pool, directory=directory))
         if "api" in names:
             from hookstream.api.app import run_api
