@@ -20,10 +20,12 @@ import time
 import aiohttp
 import pytest
 
+from hookstream.core.kafka import open_producer
+from hookstream.core.publish import publish_event
 from tests import faults
 from tests.faults import Stream, account, assert_alive, make_stream, terminate_within, wait_all_succeeded
 from tests.receiver import Behaviour, Receiver
-from tests.support import free_port, make_org, wait_for
+from tests.support import free_port, make_org, make_webhook, sample_event, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 
@@ -261,3 +263,25 @@ async def test_the_api_answers_503_in_its_error_shape_while_postgres_is_down(db,
 
 async def _readyz_ok(get) -> bool:
     return (await get("/readyz"))[0] == 200
+
+
+async def test_a_sender_started_while_postgres_is_down_waits_for_it_and_delivers(db, hs_settings, spawn,
+                                                                                 restore_infra):
+    """Started during a PostgreSQL restart (as an orchestrator may start it), a sender logs that it
+    is waiting, keeps running, and delivers once the database is back."""
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1",))
+        await make_webhook(db, org, receiver.url("/hook"), event_types=["order.created"], store_ids=["s1"])
+        restore_infra.add("postgres")
+        async with faults.postgres_stopped():
+            sender = spawn("sender")
+            await wait_for(lambda: "connecting to PostgreSQL failed" in sender.output(), timeout_s=30,
+                           message="the sender saying it waits for PostgreSQL")
+            assert sender.proc is not None and sender.proc.poll() is None, sender.output()
+        restore_infra.discard("postgres")
+        await wait_for(lambda: "hookstream sender started" in sender.output(), timeout_s=60,
+                       message="the sender starting once PostgreSQL is back")
+        spawn("router")
+        async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
+            await publish_event(producer, sample_event("order.created", org, "s1", 1), hs_settings.source_topics)
+        await wait_for(lambda: receiver.at("/hook"), timeout_s=60, message="the delivery")
