@@ -9,6 +9,7 @@ its `succeeded` outcome is not in PostgreSQL and on the status topic.
     python -m tests.bench.run              # the issue's sizes, medians of 3 runs
     python -m tests.bench.run --smoke      # tiny counts, 1 run: the harness cannot rot
     python -m tests.bench.run --only e2e,latency --runs 1 --profile
+    python -m tests.bench.run --only unordered,ordered,ordered_failing --runs 1   # issue 14
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import dataclasses
 import gc
 import logging
 import os
+import random
 import secrets
 import statistics
 import subprocess
@@ -78,7 +80,10 @@ LATENCY_WARMUP_S = 3.0
 RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "latency_200_p50_ms",
                "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
                "sender_peak_rss_mb", "scale_2_over_1", "cpu_ms_per_delivery", "idle_cpu_pct", "filters_rps",
-               "filters_ratio")
+               "filters_ratio", "unordered_rps", "ordered_rps", "ordered_failing_rps", "ordered_over_unordered",
+               "ordered_failing_over_unordered", "ordered_violations")
+# How the runs' values of a key are summarised: the median, except where one bad run must show.
+AGGREGATES = {"ordered_violations": max}
 TARGETS = {  # key -> (description, check(results))
     "ratio": ("≥ 0.37", lambda r: r["ratio"] >= 0.37),
     "latency_p99_ms": ("≤ 40", lambda r: r["latency_p99_ms"] <= 40),
@@ -91,8 +96,18 @@ TARGETS = {  # key -> (description, check(results))
     "sender_peak_rss_mb": ("≤ 300", lambda r: r["sender_peak_rss_mb"] <= 300),
     "fanout_rps": ("≥ 0.8 × e2e_rps", lambda r: r["fanout_rps"] >= 0.8 * r["e2e_rps"]),
     "filters_ratio": ("≥ 0.9", lambda r: r["filters_ratio"] >= 0.9),
+    "ordered_violations": ("= 0", lambda r: r["ordered_violations"] == 0),
 }
-SCENARIOS = ("baseline", "e2e", "latency", "latency_200", "floor", "fanout", "isolation", "backlog", "filters", "idle")
+SCENARIOS = ("baseline", "e2e", "latency", "latency_200", "floor", "fanout", "isolation", "backlog", "filters", "idle",
+             "unordered", "ordered", "ordered_failing")
+# The ordered scenarios (issue 14): resources x events per resource, published interleaved (event k of
+# every resource, then event k + 1) to one webhook with ordering "per_resource"; ``unordered`` is the
+# same stream to a webhook without ordering. ``ordered_failing`` has the sink refuse (HTTP 500) the
+# first attempt of ORDERED_FAIL_FRACTION of the events, chosen by a seeded shuffle, and retries after
+# ORDERED_RETRY_DELAYS (the other scenarios keep 30s,5m,30m: none of their attempts fails).
+ORDERED_FAIL_FRACTION = 0.2
+ORDERED_FAIL_SEED = 14
+ORDERED_RETRY_DELAYS = "300ms,300ms,300ms"
 # The filters scenario's webhook filter: true for every bench event, so the same deliveries are made
 # and the difference from e2e is the evaluation (a conversion, a comparison, a comprehension).
 BENCH_FILTER = ('double(data.order.total) >= 10.0 && data.order.currency == "USD"'
@@ -118,12 +133,15 @@ class Sizes:
     isolation_events: int = 2_000
     isolation_webhooks: int = 10
     baseline_requests: int = 50_000
+    ordered_resources: int = 1_000
+    ordered_events: int = 10  # per resource
     runs: int = 3
 
 
 SMOKE = Sizes(events=200, backlog=300, fanout_events=20, fanout_webhooks=10, latency_s=3.0, latency_rate=50,
               latency_200_s=3.0, latency_200_rate=50, floor_s=3.0, idle_s=3.0,
-              isolation_events=30, isolation_webhooks=4, baseline_requests=200, runs=1)
+              isolation_events=30, isolation_webhooks=4, baseline_requests=200, ordered_resources=20,
+              ordered_events=5, runs=1)
 
 
 def log(message: str) -> None:
@@ -140,14 +158,54 @@ def latencies_ms(records: list, ids: set[str]) -> list[float]:
     return [(r[2] - r[3]) * 1000 for r in records if r[1] in ids and r[3] is not None]
 
 
-def event_bytes(org_id: str, n: int, *, sent_at: float | None = None) -> tuple[str, bytes, bytes]:
-    """(event id, record value, record key) of one valid order.created event."""
+def event_bytes(org_id: str, n: int, *, sent_at: float | None = None, event_id: str | None = None
+                ) -> tuple[str, bytes, bytes]:
+    """(event id, record value, record key) of one valid order.created event about order ``ord_<n>``,
+    keyed by that order id as hookstream.core.publish.publish_event keys it."""
     data: dict = {"order": {"id": f"ord_{n}", "total": "42.10", "currency": "USD",
                             "lines": [{"id": f"line_{i}", "sku": f"sku_{i}", "quantity": 1, "price": "10.00"} for i in range(3)]}}
     if sent_at is not None:
         data["bench_sent_at"] = sent_at
-    event = make_event(EVENT_TYPE, organization_id=org_id, store_id=STORE_ID, data=data)
+    event = make_event(EVENT_TYPE, organization_id=org_id, store_id=STORE_ID, data=data, event_id=event_id)
     return event["id"], orjson.dumps(event), f"ord_{n}".encode()
+
+
+def ordered_stream(org_id: str, resources: int, per_resource: int) -> tuple[list[tuple[str, bytes, bytes]],
+                                                                             dict[str, tuple[int, int]]]:
+    """The ordered scenarios' events, interleaved: event k of every order, then event k + 1. Returns
+    the (id, value, key) to publish, in publish order, and each event id's (order number, k)."""
+    events, position = [], {}
+    for k in range(per_resource):
+        for r in range(resources):
+            event_id = f"evt_o{r}_k{k}"
+            events.append(event_bytes(org_id, r, event_id=event_id))
+            position[event_id] = (r, k)
+    return events, position
+
+
+def failing_firsts(event_ids: list[str]) -> set[str]:
+    """The ``ORDERED_FAIL_FRACTION`` of ``event_ids`` whose first attempt the sink refuses: the same
+    events in every run (a seeded shuffle), spread over the orders unevenly, as failures are."""
+    return set(random.Random(ORDERED_FAIL_SEED).sample(event_ids, round(len(event_ids) * ORDERED_FAIL_FRACTION)))
+
+
+def order_violations(records: list, position: dict[str, tuple[int, int]]) -> tuple[int, list[str]]:
+    """Per order, the pairs (event k, event k + 1) where a request for event k (its first attempt, a
+    retry, any at-least-once copy) reached the sink after the first request for event k + 1. Returns
+    (how many such pairs, a few of them described)."""
+    first: dict[tuple[int, int], int] = {}
+    last: dict[tuple[int, int], int] = {}
+    for r in records:
+        if (pos := position.get(r[1])) is None:
+            continue
+        arrival = r[6]
+        first[pos] = min(first.get(pos, arrival), arrival)
+        last[pos] = max(last.get(pos, arrival), arrival)
+    bad = [(r, k) for (r, k), arrived_last in last.items()
+           if (r, k + 1) in first and arrived_last > first[(r, k + 1)]]
+    examples = [f"ord_{r}: a request for event {k} (arrival {last[(r, k)]}) after the first for event {k + 1}"
+                f" (arrival {first[(r, k + 1)]})" for r, k in sorted(bad)[:3]]
+    return len(bad), examples
 
 
 # --------------------------------------------------------------------------------------------- sink
@@ -199,7 +257,12 @@ class SinkProcess:
     async def set_hang(self, paths: Iterable[str]) -> None:
         await self._post("/_control/hang", list(paths))
 
-    async def dump(self) -> list[tuple[str, str, float, float | None, bool]]:
+    async def set_fail_first(self, event_ids: Iterable[str]) -> None:
+        await self._post("/_control/fail_first", list(event_ids))
+
+    async def dump(self) -> list[tuple[str, str, float, float | None, bool, int, int]]:
+        """(path, event id, arrival time, publish time or None, signature valid, status answered, arrival
+        number) of every request since the last dump (tests/bench/sink.py)."""
         async with self._session.get(self.url("/_control/dump")) as resp:
             return orjson.loads(await resp.read())
 
@@ -215,6 +278,7 @@ class Scenario:
     name: str
     webhooks: int
     filter: str | None = None  # set on every webhook of the scenario
+    ordering: str = "none"  # set on every webhook of the scenario ("none" or "per_resource")
     # The publisher's linger: 5 ms batches a bulk publish; a steady-rate scenario sends each event at
     # once (0), so that its latency starts when the event is submitted, not when the publisher's batch is.
     publish_linger_ms: int = 5
@@ -263,7 +327,7 @@ class Scenario:
             webhook_id = f"wh_{secrets.token_hex(8)}"  # chosen here: the sink's path names it
             _, secret = await make_webhook(self.conn, self.org_id, bench.sink.url(f"/h/{webhook_id}"),
                                            event_types=[EVENT_TYPE], store_ids=[STORE_ID], filter_=self.filter,
-                                           webhook_id=webhook_id)
+                                           webhook_id=webhook_id, ordering=self.ordering)
             self.hooks.append(webhook_id)
             secrets_by_path[f"/h/{webhook_id}"] = secret
         await bench.sink.set_secrets(secrets_by_path)
@@ -334,6 +398,17 @@ class Scenario:
         await asyncio.gather(*futures)
         return ids
 
+    async def publish_prepared(self, events: list[tuple[str, bytes, bytes]]) -> list[str]:
+        """Publish prepared (id, value, key) events to the orders topic in this order; returns their ids."""
+        futures = []
+        for _, value, key in events:
+            futures.append(await self.producer.send(self.orders_topic, value=value, key=key))
+            if len(futures) >= 5000:
+                await asyncio.gather(*futures)
+                futures.clear()
+        await asyncio.gather(*futures)
+        return [event_id for event_id, _, _ in events]
+
     async def count_succeeded(self, hooks: list[str] | None = None) -> int:
         if hooks is None:
             return await self.conn.fetchval("SELECT count(*) FROM deliveries WHERE status = 'succeeded'")
@@ -395,7 +470,7 @@ class Scenario:
         invalid = [r for r in sink_records if not r[4]]
         if invalid:
             raise BenchFailure(f"{self.name}: {len(invalid)} requests reached the sink with a bad signature")
-        received = {(r[0].removeprefix("/h/"), r[1]) for r in sink_records}
+        received = {(r[0].removeprefix("/h/"), r[1]) for r in sink_records if r[5] == 200}
         rows = await self.conn.fetch("SELECT webhook_id, event_id FROM deliveries WHERE status = 'succeeded'")
         durable = {(r["webhook_id"], r["event_id"]) for r in rows}
         problems = []
@@ -538,6 +613,45 @@ class Bench:
                 log(f"{sc.name}: CPU from the first publish to the last outcome, in % of one core: {meter.report()}")
             return rps
 
+    async def ordered(self, name: str, *, ordering: str, failing: bool = False) -> tuple[float, int]:
+        """The ordered stream (``ordered_stream``: resources x events, interleaved) to one webhook with
+        ``ordering``; with ``failing``, the sink refuses the first attempt of ``failing_firsts`` of the
+        events and the processes retry after ORDERED_RETRY_DELAYS. Returns (deliveries per second
+        from the first publish to the last succeeded outcome, in PostgreSQL and on the status topic,
+        measured as e2e is; the order violations the sink saw)."""
+        resources, per_resource = self.sizes.ordered_resources, self.sizes.ordered_events
+        env = {"HOOKSTREAM_RETRY_DELAYS": ORDERED_RETRY_DELAYS} if failing else None
+        async with Scenario(self, name, 1, ordering=ordering) as sc:
+            sc.start("router", env)
+            sc.start("sender", env)
+            await sc.warm_up()
+            events, position = ordered_stream(sc.org_id, resources, per_resource)
+            refused = failing_firsts([e[0] for e in events]) if failing else set()
+            await self.sink.set_fail_first(refused)
+            try:
+                async with StatusReader(self.bootstrap, sc.status_topic) as status:
+                    meter = CpuMeter({role: proc.pid for role, proc in sc.procs} | {"sink": self.sink.proc.pid})
+                    t0 = time.time()
+                    ids = await sc.publish_prepared(events)
+                    rps, records = await self.measure_delivery(sc, ids, sc.hooks, t0, status)
+                    log(f"{sc.name}: CPU from the first publish to the last outcome, in % of one core:"
+                        f" {meter.report()}")
+            finally:
+                await self.sink.set_fail_first([])
+            mine = [r for r in records if r[0] == f"/h/{sc.hooks[0]}" and r[1] in position]
+            answered_500 = {r[1] for r in mine if r[5] == 500}
+            if answered_500 != refused:
+                raise BenchFailure(f"{sc.name}: the sink refused the first attempt of {len(answered_500)} events,"
+                                   f" not of the {len(refused)} chosen")
+            violations, examples = order_violations(mine, position)
+            what = "order violations" if ordering != "none" else "out-of-order pairs (allowed: no ordering)"
+            last_ok = max(r[2] for r in mine if r[5] == 200)
+            log(f"{sc.name}: {len(ids)} events ({resources} orders x {per_resource}, interleaved), ordering"
+                f" {ordering}, {len(refused)} first attempts refused, {len(mine)} requests; {rps:.0f}/s to the"
+                f" last durable outcome, {len(ids) / (last_ok - t0):.0f}/s to the last 200 at the sink;"
+                f" {violations} {what}" + "".join(f"; {e}" for e in examples))
+            return rps, violations
+
     async def latency(self, name: str, rate: int, seconds: float) -> tuple[float, float]:
         """p50 and p99 (ms) from publish to the sink's receipt, at a steady ``rate`` for ``seconds``."""
         async with Scenario(self, name, 1, publish_linger_ms=0) as sc:
@@ -654,7 +768,7 @@ class Bench:
         stages = {r["event_id"]: (float(r["routed"]), float(r["sent"])) for r in rows}
         spans: dict[str, list[float]] = {"publish->routed": [], "routed->post": [], "post->sink": []}
         total = []
-        for _path, event_id, arrived, published, _valid in records:
+        for _path, event_id, arrived, published, *_ in records:
             if event_id not in stages:
                 continue
             routed, sent = stages[event_id]
@@ -973,11 +1087,29 @@ async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]
     if "idle" in only:
         out["idle_cpu_pct"] = await bench.idle()
         log(f"run {index}: idle stack CPU {out['idle_cpu_pct']:.1f}% of one core")
+    if "unordered" in only:
+        # the ordered scenarios' stream to a webhook without ordering: their baseline
+        out["unordered_rps"], _ = await bench.ordered("unordered", ordering="none")
+        log(f"run {index}: unordered_rps={out['unordered_rps']:.0f}")
+    if "ordered" in only:
+        out["ordered_rps"], violations = await bench.ordered("ordered", ordering="per_resource")
+        out["ordered_violations"] = violations
+        log(f"run {index}: ordered_rps={out['ordered_rps']:.0f} ({violations} order violations)")
+        if "unordered_rps" in out:
+            out["ordered_over_unordered"] = out["ordered_rps"] / out["unordered_rps"]
+    if "ordered_failing" in only:
+        out["ordered_failing_rps"], violations = await bench.ordered("ordered_failing", ordering="per_resource",
+                                                                     failing=True)
+        out["ordered_violations"] = out.get("ordered_violations", 0) + violations
+        log(f"run {index}: ordered_failing_rps={out['ordered_failing_rps']:.0f} ({violations} order violations)")
+        if "unordered_rps" in out:
+            out["ordered_failing_over_unordered"] = out["ordered_failing_rps"] / out["unordered_rps"]
     return out
 
 
 def format_table(results: dict[str, float]) -> str:
-    lines = [f"{'metric':<20} {'value':>10}  {'target':<18} result", "-" * 60]
+    width = max(len(key) for key in RESULT_KEYS)
+    lines = [f"{'metric':<{width}} {'value':>10}  {'target':<18} result", "-" * (width + 40)]
     for key in RESULT_KEYS:
         if key not in results:
             continue
@@ -985,7 +1117,7 @@ def format_table(results: dict[str, float]) -> str:
         verdict = ""
         if check is not None and (key != "fanout_rps" or "e2e_rps" in results):
             verdict = "PASS" if check(results) else "FAIL"
-        lines.append(f"{key:<20} {results[key]:>10.2f}  {target:<18} {verdict}")
+        lines.append(f"{key:<{width}} {results[key]:>10.2f}  {target:<18} {verdict}")
     return "\n".join(lines)
 
 
@@ -1006,7 +1138,8 @@ async def amain(args: argparse.Namespace) -> int:
         "events": args.events, "backlog": args.backlog, "fanout_events": args.fanout_events,
         "fanout_webhooks": args.fanout_webhooks, "latency_s": args.latency_seconds,
         "latency_rate": args.latency_rate, "isolation_events": args.isolation_events,
-        "baseline_requests": args.baseline_requests, "runs": args.runs}.items() if v is not None}
+        "baseline_requests": args.baseline_requests, "ordered_resources": args.ordered_resources,
+        "ordered_events": args.ordered_events, "runs": args.runs}.items() if v is not None}
     sizes = dataclasses.replace(sizes, **overrides)
     only = set(args.only.split(",")) if args.only else set(SCENARIOS)
     unknown = only - set(SCENARIOS)
@@ -1049,12 +1182,14 @@ async def amain(args: argparse.Namespace) -> int:
     finally:
         await drop_database(admin_url, bench.template)
 
-    results = {key: statistics.median(r[key] for r in runs) for key in RESULT_KEYS if key in runs[0]}
+    results = {key: AGGREGATES.get(key, statistics.median)([r[key] for r in runs])
+               for key in RESULT_KEYS if key in runs[0]}
     out_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
     print(f"hookstream bench: {sizes.runs} run(s), medians; {'smoke sizes' if args.smoke else 'sizes'}: "
           f"events={sizes.events} backlog={sizes.backlog} fanout={sizes.fanout_events}x{sizes.fanout_webhooks} "
           f"latency={sizes.latency_s:g}s@{sizes.latency_rate}/s isolation={sizes.isolation_events}x"
-          f"{sizes.isolation_webhooks} baseline={sizes.baseline_requests}")
+          f"{sizes.isolation_webhooks} baseline={sizes.baseline_requests}"
+          f" ordered={sizes.ordered_resources}x{sizes.ordered_events}")
     print(format_table(results))
     print(f"written: {out_path}")
     return 0
@@ -1072,6 +1207,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--latency-rate", type=int, help="steady rate, events/s (default 500)")
     p.add_argument("--isolation-events", type=int, help="events in each isolation run (default 2000)")
     p.add_argument("--baseline-requests", type=int, help="bare-client requests (default 50000)")
+    p.add_argument("--ordered-resources", type=int,
+                   help="orders in the unordered/ordered/ordered_failing stream (default 1000)")
+    p.add_argument("--ordered-events", type=int, help="events per order in that stream (default 10)")
     p.add_argument("--endpoint-max-queued", type=int, default=ENDPOINT_MAX_QUEUED,
                    help=f"HOOKSTREAM_ENDPOINT_MAX_QUEUED for the senders (default {ENDPOINT_MAX_QUEUED}, "
                         "hookstream's own default)")

@@ -1,10 +1,15 @@
 """The benchmark's HTTP sink: a fast aiohttp server in its own process (so it does not share the
 measuring process's CPU) that verifies every request's Standard Webhooks signature and records
-(path, webhook-id, arrival time, publish time carried in the event's data, signature valid).
+(path, webhook-id, arrival time, publish time carried in the event's data, signature valid, HTTP
+status answered, arrival number). The arrival number counts every request since the sink started,
+in the order their bodies were read; a request is recorded before it is answered, so a request
+sent only after another was answered always has the larger number.
 
 Run as ``python -m tests.bench.sink``; it prints its port on the first line of stdout. Control
 endpoints (JSON): ``POST /_control/secrets`` {path: secret}, ``POST /_control/hang`` [path, ...],
-``GET /_control/count``, ``GET /_control/dump`` (and clears the records).
+``POST /_control/fail_first`` [event id, ...] (the first request for each of those webhook-ids is
+answered 500, later ones 200; replaces the previous list), ``GET /_control/count``,
+``GET /_control/dump`` (and clears the records).
 """
 
 from __future__ import annotations
@@ -19,14 +24,17 @@ from aiohttp import web
 from hookstream.core import signing
 
 HANG_S = 3600
+# (path, event id, arrival time, publish time or None, signature valid, status answered, arrival number)
+Record = tuple[str, str, float, float | None, bool, int, int]
 
 
 class Sink:
     def __init__(self) -> None:
         self.secrets: dict[str, str] = {}
         self.hang: set[str] = set()
-        # (path, event id, arrival time, publish time or None, signature valid)
-        self.records: list[tuple[str, str, float, float | None, bool]] = []
+        self.fail_first: set[str] = set()  # event ids whose next request is answered 500
+        self.records: list[Record] = []
+        self.arrivals = 0
 
     async def handle(self, request: web.Request) -> web.Response:
         body = await request.read()
@@ -48,10 +56,15 @@ class Sink:
             sent_at = data.get("bench_sent_at")
         except (orjson.JSONDecodeError, AttributeError):
             pass
-        self.records.append((path, event_id, arrived, sent_at, valid))
+        status = 200
+        if event_id in self.fail_first:
+            self.fail_first.discard(event_id)
+            status = 500
+        self.arrivals += 1
+        self.records.append((path, event_id, arrived, sent_at, valid, status, self.arrivals))
         if path in self.hang:
             await asyncio.sleep(HANG_S)
-        return web.Response(text="ok")
+        return web.Response(status=status, text="ok" if status == 200 else "bench: first attempt refused")
 
     async def set_secrets(self, request: web.Request) -> web.Response:
         self.secrets.update(orjson.loads(await request.read()))
@@ -59,6 +72,10 @@ class Sink:
 
     async def set_hang(self, request: web.Request) -> web.Response:
         self.hang = set(orjson.loads(await request.read()))
+        return web.json_response({"ok": True})
+
+    async def set_fail_first(self, request: web.Request) -> web.Response:
+        self.fail_first = set(orjson.loads(await request.read()))
         return web.json_response({"ok": True})
 
     async def count(self, _request: web.Request) -> web.Response:
@@ -74,6 +91,7 @@ async def serve() -> None:
     app = web.Application(client_max_size=16 * 1024 * 1024)
     app.router.add_post("/_control/secrets", sink.set_secrets)
     app.router.add_post("/_control/hang", sink.set_hang)
+    app.router.add_post("/_control/fail_first", sink.set_fail_first)
     app.router.add_get("/_control/count", sink.count)
     app.router.add_get("/_control/dump", sink.dump)
     app.router.add_post("/{tail:.*}", sink.handle)
