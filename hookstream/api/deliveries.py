@@ -42,7 +42,7 @@ LOG_COLUMNS = ("d.id, d.event_id, d.event_type, d.store_id, d.status, d.attempts
                " d.last_error, d.created_at, d.last_attempt_at,"
                " LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at,"
                # an ordered delivery stored behind its resource's head: the event it waits for
-               " CASE WHEN d.ordered_waiting THEN (SELECT hd.event_id FROM resource_heads h"
+               " CASE WHEN d.ordered_waiting AND d.status = 'pending' THEN (SELECT hd.event_id FROM resource_heads h"
                " JOIN deliveries hd ON hd.id = h.head_delivery_id"
                " WHERE h.webhook_id = d.webhook_id AND h.resource_key = d.resource_key) END AS waiting_behind")
 

@@ -30,17 +30,20 @@ Key = tuple[str, str]  # (webhook id, resource key)
 
 
 def resource_key(event_type: str, data: Mapping[str, Any]) -> str:
-    """The resource an event is about: ``data.product.id`` for product events, ``data.order.id`` for
-    order events (the schemas require both, as strings)."""
+    """The resource an event is about, as stored: ``product:<data.product.id>`` for product events,
+    ``order:<data.order.id>`` for order events (a product and an order with the same id are two
+    resources). The id is escaped so that any string the schema allows can be stored as text
+    (PostgreSQL text cannot hold NUL); the escape is injective, so two ids never share a key."""
     group = "product" if event_type.startswith("product.") else "order"
-    return str(data[group]["id"])
+    resource = str(data[group]["id"]).replace("\\", "\\\\").replace("\x00", "\\0")
+    return f"{group}:{resource}"
 
 
 @dataclass
 class OrderedResources:
     """The database's ordering state and rules, in memory (see the module docstring)."""
 
-    heads: dict[Key, int | None] = field(default_factory=dict)
+    heads: dict[Key, int] = field(default_factory=dict)  # only resources with an unfinished delivery
     waiting: dict[Key, list[int]] = field(default_factory=dict)
     status: dict[int, DeliveryStatus] = field(default_factory=dict)
     key_of: dict[int, Key] = field(default_factory=dict)
@@ -53,7 +56,7 @@ class OrderedResources:
             return False
         self.status[delivery_id] = DeliveryStatus.PENDING
         self.key_of[delivery_id] = key
-        if self.heads.get(key) is None:
+        if key not in self.heads:
             self.heads[key] = delivery_id
             return True
         self.waiting.setdefault(key, []).append(delivery_id)
@@ -62,19 +65,30 @@ class OrderedResources:
     def finish(self, delivery_id: int, status: DeliveryStatus) -> int | None:
         """A delivery leaves ``pending`` (succeeded or failed); returns the delivery released by it
         (the resource's new head, made due now), if any. Only the head releases: a waiting delivery
-        ended by a manual redelivery is passed over when its turn comes."""
+        ended out of turn by a manual redelivery just stops waiting."""
         if status == DeliveryStatus.PENDING or self.status.get(delivery_id) != DeliveryStatus.PENDING:
             return None
         self.status[delivery_id] = status
         key = self.key_of[delivery_id]
+        queue = self.waiting.get(key, [])
+        if delivery_id in queue:
+            queue.remove(delivery_id)
+            return None
         if self.heads.get(key) != delivery_id:
             return None
-        queue = self.waiting.get(key, [])
-        while queue and self.status[queue[0]] != DeliveryStatus.PENDING:
-            queue.pop(0)  # ended meanwhile (a manual redelivery): passed over
-        released = queue.pop(0) if queue else None
+        if not queue:
+            del self.heads[key]  # nothing unfinished: the resource is forgotten
+            return None
+        released = queue.pop(0)
         self.heads[key] = released
         return released
+
+    def may_send(self, delivery_id: int) -> bool:
+        """Whether an automatic attempt of ``delivery_id`` may go out now (the sender's claim): only
+        the head's, while it is unfinished. A late copy of a finished delivery's attempt may not."""
+        key = self.key_of.get(delivery_id)
+        return (key is not None and self.status[delivery_id] == DeliveryStatus.PENDING
+                and self.heads.get(key) == delivery_id)
 
     def waits_behind(self, delivery_id: int) -> int | None:
         """The head a waiting delivery waits behind, or None when it is not waiting."""

@@ -122,16 +122,17 @@ WITH input AS (
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
 ), routed AS (
-    -- In the batch's order (the source order of its records): an ordered webhook's deliveries of one
-    -- resource are admitted in that order (deliveries_admit_ordered, 0004_ordering.sql), and a waiting
-    -- one comes back not in flight, so no task is issued for it.
+    -- Per (webhook, resource) in the batch's order, the source order of its records: an ordered
+    -- webhook's deliveries of one resource are admitted in that order (deliveries_admit_ordered,
+    -- 0004_ordering.sql; a waiting one comes back not in flight, so no task is issued for it), and
+    -- resource_heads rows are locked in (webhook, resource) order, as outcomes lock them.
     INSERT INTO deliveries AS d (webhook_id, event_seq, event_id, event_type, store_id, in_flight, issued_attempt,
                                  resource_key)
     SELECT m.webhook_id, r.seq, r.event_id, r.event_type, r.store_id, true, 1, m.resource_key
     FROM unnest($10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY
         AS m(webhook_id, organization_id, event_id, resource_key, n)
     JOIN routable r USING (organization_id, event_id)
-    ORDER BY m.n
+    ORDER BY m.webhook_id, m.resource_key, m.n
     ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
     RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight,
               d.resource_key IS NOT NULL AS ordered

@@ -87,6 +87,13 @@ FROM latest AS u
 WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
+_LOCK_RESOURCES_SQL = """
+SELECT 1 FROM resource_heads h JOIN deliveries d ON d.webhook_id = h.webhook_id AND d.resource_key = h.resource_key
+WHERE d.id = ANY($1::bigint[])
+ORDER BY h.webhook_id, h.resource_key
+FOR UPDATE OF h
+"""
+
 # A deferral puts the task back without using up an attempt: an automatic one into the automatic
 # schedule (same retry index), a manual one into the manual request.
 _DEFER_DELIVERIES_SQL = """
@@ -122,6 +129,17 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
             [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
             [r.task.manual for r in deferred],
         )
+    finishing = sorted({r.task.delivery_id for r in records if r.task.ordered
+                        and r.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED)})
+    if finishing and isinstance(conn, asyncpg.Pool):
+        async with conn.acquire() as one, one.transaction():
+            await write_outcomes(one, records)
+        return
+    if finishing:
+        # Ordered deliveries that finish release their successors under their resource's row lock
+        # (deliveries_release_ordered): take those locks first, in (webhook, resource) order, the
+        # order routers take them in, so a flush and a router batch never deadlock.
+        await conn.execute(_LOCK_RESOURCES_SQL, finishing)
     if records:
         await conn.execute(
             _RECORD_ATTEMPTS_SQL,
@@ -273,10 +291,10 @@ class OutcomeSink:
                 "UPDATE deliveries SET in_flight = false, last_error = $2,"
                 " next_attempt_at = CASE WHEN $3 THEN next_attempt_at ELSE now() + interval '30 seconds' END,"
                 # a manual attempt with nothing else waiting ends the delivery, saying why
-                " status = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL THEN 'failed'"
-                "          ELSE status END,"
-                " finished_at = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL THEN now()"
-                "          ELSE finished_at END"
+                " status = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL"
+                "          AND NOT ordered_waiting THEN 'failed' ELSE status END,"
+                " finished_at = CASE WHEN $3 AND next_attempt_at IS NULL AND manual_due_at IS NULL"
+                "          AND NOT ordered_waiting THEN now() ELSE finished_at END"
                 " WHERE id = $1 AND attempts < $4 AND issued_attempt = $4",
                 record.task.delivery_id, f"outcome of attempt {record.task.attempt} could not be stored"
                 f" ({describe(exc, 200)})".encode("ascii", "backslashreplace").decode("ascii"),

@@ -65,6 +65,19 @@ UPDATE deliveries SET in_flight = true, issued_attempt = attempts + 1,
 WHERE id = ANY($1::bigint[]) OR id = ANY($2::bigint[])
 """
 
+# Ordered resources whose head is not an unfinished delivery (a router that lost a race with a
+# replay of the same record during a rebalance can leave one): released as if the head had
+# finished, so no resource waits for ever. Normally there are none.
+_STALE_HEADS_SQL = """
+SELECT h.webhook_id, h.resource_key FROM resource_heads h
+WHERE NOT EXISTS (SELECT 1 FROM deliveries d WHERE d.id = h.head_delivery_id AND d.status = 'pending')
+LIMIT 100
+FOR UPDATE OF h SKIP LOCKED
+"""
+_RELEASE_SQL = """
+SELECT release_resource(u.webhook_id, u.resource_key) FROM unnest($1::text[], $2::text[]) AS u(webhook_id, resource_key)
+"""
+
 _BACKLOG_SQL = """
 SELECT next_retry_index AS tier, count(*) AS n FROM deliveries
 WHERE next_attempt_at IS NOT NULL GROUP BY next_retry_index
@@ -123,6 +136,13 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
             next_backlog = loop.time() + BACKLOG_REFRESH_S
             async with pool.acquire() as conn:
                 rows = await conn.fetch(_BACKLOG_SQL)
+                async with conn.transaction():
+                    stale = await conn.fetch(_STALE_HEADS_SQL)
+                    if stale:
+                        await conn.execute(_RELEASE_SQL, [r["webhook_id"] for r in stale],
+                                           [r["resource_key"] for r in stale])
+                        log.warning("released %d ordered resources whose head delivery was gone", len(stale))
+                        moved += len(stale)
             for tier in ("0", "1", "2", "3"):  # 0: deferred first attempts
                 metrics.RETRY_BACKLOG.labels(tier).set(0)
             for row in rows:

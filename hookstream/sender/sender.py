@@ -68,6 +68,20 @@ HEARTBEAT = "sender"
 REPLAY_CLOCK_SKEW_MS = 10_000
 FETCH_MAX_RECORDS = 500
 
+# The claim an ordered delivery's automatic attempt takes just before it is POSTed (0004_ordering.sql):
+# another copy of the same attempt (Kafka is at least once) is not sent while it holds, nor once
+# the attempt is recorded. It holds for longer than one POST can last (the request timeout).
+_CLAIM_ORDERED_SQL = """
+UPDATE deliveries SET sending_attempt = $2, sending_until = now() + make_interval(secs => $3)
+WHERE id = $1 AND status = 'pending' AND NOT ordered_waiting AND attempts < $2
+  AND (sending_attempt IS DISTINCT FROM $2 OR sending_until < now())
+RETURNING id
+"""
+
+
+class _ClaimRefused(Exception):
+    """Another copy of this ordered attempt is being sent, or the attempt is no longer due."""
+
 
 def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolicy, started_at: dt.datetime,
                    duration_ms: float) -> AttemptRecord:
@@ -231,12 +245,36 @@ class Sender:
         elif webhook.key_error is not None:
             result = Failed(retryable=True, error=f"cannot sign: {webhook.key_error}; not sent", sent=False)
         else:
-            result = await self._gates.call(webhook.id, lambda: post_webhook(
-                self._session, webhook, task, timeout_s=self._settings.request_timeout_s,
-                excerpt_cap_bytes=self._settings.max_response_excerpt_bytes,
-                allow_private_networks=self._settings.allow_private_networks), webhook.organization_id)
+            async def send() -> AttemptResult:
+                if task.ordered and not task.manual:
+                    await self._claim_ordered(task)  # with the endpoint's slot held: just before the POST
+                return await post_webhook(
+                    self._session, webhook, task, timeout_s=self._settings.request_timeout_s,
+                    excerpt_cap_bytes=self._settings.max_response_excerpt_bytes,
+                    allow_private_networks=self._settings.allow_private_networks)
+
+            try:
+                result = await self._gates.call(webhook.id, send, webhook.organization_id)
+            except _ClaimRefused:
+                # Put back, not dropped: if the copy holding the claim never records its outcome (its
+                # sender died mid-POST), this one is attempted once the claim has lapsed.
+                result = Deferred("another copy of this ordered attempt is being sent", self._claim_lease_s)
         duration_ms = (time.perf_counter() - clock) * 1000
         return decide_outcome(task, result, self._policy, started_at, duration_ms)
+
+    @property
+    def _claim_lease_s(self) -> float:
+        return self._settings.request_timeout_s + 5.0
+
+    async def _claim_ordered(self, task: DeliveryTask) -> None:
+        """Claim the ordered ``task``'s attempt, or raise :class:`_ClaimRefused`. Waits out a database
+        outage (an ordered attempt is never sent unclaimed)."""
+        claimed = await retry_transient(
+            lambda: self._pool.fetchval(_CLAIM_ORDERED_SQL, task.delivery_id, task.attempt, self._claim_lease_s),
+            what="claiming an ordered attempt", heartbeat=HEARTBEAT,
+            extra={"webhook_id": task.webhook_id, "event_id": task.event_id})
+        if claimed is None:
+            raise _ClaimRefused
 
     async def _lookup_webhook(self, webhook_id: str) -> Webhook | None:
         """The webhook, from memory or (when just created) PostgreSQL; waits out database outages and

@@ -28,6 +28,7 @@ class Simulation:
     routed: dict[int, int] = field(default_factory=dict)  # resource -> events routed so far
     ids: dict[int, list[int]] = field(default_factory=dict)  # resource -> its delivery ids, in order
     in_flight: set[int] = field(default_factory=set)  # automatic tasks issued and not yet finished
+    issued: set[int] = field(default_factory=set)  # every delivery a task was ever issued for
     sends: list[tuple[int, int, bool]] = field(default_factory=list)  # (resource, delivery, manual)
     next_id: int = 1
 
@@ -48,7 +49,11 @@ class Simulation:
         delivery, self.next_id = self.next_id, self.next_id + 1
         self.ids.setdefault(resource, []).append(delivery)
         if self.rules.admit(delivery, self.key(resource)):
-            self.in_flight.add(delivery)
+            self.issue(delivery)
+
+    def issue(self, delivery: int) -> None:
+        self.in_flight.add(delivery)
+        self.issued.add(delivery)
 
     def attempt(self, pick: int, outcome: str) -> None:
         """A sender attempts one task in flight: ``success``, ``final`` (failed, no retry left),
@@ -57,6 +62,7 @@ class Simulation:
         if not self.in_flight:
             return
         delivery = sorted(self.in_flight)[pick % len(self.in_flight)]
+        assert self.rules.may_send(delivery)  # the task of a head: its claim succeeds
         self.send(delivery, manual=False)
         if outcome in ("retry", "lost"):
             return
@@ -64,7 +70,16 @@ class Simulation:
         status = DeliveryStatus.SUCCEEDED if outcome == "success" else DeliveryStatus.FAILED
         released = self.rules.finish(delivery, status)
         if released is not None:
-            self.in_flight.add(released)
+            self.issue(released)
+
+    def copy(self, pick: int) -> None:
+        """An at-least-once copy of some delivery's task arrives late (a router or pump re-send, a
+        revoked partition's job): the sender claims before sending, and only a head may be sent."""
+        if not self.issued:
+            return
+        delivery = sorted(self.issued)[pick % len(self.issued)]
+        if self.rules.may_send(delivery):
+            self.send(delivery, manual=False)
 
     def manual(self, pick: int, succeeds: bool) -> None:
         """A redelivery through the API: one attempt outside the order. A success ends a waiting
@@ -80,7 +95,7 @@ class Simulation:
         if self.rules.status[delivery] == DeliveryStatus.PENDING and succeeds:
             released = self.rules.finish(delivery, DeliveryStatus.SUCCEEDED)
             if released is not None:
-                self.in_flight.add(released)
+                self.issue(released)
 
     def send(self, delivery: int, *, manual: bool) -> None:
         resource = self.resource_of(delivery)
@@ -96,18 +111,16 @@ class Simulation:
 
     def check(self) -> None:
         for key, head in self.rules.heads.items():
-            if head is not None:
-                assert self.rules.status[head] == DeliveryStatus.PENDING
-                assert self.rules.key_of[head] == key
+            assert self.rules.status[head] == DeliveryStatus.PENDING
+            assert self.rules.key_of[head] == key
         for delivery in self.in_flight:  # only heads have tasks
             assert self.rules.heads[self.rules.key_of[delivery]] == delivery
         for key, queue in self.rules.waiting.items():
             head = self.rules.heads.get(key)
-            assert head is not None or all(self.rules.status[d] != DeliveryStatus.PENDING for d in queue), (
-                f"{key}: deliveries wait behind nothing")
+            assert head is not None or not queue, f"{key}: deliveries wait behind nothing"
             for delivery in queue:
-                if self.rules.status[delivery] == DeliveryStatus.PENDING:
-                    assert self.rules.waits_behind(delivery) == head
+                assert self.rules.status[delivery] == DeliveryStatus.PENDING
+                assert self.rules.waits_behind(delivery) == head
 
     def run_to_completion(self) -> None:
         for resource in range(self.resources):
@@ -120,13 +133,14 @@ class Simulation:
             assert steps <= self.resources * self.events_per_resource + 1
         pending = [d for d, s in self.rules.status.items() if s == DeliveryStatus.PENDING]
         assert pending == [], f"stranded: {pending}"
-        assert all(head is None for head in self.rules.heads.values())
+        assert self.rules.heads == {}  # every resource forgotten
 
 
 operations = st.lists(st.one_of(
     st.tuples(st.just("route"), st.integers(0, 3), st.booleans()),
     st.tuples(st.just("attempt"), st.integers(0, 50), st.sampled_from(["success", "final", "retry", "lost"])),
     st.tuples(st.just("manual"), st.integers(0, 50), st.booleans()),
+    st.tuples(st.just("copy"), st.integers(0, 50), st.none()),
 ), max_size=80)
 
 
@@ -140,6 +154,8 @@ def test_no_event_is_attempted_before_its_predecessor_finished_and_none_is_stran
             sim.route(number % resources, replay=bool(arg))
         elif op == "attempt":
             sim.attempt(number, str(arg))
+        elif op == "copy":
+            sim.copy(number)
         else:
             sim.manual(number, bool(arg))
     sim.run_to_completion()
@@ -156,17 +172,21 @@ def test_a_failed_delivery_releases_the_next_and_a_manual_one_outside_the_order_
     assert [rules.admit(d, key) for d in (1, 2, 3)] == [True, False, False]
     assert rules.waits_behind(2) == 1 and rules.waits_behind(3) == 1
     assert rules.finish(2, DeliveryStatus.SUCCEEDED) is None  # a manual redelivery of a waiting one
-    assert rules.heads[key] == 1
-    assert rules.finish(1, DeliveryStatus.FAILED) == 3  # failed for good: the next proceeds, 2 is passed over
+    assert rules.heads[key] == 1 and rules.waiting[key] == [3]
+    assert not rules.may_send(2) and not rules.may_send(3) and rules.may_send(1)
+    assert rules.finish(1, DeliveryStatus.FAILED) == 3  # failed for good: the next proceeds
+    assert not rules.may_send(1)  # a late copy of the finished head's attempt is not sent
     assert rules.finish(3, DeliveryStatus.SUCCEEDED) is None
-    assert rules.heads[key] is None
+    assert key not in rules.heads
     assert rules.admit(4, key) is True  # nothing unfinished: the next event goes straight out
 
 
 @pytest.mark.parametrize(("event_type", "data", "expected"), [
-    ("order.shipped", {"order": {"id": "ord_9", "total": "1.00"}}, "ord_9"),
-    ("product.updated", {"product": {"id": "p_1"}}, "p_1"),
-    ("order.created", {"order": {"id": 42}, "product": {"id": "p"}}, "42"),
+    ("order.shipped", {"order": {"id": "ord_9", "total": "1.00"}}, "order:ord_9"),
+    ("product.updated", {"product": {"id": "ord_9"}}, "product:ord_9"),  # not the order with that id
+    ("order.created", {"order": {"id": 42}, "product": {"id": "p"}}, "order:42"),
+    ("order.created", {"order": {"id": "a\x00b"}}, "order:a\\0b"),  # storable as text
+    ("order.created", {"order": {"id": "a\\0b"}}, "order:a\\\\0b"),  # and still distinct
 ])
 def test_the_resource_of_an_event(event_type: str, data: dict[str, object], expected: str) -> None:
     assert resource_key(event_type, data) == expected
