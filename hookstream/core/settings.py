@@ -470,16 +470,22 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown:
         sys.stdout.write(table)
         return 0
-    for path in args.write:
+    rewrite_files(args.write, lambda text: replace_marked_table(text, table), parser)
+    return 0
+
+
+def rewrite_files(paths: Sequence[Path], update: Callable[[str], str], parser: argparse.ArgumentParser) -> None:
+    """Rewrite each file with ``update`` (the generated blocks between their markers), reporting
+    which changed; a file without the markers (``update`` raises ValueError) is a usage error."""
+    for path in paths:
         text = path.read_text(encoding="utf-8")
         try:
-            updated = replace_marked_table(text, table)
+            updated = update(text)
         except ValueError as exc:
             parser.error(f"{path}: {exc}")
         if updated != text:
             path.write_text(updated, encoding="utf-8")
             sys.stdout.write(f"updated {path}\n")
-    return 0
 
 
 if __name__ == "__main__":

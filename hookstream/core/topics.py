@@ -35,6 +35,7 @@ from hookstream.core.settings import (
     Settings,
     format_size,
     replace_marked_table,
+    rewrite_files,
 )
 
 log = logging.getLogger(__name__)
@@ -335,15 +336,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.markdown or args.commands:
         sys.stdout.write(render_markdown_table() if args.markdown else render_fix_commands())
         return 0
-    for path in args.write:
-        text = path.read_text(encoding="utf-8")
-        try:
-            updated = write_marked_blocks(text)
-        except ValueError as exc:
-            parser.error(f"{path}: {exc}")
-        if updated != text:
-            path.write_text(updated, encoding="utf-8")
-            sys.stdout.write(f"updated {path}\n")
+    rewrite_files(args.write, write_marked_blocks, parser)
     return 0
 
 
