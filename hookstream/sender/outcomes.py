@@ -108,6 +108,11 @@ FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
 WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
+def finishes_ordered(record: AttemptRecord) -> bool:
+    """The record ends an ordered delivery, which releases the next one of its resource."""
+    return record.task.ordered and record.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED)
+
+
 async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[AttemptRecord]) -> None:
     """Insert the attempts and update each delivery's summary and retry schedule, atomically: one
     statement, or a transaction around two when the batch also holds deferrals.
@@ -129,8 +134,7 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
             [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
             [r.task.manual for r in deferred],
         )
-    finishing = sorted({r.task.delivery_id for r in records if r.task.ordered
-                        and r.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED)})
+    finishing = sorted({r.task.delivery_id for r in records if finishes_ordered(r)})
     if finishing and isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as one, one.transaction():
             await write_outcomes(one, records)
@@ -218,8 +222,7 @@ class OutcomeSink:
         records = [r for r, _ in batch]
         started = time.perf_counter()
         await self._make_durable(records)
-        if self._on_ordered_finished is not None and any(
-                r.task.ordered and r.status in (AttemptStatus.SUCCEEDED, AttemptStatus.FAILED) for r in records):
+        if self._on_ordered_finished is not None and any(finishes_ordered(r) for r in records):
             self._on_ordered_finished()
         metrics.FLUSH_BATCH_SIZE.observe(len(records))
         metrics.FLUSH_DURATION.observe(time.perf_counter() - started)

@@ -171,9 +171,7 @@ class Sender:
                     try:
                         task = DeliveryTask.decode(message.value)
                         fetched.append((tp, message.offset, task))
-                        # An ordered delivery's copy whose attempt is already recorded must not go out
-                        # after the resource's next event: such tasks are always checked.
-                        if message.timestamp < replay_horizon_ms or task.ordered:
+                        if message.timestamp < replay_horizon_ms:
                             maybe_replayed.append(task)
                     except BadTaskError as exc:
                         log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
