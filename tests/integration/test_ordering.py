@@ -92,10 +92,7 @@ async def wait_all_succeeded(db, webhook_id: str, timeout_s: float) -> None:
 async def test_per_resource_order_holds_with_failures_and_the_unordered_webhook_does_not_wait(
         db, hs_settings, spawn):
     async with Receiver() as receiver:
-        org, _ = await make_org(db, "Ordered shop", stores=("s1",))
-        events = stream(org)
-        failing = every_third(events)
-        _, ordered, unordered = await ordered_and_unordered_for(db, receiver, org, failing)
+        events, failing, ordered, unordered = await ordered_and_unordered(db, receiver, "Ordered shop")
         spawn("router")
         spawn("sender", env=NO_BREAKER)
         await publish(hs_settings, events)
@@ -109,15 +106,12 @@ async def test_per_resource_order_holds_with_failures_and_the_unordered_webhook_
         assert {orjson.loads(r.body)["id"] for r in receiver.at("/unordered")} == {e["id"] for e in events}
         # The log says nothing is waiting any more, and the ordering state is empty.
         assert await db.fetchval("SELECT count(*) FROM deliveries WHERE ordered_waiting") == 0
-        assert await db.fetchval("SELECT count(*) FROM resource_heads WHERE head_delivery_id IS NOT NULL") == 0
+        assert await db.fetchval("SELECT count(*) FROM resource_heads") == 0  # every resource forgotten
 
 
 async def test_per_resource_order_holds_while_a_sender_is_killed_mid_stream(db, hs_settings, spawn):
     async with Receiver() as receiver:
-        org, _ = await make_org(db, "Killed", stores=("s1",))
-        events = stream(org)
-        failing = every_third(events)
-        _, ordered, unordered = await ordered_and_unordered_for(db, receiver, org, failing)
+        events, failing, ordered, unordered = await ordered_and_unordered(db, receiver, "Killed")
         spawn("router")
         doomed = spawn("sender", name="doomed", env=NO_BREAKER)
         await publish(hs_settings, events)
@@ -134,11 +128,8 @@ async def test_per_resource_order_holds_while_senders_scale_1_3_1(db, hs_setting
     resource's next event may go to another replica); the second half is published; the two leave
     again (SIGTERM: they drain and hand their partitions back) while it is delivered."""
     async with Receiver() as receiver:
-        org, _ = await make_org(db, "Scaling", stores=("s1",))
-        events = stream(org)
+        events, failing, ordered, unordered = await ordered_and_unordered(db, receiver, "Scaling")
         half = len(events) // 2  # events 0-3 of every order, then 4-7
-        failing = every_third(events)
-        _, ordered, unordered = await ordered_and_unordered_for(db, receiver, org, failing)
         spawn("router")
         spawn("sender", name="first", env=NO_BREAKER)
         await publish(hs_settings, events[:half])
@@ -160,14 +151,19 @@ async def test_per_resource_order_holds_while_senders_scale_1_3_1(db, hs_setting
         assert_in_order(receiver.at("/ordered"), failing)
 
 
-async def ordered_and_unordered_for(db, receiver: Receiver, org: str, failing: frozenset[str]):
+async def ordered_and_unordered(db, receiver: Receiver, name: str):
+    """An organization with a per_resource webhook and an unordered one on the same events, both
+    refusing the first attempt of every third event; returns (events, failing, ordered, unordered)."""
+    org, _ = await make_org(db, name, stores=("s1",))
+    events = stream(org)
+    failing = every_third(events)
     ordered, _ = await make_webhook(db, org, receiver.url("/ordered"), event_types=["order.updated"],
                                     store_ids=["s1"], ordering="per_resource")
     unordered, _ = await make_webhook(db, org, receiver.url("/unordered"), event_types=["order.updated"],
                                       store_ids=["s1"])
     for path in ("/ordered", "/unordered"):
         receiver.set(path, Behaviour(mode="first_fails", fail_first_of=failing))
-    return org, ordered, unordered
+    return events, failing, ordered, unordered
 
 
 # ---- the triggers against the pure rules --------------------------------------------------------
