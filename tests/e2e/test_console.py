@@ -9,15 +9,27 @@ in order per resource (issue 14): the API reads it back, the list shows it, and 
 order published while the endpoint hangs, the later one shows "waiting behind" the earlier one and
 reaches the receiver only after it.
 
-Screenshots land in ``.local/console-webhooks.png``, ``.local/console-filter.png``,
-``.local/console-events.png``, ``.local/console-attempts.png`` and ``.local/console-ordering.png``.
+Issue 16 adds: the webhooks list fits 1400 and 1024 px wide (Delete visible) with a 24 h health chart;
+"View events" keeps its filters (a date range too) in the URL across a reload; the events explorer
+finds an event by id and opens a delivery's attempts, whose request (URL, signed headers, the exact
+body) and response are shown as text even when the endpoint answers markup; a delivery waiting for a
+retry says "retrying" with its retry schedule; and "Recover failed deliveries" redelivers a delivery
+that failed once the endpoint answers again, showing its progress.
+
+Screenshots land in ``.local/``: ``console-webhooks.png``, ``console-filter.png``, ``console-events.png``,
+``console-attempts.png``, ``console-ordering.png`` (1400×900), and at 1400×900 and 1024×768 each
+(``-1400.png``, ``-1024.png``): ``console-list-*``, ``console-explorer-*``, ``console-attempt-detail-*``,
+``console-retrying-*`` and ``console-webhook-*``.
 """
 
 from __future__ import annotations
 
 import asyncio
+import datetime as dt
 import json
+import re
 import shutil
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import pytest
@@ -35,7 +47,10 @@ pytestmark = pytest.mark.e2e
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
-VIEWPORT = {"width": 1280, "height": 800}
+VIEWPORT = {"width": 1400, "height": 900}
+SMALL_VIEWPORT = {"width": 1024, "height": 768}
+# Not UTC, and not a whole hour off it: the console's local-time inputs must be converted, not copied.
+BROWSER_TZ = "Asia/Kolkata"
 UI_TIMEOUT_MS = 15_000
 DELIVERY_TIMEOUT_MS = 45_000  # publish -> router -> sender -> receiver -> log, seen through a 3 s refresh
 READY_TIMEOUT_S = 60.0
@@ -43,6 +58,24 @@ CHANGE_REACHES_ROUTER_S = 2.0  # a webhook change reaches the router "within abo
 SCREENSHOT_DIR = ROOT / ".local"
 
 STORES = [("store_downtown", "Downtown"), ("store_airport", "Airport")]
+# The last retry waits long, so a delivery that failed its first three attempts stays "retrying".
+RETRY_DELAYS = "300ms,300ms,1h"
+# What a hostile endpoint answers: markup that would run if the console ever used innerHTML.
+HOSTILE_BODY = '<img src=x onerror="document.body.dataset.pwned=1"><b id="pwned">boom</b>'
+HOSTILE_HEADER = '<b id="pwned-header">h</b>'
+
+
+async def screenshots(page, name: str) -> None:
+    """``.local/console-<name>-1400.png`` and ``-1024.png``: the page at both sizes, then back to 1400×900."""
+    for size in (VIEWPORT, SMALL_VIEWPORT):
+        await page.set_viewport_size(size)
+        await page.screenshot(path=SCREENSHOT_DIR / f"console-{name}-{size['width']}.png")
+    await page.set_viewport_size(VIEWPORT)
+
+
+def local_input(when: dt.datetime) -> str:
+    """A time as a person types it into the console's date inputs: the browser's local time."""
+    return when.astimezone(ZoneInfo(BROWSER_TZ)).strftime("%Y-%m-%dT%H:%M:%S")
 
 
 async def wait_until_ready(base_url: str, process) -> None:
@@ -78,13 +111,13 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
 
     async with Receiver() as receiver:
         hook_url = receiver.url("/hook")
-        process = spawn("all")
+        process = spawn("all", env={"HOOKSTREAM_RETRY_DELAYS": RETRY_DELAYS})
         await wait_until_ready(base_url, process)
 
         async with async_playwright() as pw:
             browser = await pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
             try:
-                context = await browser.new_context(viewport=VIEWPORT)
+                context = await browser.new_context(viewport=VIEWPORT, timezone_id=BROWSER_TZ)
                 page = await context.new_page()
                 page.set_default_timeout(UI_TIMEOUT_MS)
                 expect.set_options(timeout=UI_TIMEOUT_MS)
@@ -153,6 +186,13 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await expect(row.get_by_role("switch")).to_be_checked()
                 await expect(row.get_by_test_id("wh-failures")).to_have_text("0")
                 await page.screenshot(path=SCREENSHOT_DIR / "console-webhooks.png")
+                # The whole row fits, Delete included, at 1400 and at 1024 px wide (no sideways scrolling).
+                for size in (VIEWPORT, SMALL_VIEWPORT):
+                    await page.set_viewport_size(size)
+                    await expect(row.get_by_role("button", name="Delete")).to_be_in_viewport(ratio=1)
+                    assert await page.eval_on_selector(
+                        "#webhooks-table", "t => t.parentElement.scrollWidth <= t.parentElement.clientWidth"), size
+                await page.set_viewport_size(VIEWPORT)
 
                 # Publish a domain event exactly as upstream does.
                 event = make_event("order.created", organization_id=org_id, store_id=store_id,
@@ -171,6 +211,25 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await expect(event_row.get_by_test_id("event-attempts")).to_have_text("1")
                 await page.screenshot(path=SCREENSHOT_DIR / "console-events.png")
 
+                # The filters, a date range too, live in the URL: a reload (or a shared link) keeps them.
+                an_hour_ago = dt.datetime.now(dt.UTC) - dt.timedelta(hours=1)
+                await page.get_by_test_id("filter-status").select_option("succeeded")
+                await page.get_by_test_id("filter-since").fill(local_input(an_hour_ago))
+                await expect(page).to_have_url(re.compile(r"status=succeeded"))
+                since_utc = an_hour_ago.strftime("%Y-%m-%dT%H:%M:%SZ")
+                await expect(page).to_have_url(re.compile("since=" + re.escape(since_utc.replace(":", "%3A"))))
+                await page.reload()
+                await expect(page.get_by_test_id("filter-status")).to_have_value("succeeded")
+                await expect(page.get_by_test_id("filter-since")).to_have_value(local_input(an_hour_ago))
+                await expect(event_row.get_by_test_id("event-status")).to_have_text("successful")
+                # A range that ends before the event leaves it out; clearing the filters brings it back.
+                await page.get_by_test_id("filter-until").fill(local_input(an_hour_ago + dt.timedelta(minutes=30)))
+                await expect(page.get_by_text("No events match these filters.")).to_be_visible()
+                await expect(event_row).to_have_count(0)
+                await page.get_by_test_id("filters-clear").click()
+                await expect(event_row).to_have_count(1)
+                assert "?" not in page.url, page.url
+
                 # Its attempts: one, HTTP 200; Redeliver adds a second, also 200.
                 await event_row.click()
                 attempts = page.get_by_test_id("attempts-dialog")
@@ -186,6 +245,114 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await page.screenshot(path=SCREENSHOT_DIR / "console-attempts.png")
                 await attempts.get_by_role("button", name="Close").last.click()
                 await expect(event_row.get_by_test_id("event-attempts")).to_have_text("2")
+
+                # The events explorer (header link) finds the event by its exact id, with where it went.
+                await page.get_by_test_id("nav-events").click()
+                await expect(page.get_by_role("heading", name="Events", exact=True)).to_be_visible()
+                await page.get_by_test_id("explorer-event-id").fill(event["id"])
+                await page.get_by_test_id("explorer-search").click()
+                await expect(page).to_have_url(re.compile("event_id=" + re.escape(event["id"])))
+                found = page.get_by_test_id("explorer-row")
+                await expect(found).to_have_count(1)
+                await expect(found.get_by_test_id("explorer-id")).to_have_text(event["id"])
+                await expect(found.get_by_test_id("explorer-type")).to_have_text("order.created")
+                delivery = found.get_by_test_id("explorer-delivery")
+                await expect(delivery).to_have_count(1)
+                await expect(delivery).to_contain_text(hook_url)
+                await expect(delivery.get_by_test_id("explorer-delivery-status")).to_have_text("successful")
+                await expect(delivery).to_contain_text("2 attempts")
+                await page.reload()  # the search is in the URL
+                await expect(page.get_by_test_id("explorer-event-id")).to_have_value(event["id"])
+                await expect(found).to_have_count(1)
+                await screenshots(page, "explorer")
+                # An id that is not there says so.
+                await page.get_by_test_id("explorer-event-id").fill("evt_not_there")
+                await page.get_by_test_id("explorer-search").click()
+                await expect(page.get_by_text("No event with the id evt_not_there.")).to_be_visible()
+                await page.get_by_test_id("explorer-event-id").fill(event["id"])
+                await page.get_by_test_id("explorer-search").click()
+
+                # A click on the delivery opens its attempts; an attempt shows its request and response.
+                await delivery.click()
+                await expect(attempts).to_be_visible()
+                await expect(attempts.get_by_test_id("attempts-webhook")).to_have_text(hook_url)
+                await expect(attempts.get_by_test_id("attempts-count")).to_have_attribute("data-count", "2")
+                first_attempt = attempts.locator('[data-testid="attempt"][data-attempt="1"]')
+                await first_attempt.get_by_text("Request and response").click()
+                await expect(first_attempt.get_by_test_id("attempt-request-url")).to_have_text(hook_url)
+                request_headers = first_attempt.get_by_test_id("attempt-request-headers")
+                await expect(request_headers.locator("tr", has_text="webhook-signature")).to_contain_text("v1,")
+                await expect(request_headers.locator("tr", has_text="webhook-id")).to_contain_text(event["id"])
+                sent = [r for r in receiver.at("/hook") if r.headers.get("webhook-id") == event["id"]]
+                await expect(first_attempt.get_by_test_id("attempt-request-body")).to_have_text(sent[0].body.decode())
+                await expect(first_attempt.get_by_test_id("attempt-response-status")).to_have_text("HTTP 200")
+                await expect(first_attempt.get_by_test_id("attempt-response-excerpt")).to_have_text("ok")
+                assert secret not in await page.content()
+                await screenshots(page, "attempt-detail")
+                await attempts.get_by_role("button", name="Close").last.click()
+                await expect(attempts).to_be_hidden()
+
+                # The list's 24 h health: the two successful attempts.
+                await page.get_by_test_id("nav-webhooks").click()
+                row = page.get_by_test_id("webhook-row").first
+                await expect(row.get_by_test_id("wh-health")).to_contain_text("100 %")
+                await expect(row.get_by_test_id("wh-health").locator("svg rect.ok")).not_to_have_count(0)
+                await screenshots(page, "list")
+
+                # An endpoint that fails three times (answering markup): the delivery is "retrying", with
+                # its next retry due in an hour; its attempts show the response as text, never as markup.
+                receiver.script("/hook", *[Behaviour(status=500, body=HOSTILE_BODY, headers={"X-Evil": HOSTILE_HEADER})] * 3)
+                retried = make_event("order.created", organization_id=org_id, store_id=store_id,
+                                     data={"order": {"id": "ord_e2e_retry", "total": "7.00", "currency": "USD"}})
+                async with open_producer(settings.kafka_bootstrap_servers) as producer:
+                    await publish_event(producer, retried, settings.source_topics)
+                await row.get_by_role("button", name="View events").click()
+                retried_row = page.locator(f'[data-testid="event-row"][data-event-id="{retried["id"]}"]')
+                await expect(retried_row.get_by_test_id("event-attempts")).to_have_text("3", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(retried_row.get_by_test_id("event-status")).to_have_text("retrying")
+                await expect(retried_row.get_by_test_id("event-next")).to_contain_text("next at")
+                error_text = await retried_row.get_by_test_id("event-error").text_content()
+                assert error_text is not None and error_text.count("HTTP 500") == 1, error_text
+                await retried_row.click()
+                await expect(attempts.get_by_test_id("retry-schedule")).to_contain_text("retry 3 at")
+                third = attempts.locator('[data-testid="attempt"][data-attempt="3"]')
+                await third.get_by_text("Request and response").click()
+                await expect(third.get_by_test_id("attempt-response-status")).to_have_text("HTTP 500")
+                await expect(third.get_by_test_id("attempt-response-excerpt")).to_have_text(HOSTILE_BODY)
+                await expect(third.get_by_test_id("attempt-response-headers").locator("tr", has_text="x-evil")).to_contain_text(
+                    HOSTILE_HEADER)
+                await expect(page.locator("#pwned, #pwned-header")).to_have_count(0)
+                assert await page.evaluate("document.body.dataset.pwned") is None
+                await screenshots(page, "retrying")
+                # Redeliver pulls the retry forward; the endpoint answers 200 again.
+                await attempts.get_by_role("button", name="Redeliver").click()
+                await expect(attempts.get_by_test_id("attempts-delivery-status")).to_have_text(
+                    "successful", timeout=DELIVERY_TIMEOUT_MS)
+                await attempts.get_by_role("button", name="Close").last.click()
+
+                # Recovery: a delivery that failed (410 is not retried) is redelivered once the endpoint is back.
+                receiver.set("/hook", Behaviour(status=410, body="gone"))
+                lost = make_event("order.created", organization_id=org_id, store_id=store_id,
+                                  data={"order": {"id": "ord_e2e_lost", "total": "9.00", "currency": "USD"}})
+                async with open_producer(settings.kafka_bootstrap_servers) as producer:
+                    await publish_event(producer, lost, settings.source_topics)
+                lost_row = page.locator(f'[data-testid="event-row"][data-event-id="{lost["id"]}"]')
+                await expect(lost_row.get_by_test_id("event-status")).to_have_text("failed", timeout=DELIVERY_TIMEOUT_MS)
+                receiver.set("/hook", Behaviour())
+                await expect(page.get_by_test_id("recover-since")).not_to_have_value("")  # the last 24 h
+                await page.get_by_test_id("recover-start").click()
+                await page.get_by_test_id("confirm-dialog").get_by_role("button", name="Recover").click()
+                progress = page.get_by_test_id("recover-progress")
+                await expect(progress).to_have_attribute("data-status", "finished", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(page.get_by_test_id("recover-text")).to_contain_text("1 failed delivery")
+                await expect(lost_row.get_by_test_id("event-status")).to_have_text("successful", timeout=DELIVERY_TIMEOUT_MS)
+                await expect(page.get_by_test_id("health-summary")).to_contain_text("failed in the last 24 hours")
+                await page.get_by_test_id("health-7d").click()
+                await expect(page.get_by_test_id("health-summary")).to_contain_text("in the last 7 days")
+                await page.get_by_test_id("health-24h").click()
+                await screenshots(page, "webhook")
+                # (the failed attempt, then the recovered one)
+                assert len([r for r in receiver.at("/hook") if r.headers.get("webhook-id") == lost["id"]]) == 2
 
                 # Edit: ordering "In order per product/order"; the API reads it back, the list shows it.
                 await page.get_by_test_id("events-back").click()
