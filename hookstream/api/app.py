@@ -16,7 +16,7 @@ import logging
 import asyncpg
 from aiohttp import web
 
-from hookstream.api import console, deliveries, health, stores, webhooks
+from hookstream.api import console, deliveries, explorer, health, stores, webhooks
 from hookstream.api.errors import json_response
 from hookstream.api.keys import POOL, SECRET_BOX, SETTINGS
 from hookstream.api.middleware import make_auth_middleware, observe_and_shape_errors
@@ -41,6 +41,7 @@ def build_app(settings: Settings, pool: asyncpg.Pool) -> web.Application:
     stores.add_routes(app)
     webhooks.add_routes(app)
     deliveries.add_routes(app)
+    explorer.add_routes(app)
     console.add_routes(app)
     app.router.add_get("/v1/event-types", list_event_types)
     return app

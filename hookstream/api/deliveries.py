@@ -26,10 +26,18 @@ import asyncpg
 from aiohttp import web
 
 from hookstream.api.errors import ApiError, field_error, json_response, not_found
-from hookstream.api.keys import POOL
+from hookstream.api.keys import POOL, SETTINGS
 from hookstream.api.middleware import org_of
-from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_time_query
+from hookstream.api.params import (
+    decode_cursor,
+    encode_cursor,
+    page,
+    parse_limit,
+    parse_time_query,
+    read_json_object,
+)
 from hookstream.api.webhooks import TEST_EVENT_TYPE, require_webhook
+from hookstream.core.orgs import new_id
 from hookstream.core.states import DeliveryStatus
 from hookstream.core.validation import EVENT_TYPES
 
@@ -41,13 +49,14 @@ MAX_FILTER_CHARS = 256
 LOG_COLUMNS = ("d.id, d.event_id, d.event_type, d.store_id, d.status, d.attempts, d.last_http_status,"
                " d.last_error, d.created_at, d.last_attempt_at,"
                " LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at,"
+               " d.next_attempt_at AS automatic_at, d.next_retry_index,"
                # an ordered delivery stored behind its resource's head: the event it waits for
                " CASE WHEN d.ordered_waiting AND d.status = 'pending' THEN (SELECT hd.event_id FROM resource_heads h"
                " JOIN deliveries hd ON hd.id = h.head_delivery_id"
                " WHERE h.webhook_id = d.webhook_id AND h.resource_key = d.resource_key) END AS waiting_behind")
 
 
-def delivery_json(row: asyncpg.Record) -> dict[str, Any]:
+def delivery_json(row: asyncpg.Record, retry_delays_s: tuple[float, ...]) -> dict[str, Any]:
     return {
         "event_id": row["event_id"],
         "event_type": row["event_type"],
@@ -60,10 +69,46 @@ def delivery_json(row: asyncpg.Record) -> dict[str, Any]:
         "last_attempt_at": row["last_attempt_at"],
         "next_attempt_at": row["next_attempt_at"],
         "waiting_behind": row["waiting_behind"],
+        "retry_schedule": retry_schedule(row["status"], row["automatic_at"], row["next_retry_index"],
+                                         retry_delays_s),
     }
 
 
-def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
+def retry_schedule(status: str, automatic_at: dt.datetime | None, next_retry_index: int | None,
+                   retry_delays_s: tuple[float, ...]) -> list[dict[str, Any]]:
+    """The automatic retries still to come of a pending delivery: the one waiting (``at`` exact) and
+    the later ones as estimates (``at`` = the earliest each can be: the nominal delay after the one
+    before, were every attempt to fail at once; jitter and the endpoint's answers move them). Empty
+    when no automatic retry waits. Pure.
+
+    ``next_retry_index`` is the retry waiting (1..3), or 0 when the first attempt itself was put
+    back (deferred) and waits."""
+    if status != DeliveryStatus.PENDING or automatic_at is None or next_retry_index is None:
+        return []
+    schedule: list[dict[str, Any]] = []
+    if next_retry_index >= 1:
+        schedule.append({"retry": next_retry_index, "at": automatic_at, "estimate": False})
+    at = automatic_at
+    for retry in range(next_retry_index + 1, len(retry_delays_s) + 1):
+        at = at + dt.timedelta(seconds=retry_delays_s[retry - 1])
+        schedule.append({"retry": retry, "at": at, "estimate": True})
+    return schedule
+
+
+def attempt_json(row: asyncpg.Record, *, with_body: bool = False) -> dict[str, Any]:
+    """One attempt; ``request`` is null for an attempt that sent nothing (or was recorded before
+    attempts kept their request), ``response`` null when no HTTP response came."""
+    request: dict[str, Any] | None = None
+    if row["request_url"] is not None:
+        request = {"url": row["request_url"], "headers": row["request_headers"] or {}}
+        if with_body:
+            request["body"] = row["body"]
+    response: dict[str, Any] | None = None
+    if row["http_status"] is not None:
+        headers: dict[str, str] = {}
+        for name, value in row["response_headers"] or ():
+            headers[name] = f"{headers[name]}, {value}" if name in headers else value
+        response = {"status": row["http_status"], "headers": headers, "excerpt": row["response_excerpt"]}
     return {
         "attempt": row["attempt"],
         "started_at": row["started_at"],
@@ -72,6 +117,8 @@ def attempt_json(row: asyncpg.Record) -> dict[str, Any]:
         "error": row["error"],
         "response_excerpt": row["response_excerpt"],
         "status": row["outcome"],
+        "request": request,
+        "response": response,
     }
 
 
@@ -126,24 +173,50 @@ async def list_deliveries(request: web.Request) -> web.Response:
         rows = await conn.fetch(sql, *args)
     items, next_cursor = page(list(rows), limit,
                               lambda row: encode_cursor(CURSOR_KIND, row["created_at"], row["id"]))
-    return json_response({"data": [delivery_json(r) for r in items], "next_cursor": next_cursor})
+    delays = request.app[SETTINGS].retry_delays_s
+    return json_response({"data": [delivery_json(r, delays) for r in items], "next_cursor": next_cursor})
+
+
+_ATTEMPT_COLUMNS = ("a.attempt, a.started_at, a.duration_ms, a.http_status, a.error, a.response_excerpt, a.outcome,"
+                    " a.request_url, a.request_headers, a.response_headers")
+
+
+async def _delivery_of(conn: asyncpg.Connection, org_id: str, webhook_id: str, event_id: str) -> int:
+    await require_webhook(conn, org_id, webhook_id)
+    delivery_id = await conn.fetchval(
+        "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id"
+        " WHERE w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3",
+        org_id, webhook_id, event_id)
+    if delivery_id is None:
+        raise not_found("event")
+    return delivery_id
 
 
 async def list_attempts(request: web.Request) -> web.Response:
     org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
-    event_id = request.match_info["event_id"]
     async with request.app[POOL].acquire() as conn:
-        await require_webhook(conn, org_id, webhook_id)
-        delivery_id = await conn.fetchval(
-            "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id"
-            " WHERE w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3",
-            org_id, webhook_id, event_id)
-        if delivery_id is None:
-            raise not_found("event")
+        delivery_id = await _delivery_of(conn, org_id, webhook_id, request.match_info["event_id"])
         rows = await conn.fetch(
-            "SELECT attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome"
-            " FROM attempts WHERE delivery_id = $1 ORDER BY started_at, id", delivery_id)
+            f"SELECT {_ATTEMPT_COLUMNS} FROM attempts a WHERE a.delivery_id = $1 ORDER BY a.started_at, a.id",
+            delivery_id)
     return json_response({"data": [attempt_json(r) for r in rows], "next_cursor": None})
+
+
+async def get_attempt(request: web.Request) -> web.Response:
+    """One attempt with its request body: the event's stored body, the exact bytes every attempt sends."""
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    raw = request.match_info["attempt"]
+    if len(raw) > 6 or not raw.isascii() or not raw.isdigit() or int(raw) < 1:
+        raise field_error("attempt", "must be a whole number from 1")
+    async with request.app[POOL].acquire() as conn:
+        delivery_id = await _delivery_of(conn, org_id, webhook_id, request.match_info["event_id"])
+        row = await conn.fetchrow(
+            f"SELECT {_ATTEMPT_COLUMNS}, e.body FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
+            " JOIN events e ON e.seq = d.event_seq WHERE a.delivery_id = $1 AND a.attempt = $2",
+            delivery_id, int(raw))
+    if row is None:
+        raise not_found("attempt")
+    return json_response(attempt_json(row, with_body=True))
 
 
 _REDELIVER_SQL = """
@@ -176,7 +249,162 @@ async def redeliver(request: web.Request) -> web.Response:
                           "next_attempt_at": row["next_attempt_at"], "manual": row["manual"]}, status=202)
 
 
+# Bulk recovery (Svix's "recover"): every failed delivery of the webhook created in [since, until)
+# gets one manual attempt, through the durable path a single redelivery takes (manual_due_at, sent by
+# the retry pump), spread out at HOOKSTREAM_RECOVER_RATE per second so a recovery of thousands never
+# arrives at the endpoint at once. One recovery runs per webhook at a time.
+MAX_RECOVER = 100_000
+RECOVER_FIELDS = ("since", "until")
+_RECOVERY_CURSOR_KIND = "r"
+
+_RECOVER_SQL = """
+UPDATE deliveries AS d SET
+    status = 'pending',
+    finished_at = NULL,
+    manual_due_at = now() + p.n / $5::float8 * interval '1 second',
+    recovery_id = $4
+FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) - 1 AS n FROM deliveries
+      WHERE webhook_id = $1 AND status = 'failed' AND created_at >= $2
+        AND ($3::timestamptz IS NULL OR created_at < $3)) AS p
+WHERE d.id = p.id AND d.status = 'failed'  -- re-checked under the row lock: a concurrent redelivery wins
+"""
+_PROGRESS_SQL = """
+SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
+       count(*) FILTER (WHERE status = 'succeeded') AS succeeded,
+       count(*) FILTER (WHERE status = 'failed') AS failed
+FROM deliveries WHERE recovery_id = $1
+"""
+_RECOVERY_COLUMNS = "id, webhook_id, since, until, total, created_at, finished_at, succeeded, failed"
+
+
+def recovery_json(row: asyncpg.Record | dict[str, Any]) -> dict[str, Any]:
+    finished = row["finished_at"] is not None
+    succeeded, failed = row["succeeded"] or 0, row["failed"] or 0
+    return {
+        "id": row["id"],
+        "webhook_id": row["webhook_id"],
+        "since": row["since"],
+        "until": row["until"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+        "total": row["total"],
+        "done": row["total"] if finished else row["done"],
+        "succeeded": succeeded,
+        "failed": failed,
+        "status": "finished" if finished else "running",
+    }
+
+
+async def _with_progress(conn: asyncpg.Connection, row: asyncpg.Record) -> dict[str, Any]:
+    """The recovery with its progress counted now; one whose deliveries all have an outcome is
+    marked finished, with its figures kept (later redeliveries of them do not rewrite it)."""
+    recovery = dict(row)
+    if recovery["finished_at"] is not None:
+        return recovery
+    progress = await conn.fetchrow(_PROGRESS_SQL, recovery["id"])
+    recovery.update(succeeded=progress["succeeded"], failed=progress["failed"],
+                    done=max(recovery["total"] - progress["pending"], 0))
+    if progress["pending"] == 0:
+        finished_at = await conn.fetchval(
+            "UPDATE recoveries SET finished_at = now(), succeeded = $2, failed = $3"
+            " WHERE id = $1 AND finished_at IS NULL RETURNING finished_at",
+            recovery["id"], progress["succeeded"], progress["failed"])
+        recovery["finished_at"] = finished_at or dt.datetime.now(dt.UTC)
+    return recovery
+
+
+def parse_recover_body(body: dict[str, Any]) -> tuple[dt.datetime, dt.datetime | None]:
+    """``since`` (required) and ``until`` (optional, after ``since``) of a recover request. Pure."""
+    unknown = sorted(set(body) - set(RECOVER_FIELDS))
+    if unknown:
+        raise field_error(unknown[0], f"unknown field; allowed: {', '.join(RECOVER_FIELDS)}")
+    times: dict[str, dt.datetime | None] = {}
+    for name in RECOVER_FIELDS:
+        value = body.get(name)
+        if value is None:
+            if name == "since":
+                raise field_error("since", "is required (RFC 3339, e.g. 2026-12-01T00:00:00Z)")
+            times[name] = None
+            continue
+        if not isinstance(value, str):
+            raise field_error(name, "must be an RFC 3339 date-time string")
+        times[name] = parse_time_query(name, value)
+    since, until = times["since"], times["until"]
+    assert since is not None
+    if until is not None and until <= since:
+        raise field_error("until", "must be after since")
+    return since, until
+
+
+async def recover(request: web.Request) -> web.Response:
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    since, until = parse_recover_body(await read_json_object(request))
+    rate = request.app[SETTINGS].recover_rate
+    async with request.app[POOL].acquire() as conn, conn.transaction():
+        # FOR UPDATE: two recover requests for one webhook run one after the other
+        hook = await conn.fetchrow("SELECT enabled FROM webhooks WHERE organization_id = $1 AND id = $2"
+                                   " FOR NO KEY UPDATE", org_id, webhook_id)
+        if hook is None:
+            raise not_found("webhook")
+        if not hook["enabled"]:
+            raise ApiError(409, "conflict", "webhook is disabled; enable it to recover its deliveries")
+        latest = await conn.fetchrow(f"SELECT {_RECOVERY_COLUMNS} FROM recoveries WHERE webhook_id = $1"
+                                     " ORDER BY created_at DESC, id DESC LIMIT 1", webhook_id)
+        if latest is not None and (await _with_progress(conn, latest))["finished_at"] is None:
+            raise ApiError(409, "conflict", f"recovery {latest['id']} of this webhook is still running;"
+                           f" see GET /v1/webhooks/{webhook_id}/recoveries/{latest['id']}")
+        count = await conn.fetchval(
+            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'failed' AND created_at >= $2"
+            " AND ($3::timestamptz IS NULL OR created_at < $3)", webhook_id, since, until)
+        if count > MAX_RECOVER:
+            raise field_error("since", f"{count} failed deliveries match; recover at most {MAX_RECOVER} at a time"
+                              " (narrow the range with since/until)")
+        recovery_id = new_id("rcv")
+        status = await conn.execute(_RECOVER_SQL, webhook_id, since, until, recovery_id, float(rate))
+        total = int(status.split()[-1])
+        row = await conn.fetchrow(
+            f"INSERT INTO recoveries (id, webhook_id, since, until, total, finished_at, succeeded, failed)"
+            f" VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 0 THEN now() END, CASE WHEN $5 = 0 THEN 0 END,"
+            f" CASE WHEN $5 = 0 THEN 0 END) RETURNING {_RECOVERY_COLUMNS}",
+            recovery_id, webhook_id, since, until, total)
+    return json_response(recovery_json({**dict(row), "done": 0}), status=202)
+
+
+async def list_recoveries(request: web.Request) -> web.Response:
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    limit = parse_limit(request.query)
+    conditions, args = ["webhook_id = $1"], [webhook_id]
+    if (raw := request.query.get("cursor")) is not None:
+        created_at, last_id = decode_cursor(_RECOVERY_CURSOR_KIND, raw, (dt.datetime, str))
+        conditions.append("(created_at, id) < ($2, $3)")
+        args += [created_at, last_id]
+    async with request.app[POOL].acquire() as conn:
+        await require_webhook(conn, org_id, webhook_id)
+        rows = await conn.fetch(f"SELECT {_RECOVERY_COLUMNS} FROM recoveries WHERE {' AND '.join(conditions)}"
+                                f" ORDER BY created_at DESC, id DESC LIMIT ${len(args) + 1}", *args, limit + 1)
+        items, next_cursor = page(list(rows), limit,
+                                  lambda row: encode_cursor(_RECOVERY_CURSOR_KIND, row["created_at"], row["id"]))
+        recoveries = [await _with_progress(conn, r) for r in items]
+    return json_response({"data": [recovery_json(r) for r in recoveries], "next_cursor": next_cursor})
+
+
+async def get_recovery(request: web.Request) -> web.Response:
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    async with request.app[POOL].acquire() as conn:
+        await require_webhook(conn, org_id, webhook_id)
+        row = await conn.fetchrow(f"SELECT {_RECOVERY_COLUMNS} FROM recoveries WHERE webhook_id = $1 AND id = $2",
+                                  webhook_id, request.match_info["recovery_id"])
+        if row is None:
+            raise not_found("recovery")
+        recovery = await _with_progress(conn, row)
+    return json_response(recovery_json(recovery))
+
+
 def add_routes(app: web.Application) -> None:
     app.router.add_get("/v1/webhooks/{webhook_id}/events", list_deliveries)
     app.router.add_get("/v1/webhooks/{webhook_id}/events/{event_id}/attempts", list_attempts)
+    app.router.add_get("/v1/webhooks/{webhook_id}/events/{event_id}/attempts/{attempt}", get_attempt)
     app.router.add_post("/v1/webhooks/{webhook_id}/events/{event_id}/redeliver", redeliver)
+    app.router.add_post("/v1/webhooks/{webhook_id}/recover", recover)
+    app.router.add_get("/v1/webhooks/{webhook_id}/recoveries", list_recoveries)
+    app.router.add_get("/v1/webhooks/{webhook_id}/recoveries/{recovery_id}", get_recovery)

@@ -219,22 +219,43 @@ async def rotate_secret(request: web.Request) -> web.Response:
     return json_response({"secret": secret, "previous_secret_expires_at": row["previous_secret_expires_at"]})
 
 
-def build_test_event_body(event_id: str, created_at: str, organization_id: str, store_id: str) -> str:
-    """The webhook body of a test event: the shape of every webhook (CONTRACT §3), type ``webhook.test``."""
+def build_test_event_body(event_id: str, created_at: str, organization_id: str, store_id: str,
+                          event_type: str = TEST_EVENT_TYPE) -> str:
+    """The webhook body of a test event: the shape of every webhook (CONTRACT §3). Type ``webhook.test``
+    carries a message; any of the 12 event types carries that type's schema example as ``data``."""
+    data = {"message": TEST_EVENT_MESSAGE} if event_type == TEST_EVENT_TYPE else SAMPLE_PAYLOADS[event_type]["data"]
     return orjson.dumps({
         "id": event_id,
-        "type": TEST_EVENT_TYPE,
+        "type": event_type,
         "created_at": created_at,
         "organization_id": organization_id,
         "store_id": store_id,
-        "data": {"message": TEST_EVENT_MESSAGE},
+        "data": data,
     }).decode()
+
+
+async def _test_event_type(request: web.Request) -> str:
+    """The optional ``{"event_type"}`` body of a test send; no body means ``webhook.test``."""
+    if not (await request.read()).strip():
+        return TEST_EVENT_TYPE
+    body = await read_json_object(request)
+    unknown = sorted(set(body) - {"event_type"})
+    if unknown:
+        raise field_error(unknown[0], "unknown field; allowed: event_type")
+    event_type = body.get("event_type", TEST_EVENT_TYPE)
+    if not isinstance(event_type, str) or (event_type != TEST_EVENT_TYPE and event_type not in SAMPLE_PAYLOADS):
+        raise field_error("event_type", f"must be {TEST_EVENT_TYPE} or one of the 12 event types"
+                                        " (see GET /v1/event-types)")
+    return event_type
 
 
 async def send_test_event(request: web.Request) -> web.Response:
     """Record a test event and a delivery due now; the sender's retry pump sends it within ~100 ms,
-    signed like any webhook, and it shows in the delivery log like any other event."""
+    signed like any webhook, and it shows in the delivery log like any other event. With
+    ``{"event_type": "order.created"}`` the body is that type's schema example (the webhook's filter
+    and subscriptions are not applied: a test send always goes)."""
     org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    event_type = await _test_event_type(request)
     async with request.app[POOL].acquire() as conn, conn.transaction():
         hook = await require_webhook(conn, org_id, webhook_id, lock=True)
         if not hook["enabled"]:
@@ -245,17 +266,17 @@ async def send_test_event(request: web.Request) -> web.Response:
         occurred_at = now.replace(microsecond=now.microsecond // 1000 * 1000)
         event_id = new_id("evt_test")
         created_at = format_rfc3339(occurred_at, timespec="milliseconds")
-        body = build_test_event_body(event_id, created_at, org_id, store_id)
+        body = build_test_event_body(event_id, created_at, org_id, store_id, event_type)
         seq = await conn.fetchval(
             "INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,"
             " source_topic, source_partition, source_offset) VALUES ($1, $2, $3, $4, $5, $6, 'api', -1, -1)"
-            " RETURNING seq", org_id, event_id, TEST_EVENT_TYPE, store_id, occurred_at, body)
+            " RETURNING seq", org_id, event_id, event_type, store_id, occurred_at, body)
         await conn.execute(
             "INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, manual_due_at)"
             " VALUES ($1, $2, $3, $4, $5, now())",
-            webhook_id, seq, event_id, TEST_EVENT_TYPE, store_id)
-    return json_response({"event_id": event_id, "webhook_id": webhook_id, "status": DeliveryStatus.PENDING},
-                         status=202)
+            webhook_id, seq, event_id, event_type, store_id)
+    return json_response({"event_id": event_id, "webhook_id": webhook_id, "event_type": event_type,
+                          "status": DeliveryStatus.PENDING}, status=202)
 
 
 async def test_filter(request: web.Request) -> web.Response:

@@ -170,9 +170,24 @@ class DeliveryTask:
 
 
 @dataclass(frozen=True, slots=True)
+class SentRequest:
+    """What an attempt sent, for its detail view: the URL at that moment and the headers (the
+    signature included; they never hold a secret). The body is the event's stored body."""
+
+    url: str
+    headers: dict[str, str]
+
+
+# Response headers as received, in order, capped (sender/http.py ``capture_headers``).
+ResponseHeaders = tuple[tuple[str, str], ...]
+
+
+@dataclass(frozen=True, slots=True)
 class Succeeded:
     http_status: int
     response_excerpt: str | None
+    request: SentRequest | None = None
+    response_headers: ResponseHeaders | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -184,6 +199,8 @@ class Failed:
     retry_after_s: float | None = None
     sent: bool = True  # False when the breaker or a local check answered without the network
     not_before_s: float = 0.0  # the next attempt waits at least this long (the breaker's remaining open time)
+    request: SentRequest | None = None  # None when nothing was sent, or the request never got built
+    response_headers: ResponseHeaders | None = None  # None when no response came
 
 
 @dataclass(frozen=True, slots=True)
@@ -194,6 +211,8 @@ class Deferred:
     delay_s: float
     http_status: None = None
     response_excerpt: None = None
+    request: None = None
+    response_headers: None = None
 
 
 AttemptResult = Succeeded | Failed | Deferred

@@ -78,6 +78,7 @@ class Settings:
     endpoint_max_queued: int = 256
     breaker_failure_threshold: int = 5
     breaker_open_s: float = 30.0
+    recover_rate: int = 50
     outcome_flush_interval_ms: int = 50
     outcome_flush_max: int = 1000
     secret_key: bytes | None = None
@@ -399,6 +400,9 @@ VARIABLES: tuple[Variable[Any], ...] = (
              " topic)", minimum=0.001, maximum=10.0, store=seconds_to_ms),
     Variable("HOOKSTREAM_OUTCOME_FLUSH_MAX", "outcome_flush_max", INT, "1000",
              "outcomes written in one batch at most", minimum=1, maximum=100_000),
+    Variable("HOOKSTREAM_RECOVER_RATE", "recover_rate", INT, "50",
+             "deliveries per second a bulk recovery (`POST /v1/webhooks/{id}/recover`) schedules at most",
+             minimum=1, maximum=10_000),
     Variable("HOOKSTREAM_SECRET_KEY", "secret_key", SECRET_KEY, None,
              "encrypts webhook signing secrets at rest (AES-256-GCM); the same on every replica; unset or"
              " empty: stored unencrypted, with a warning at start-up (development only); `make up` generates"

@@ -19,7 +19,7 @@ import aiohttp
 
 from hookstream import __version__
 from hookstream.core.errors import describe
-from hookstream.core.model import AttemptResult, DeliveryTask, Failed, Succeeded
+from hookstream.core.model import AttemptResult, DeliveryTask, Failed, ResponseHeaders, SentRequest, Succeeded
 from hookstream.core.netguard import PublicOnlyResolver, UnsafeEndpointError, check_connect_host
 from hookstream.core.retry import RETRY_AFTER_STATUSES, is_retryable_status, parse_retry_after_s
 from hookstream.core.signing import signature_header
@@ -28,6 +28,11 @@ from hookstream.core.webhooks import Webhook
 
 USER_AGENT = f"hookstream/{__version__}"
 MAX_ERROR_CHARS = 500
+# What is kept of a response's headers for the attempt's detail view: the endpoint chooses them, so
+# they are capped in number and size (aiohttp itself refuses a header line over 8 KiB).
+MAX_RESPONSE_HEADERS = 32
+MAX_HEADER_NAME_BYTES = 100
+MAX_HEADER_VALUE_BYTES = 300
 
 
 def make_session(*, allow_private_networks: bool) -> aiohttp.ClientSession:
@@ -109,6 +114,18 @@ def decompress_bounded(raw: bytes, encoding: str, cap_bytes: int) -> bytes:
     return raw
 
 
+def capture_headers(headers: Any) -> ResponseHeaders:
+    """The first ``MAX_RESPONSE_HEADERS`` response headers, each name and value cut to its cap and
+    made storable (valid UTF-8 without U+0000: they go into jsonb)."""
+    captured: list[tuple[str, str]] = []
+    for name, value in headers.items():
+        if len(captured) == MAX_RESPONSE_HEADERS:
+            break
+        captured.append((storable_text(name, MAX_HEADER_NAME_BYTES).lower(),
+                         storable_text(value, MAX_HEADER_VALUE_BYTES)))
+    return tuple(captured)
+
+
 def storable_error(error: str) -> str:
     """An error message as storable text: exception texts can quote the endpoint's bytes."""
     return storable_text(error, MAX_ERROR_CHARS)
@@ -139,17 +156,21 @@ async def post_webhook(
     """Make one signed POST; any 2xx is success, everything else (3xx included) a failure. Never
     raises for anything the endpoint does; every text in the result is storable."""
     body = task.body.encode()
+    request: SentRequest | None = None
     try:
         check_connect_host(urlsplit(webhook.url).hostname or "", allow_private_networks=allow_private_networks)
         headers = build_headers(task, webhook, body, dt.datetime.now(dt.UTC))
+        request = SentRequest(webhook.url, headers)
         async with asyncio.timeout(timeout_s):
             async with session.post(webhook.url, data=body, headers=headers, allow_redirects=False) as response:
+                response_headers = capture_headers(response.headers)
                 excerpt, complete = await read_excerpt(response, excerpt_cap_bytes)
                 if not complete:
                     response.close()  # an endless or oversized body: drop the connection, keep the excerpt
                 status = response.status
                 if 200 <= status < 300:
-                    return Succeeded(http_status=status, response_excerpt=excerpt or None)
+                    return Succeeded(http_status=status, response_excerpt=excerpt or None, request=request,
+                                     response_headers=response_headers)
                 retry_after = None
                 if status in RETRY_AFTER_STATUSES:
                     retry_after = parse_retry_after_s(response.headers.get("Retry-After"))
@@ -157,21 +178,24 @@ async def post_webhook(
                 if 300 <= status < 400:
                     error += " (redirects are not followed)"
                 return Failed(retryable=is_retryable_status(status), error=error, http_status=status,
-                              response_excerpt=excerpt or None, retry_after_s=retry_after)
+                              response_excerpt=excerpt or None, retry_after_s=retry_after, request=request,
+                              response_headers=response_headers)
     except UnsafeEndpointError as exc:
         return Failed(retryable=False, error=f"unsafe endpoint: {exc}"[:MAX_ERROR_CHARS], sent=False)
     except TimeoutError:
-        return Failed(retryable=True, error=f"timeout after {timeout_s:g}s")
+        return Failed(retryable=True, error=f"timeout after {timeout_s:g}s", request=request)
     except (aiohttp.ClientSSLError, ssl.SSLError) as exc:
-        return Failed(retryable=True, error="TLS error: " + describe(exc, MAX_ERROR_CHARS))
+        return Failed(retryable=True, error="TLS error: " + describe(exc, MAX_ERROR_CHARS), request=request)
     except aiohttp.ClientConnectorError as exc:
         cause = exc.os_error if isinstance(exc.os_error, UnsafeEndpointError) else None
         if cause is not None:
             return Failed(retryable=False, error=f"unsafe endpoint: {cause}"[:MAX_ERROR_CHARS], sent=False)
-        return Failed(retryable=True, error="connection error: " + describe(exc, MAX_ERROR_CHARS))
+        return Failed(retryable=True, error="connection error: " + describe(exc, MAX_ERROR_CHARS), request=request)
     except aiohttp.ServerDisconnectedError as exc:
-        return Failed(retryable=True, error="connection closed by endpoint: " + describe(exc, MAX_ERROR_CHARS))
+        return Failed(retryable=True, error="connection closed by endpoint: " + describe(exc, MAX_ERROR_CHARS),
+                      request=request)
     except aiohttp.ClientResponseError as exc:
-        return Failed(retryable=True, error="invalid HTTP response: " + describe(exc, MAX_ERROR_CHARS))
+        return Failed(retryable=True, error="invalid HTTP response: " + describe(exc, MAX_ERROR_CHARS),
+                      request=request)
     except (aiohttp.ClientError, OSError, ValueError) as exc:
-        return Failed(retryable=True, error="request failed: " + describe(exc, MAX_ERROR_CHARS))
+        return Failed(retryable=True, error="request failed: " + describe(exc, MAX_ERROR_CHARS), request=request)

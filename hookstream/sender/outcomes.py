@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable
 
 import asyncpg
+import orjson
 
 from hookstream.core import liveness, metrics
 from hookstream.core.errors import describe, is_transient, isolate_poison, retry_transient
@@ -53,15 +54,27 @@ _NEW_STATUS = """CASE
 _RECORD_ATTEMPTS_SQL = f"""
 WITH u AS (
     SELECT * FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::float8[], $5::int[], $6::text[],
-                         $7::text[], $8::text[], $9::bool[], $10::timestamptz[], $11::int[])
+                         $7::text[], $8::text[], $9::bool[], $10::timestamptz[], $11::int[], $12::text[],
+                         $13::text[], $14::text[], $15::text[])
         AS u(id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome, manual,
-             next_attempt_at, next_retry_index)
+             next_attempt_at, next_retry_index, webhook_id, request_url, request_headers, response_headers)
 ), recorded AS (
     INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, error, response_excerpt,
-                          outcome)
-    SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome FROM u
+                          outcome, request_url, request_headers, response_headers)
+    SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome,
+           request_url, request_headers::jsonb, response_headers::jsonb FROM u
     WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)
     ON CONFLICT (delivery_id, attempt) DO NOTHING  -- a duplicate of an attempt already recorded
+    RETURNING delivery_id, started_at, outcome
+), counted AS (  -- the webhook's hourly health figures, from exactly the attempts recorded above
+    INSERT INTO webhook_stats_hourly AS s (webhook_id, hour, attempts, succeeded)
+    SELECT w.webhook_id, date_trunc('hour', r.started_at AT TIME ZONE 'UTC') AT TIME ZONE 'UTC',
+           count(*), count(*) FILTER (WHERE r.outcome = 'succeeded')
+    FROM recorded r JOIN (SELECT DISTINCT id, webhook_id FROM u) w ON w.id = r.delivery_id
+    GROUP BY 1, 2
+    ORDER BY 1, 2  -- every flush locks the rows it adds to in the same order
+    ON CONFLICT (webhook_id, hour) DO UPDATE
+        SET attempts = s.attempts + EXCLUDED.attempts, succeeded = s.succeeded + EXCLUDED.succeeded
 ), latest AS (  -- one row per delivery (its newest attempt), so the UPDATE is not order-dependent
     SELECT DISTINCT ON (id) * FROM u ORDER BY id, attempt DESC
 )
@@ -158,7 +171,15 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
             [r.task.manual for r in records],
             [r.next_attempt_at for r in records],
             [r.task.retry_index + 1 if r.next_attempt_at else None for r in records],
+            [r.task.webhook_id for r in records],
+            [r.result.request.url if r.result.request else None for r in records],
+            [_json_or_none(r.result.request.headers if r.result.request else None) for r in records],
+            [_json_or_none(r.result.response_headers) for r in records],
         )
+
+
+def _json_or_none(value: object) -> str | None:
+    return None if value is None else orjson.dumps(value).decode()
 
 
 class OutcomeSink:
@@ -315,7 +336,8 @@ def reduced_result(result, exc: BaseException):
     note = note.encode("ascii", "backslashreplace").decode("ascii")
     if isinstance(result, Failed):
         original = (result.error or "").encode("ascii", "backslashreplace").decode("ascii")[:300]
-        return dataclasses.replace(result, error=f"{original} [{note}]", response_excerpt=None)
+        return dataclasses.replace(result, error=f"{original} [{note}]", response_excerpt=None,
+                                   response_headers=None)
     if isinstance(result, Succeeded):
-        return dataclasses.replace(result, response_excerpt=None)
+        return dataclasses.replace(result, response_excerpt=None, response_headers=None)
     return result

@@ -148,7 +148,8 @@ async def test_every_v1_route_requires_a_valid_key(api):
         {"Authorization": "Bearer hsk_000000000000000000_" + "x" * 43},  # unknown key id
     ]
     for method, template in routes:
-        path = template.format(webhook_id=wh["id"], event_id=event_id, store_id="s1")
+        path = template.format(webhook_id=wh["id"], event_id=event_id, store_id="s1", attempt=1,
+                                   recovery_id="rcv_x")
         for headers in wrong_keys:
             async with api.client.request(method, path, headers=headers, data=b"{}") as response:
                 body = await response.json()
@@ -545,7 +546,8 @@ async def test_delivery_log_fields_filters_and_order(api):
     assert [d["event_id"] for d in body["data"]] == old[::-1]
     first = body["data"][0]
     assert set(first) == {"event_id", "event_type", "store_id", "status", "attempts", "last_http_status",
-                          "last_error", "created_at", "last_attempt_at", "next_attempt_at", "waiting_behind"}
+                          "last_error", "created_at", "last_attempt_at", "next_attempt_at", "waiting_behind",
+                          "retry_schedule"}
     assert (first["status"], first["attempts"], first["last_http_status"], first["last_error"]) == (
         "failed", 4, 500, "HTTP 500")
     assert first["created_at"] == first["last_attempt_at"] and first["next_attempt_at"] is None
@@ -627,7 +629,7 @@ async def test_attempts_oldest_first(api):
     assert [a["attempt"] for a in body["data"]] == [1, 2, 3]
     assert body["data"][0] == {"attempt": 1, "started_at": body["data"][0]["started_at"], "duration_ms": 10000.0,
                                "http_status": None, "error": "timeout after 10s", "response_excerpt": None,
-                               "status": "retrying"}
+                               "status": "retrying", "request": None, "response": None}
     assert body["data"][1]["http_status"] == 503 and body["data"][1]["response_excerpt"] == "busy"
     assert body["data"][2]["status"] == "succeeded" and body["data"][2]["duration_ms"] == 12.5
     assert body["next_cursor"] is None
@@ -681,23 +683,37 @@ WEBHOOK_ROUTES = [
     ("GET", "/v1/webhooks/{wh}/events", None),
     ("GET", "/v1/webhooks/{wh}/events/{ev}/attempts", None),
     ("POST", "/v1/webhooks/{wh}/events/{ev}/redeliver", None),
+    ("GET", "/v1/webhooks/{wh}/events/{ev}/attempts/{n}", None),
+    ("POST", "/v1/webhooks/{wh}/recover", {"since": "2026-01-01T00:00:00Z"}),
+    ("GET", "/v1/webhooks/{wh}/recoveries", None),
+    ("GET", "/v1/webhooks/{wh}/recoveries/{rcv}", None),
+    ("GET", "/v1/webhooks/{wh}/stats", None),
 ]
 
 
 async def test_another_organizations_webhook_is_not_found_on_every_route(api):
     wh = await api.webhook()
     (event_id,) = await insert_deliveries(api.db, api.a.id, wh["id"], 1, status="failed")
+    delivery_id = await api.db.fetchval("SELECT id FROM deliveries WHERE event_id = $1", event_id)
+    await api.db.execute("INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, outcome)"
+                         " VALUES ($1, 1, now(), 5, 500, 'failed')", delivery_id)
+    # a finished recovery of A's webhook, so B cannot read it either
+    _, recovery = await api.call("POST", f"/v1/webhooks/{wh['id']}/recover", json={"since": "2000-01-01T00:00:00Z",
+                                                                                    "until": "2000-01-02T00:00:00Z"},
+                                 status=202)
     before = await api.db.fetchrow("SELECT * FROM webhooks WHERE id = $1", wh["id"])
     deliveries_before = await api.db.fetch("SELECT * FROM deliveries ORDER BY id")
     covered = set()
     for method, template, body in WEBHOOK_ROUTES:
-        path = template.format(wh=wh["id"], ev=event_id)
+        path = template.format(wh=wh["id"], ev=event_id, n=1, rcv=recovery["id"])
         status, answer = await api.call(method, path, api.b, json=body)
         assert status == 404, (method, path, answer)
         assert answer == {"error": {"code": "not_found", "message": answer["error"]["message"]}}
-        status, _ = await api.call(method, template.format(wh="wh_nope", ev=event_id), json=body)
+        status, _ = await api.call(method, template.format(wh="wh_nope", ev=event_id, n=1, rcv=recovery["id"]),
+                                   json=body)
         assert status == 404, (method, template)
-        covered.add((method, template.replace("{wh}", "{webhook_id}").replace("{ev}", "{event_id}")))
+        covered.add((method, template.replace("{wh}", "{webhook_id}").replace("{ev}", "{event_id}")
+                     .replace("{n}", "{attempt}").replace("{rcv}", "{recovery_id}")))
     # nothing changed, and no event was created for B
     assert await api.db.fetchrow("SELECT * FROM webhooks WHERE id = $1", wh["id"]) == before
     assert await api.db.fetch("SELECT * FROM deliveries ORDER BY id") == deliveries_before

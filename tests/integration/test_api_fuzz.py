@@ -52,7 +52,8 @@ REQUEST_TIMEOUT_S = 10
 NO_2XX_EXPECTED = frozenset({"GET /readyz"})
 VALID_BODIES = {"POST /v1/webhooks": {"url": "http://127.0.0.1:9/hook", "event_types": ["order.created"],
                                       "store_ids": ["s1"]},
-                "POST /v1/filters/test": {"filter": 'data.order.currency == "USD"', "event_type": "order.created"}}
+                "POST /v1/filters/test": {"filter": 'data.order.currency == "USD"', "event_type": "order.created"},
+                "POST /v1/webhooks/{webhook_id}/recover": {"since": "2026-01-01T00:00:00Z"}}
 
 
 @dataclass
@@ -65,6 +66,7 @@ class Server:
     webhook_id: str
     event_id: str
     webhook_secret: str
+    recovery_id: str
 
 
 async def call(session: aiohttp.ClientSession, method: str, url: str, *, headers: dict[str, str] | None = None,
@@ -121,7 +123,16 @@ async def server(db, spawn, hs_env) -> AsyncIterator[Server]:
         status, _, sent = await call(session, "POST", f"{base_url}/v1/webhooks/{created['id']}/test",
                                      headers=a.headers)
         assert status == 202, sent
-    yield Server(base_url, a, b, "a_only", created["id"], sent["event_id"], created["secret"])
+        # an attempt of that delivery (recorded as a sender would), and a recovery, to read back
+        await db.execute("INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, outcome,"
+                         " request_url, request_headers, response_headers)"
+                         " SELECT id, 1, now(), 3, 500, 'failed', 'http://127.0.0.1:9/hook', '{\"a\": \"b\"}',"
+                         " '[[\"c\", \"d\"]]' FROM deliveries WHERE event_id = $1", sent["event_id"])
+        status, _, recovery = await call(session, "POST", f"{base_url}/v1/webhooks/{created['id']}/recover",
+                                         headers=a.headers, data=orjson.dumps({"since": "2000-01-01T00:00:00Z",
+                                                                               "until": "2000-01-02T00:00:00Z"}))
+        assert status == 202, recovery
+    yield Server(base_url, a, b, "a_only", created["id"], sent["event_id"], created["secret"], recovery["id"])
 
 
 @pytest.fixture
@@ -132,7 +143,7 @@ def http() -> Iterator[requests.Session]:
 
 def real_path_parameters(server: Server) -> dict[str, str]:
     return {"webhook_id": server.webhook_id, "event_id": server.event_id, "store_id": server.store_id,
-            "path": "app.js"}
+            "path": "app.js", "attempt": "1", "recovery_id": server.recovery_id}
 
 
 async def test_every_operation_conforms_to_the_openapi_document(server, http):
@@ -157,6 +168,7 @@ async def test_every_operation_conforms_to_the_openapi_document(server, http):
             if mode is GenerationMode.POSITIVE and operation.label in VALID_BODIES:
                 # a valid body the generator cannot invent (an endpoint that resolves, a store that exists)
                 strategies.append(st.just(operation.Case(body=VALID_BODIES[operation.label],
+                                                         path_parameters={n: real[n] for n in names} or None,
                                                          media_type="application/json")))
             failures += fuzz(operation.label, mode, st.one_of(strategies), server, http, seen)
 

@@ -152,6 +152,7 @@ def test_explicit_values_are_parsed() -> None:
             "HOOKSTREAM_ENDPOINT_MAX_QUEUED": "0",
             "HOOKSTREAM_BREAKER_FAILURE_THRESHOLD": "3",
             "HOOKSTREAM_OUTCOME_FLUSH_MAX": "10",
+            "HOOKSTREAM_RECOVER_RATE": "5",
             "HOOKSTREAM_LOG_FORMAT": "JSON",
             "HOOKSTREAM_LOG_LEVEL": "debug",
         }
@@ -170,6 +171,7 @@ def test_explicit_values_are_parsed() -> None:
     assert s.endpoint_max_queued == 0
     assert s.breaker_failure_threshold == 3
     assert s.outcome_flush_max == 10
+    assert s.recover_rate == 5
     assert s.log_format == "json"
     assert s.log_level == "DEBUG"
 
@@ -246,6 +248,8 @@ MALFORMED: list[tuple[str, str]] = [
     ("HOOKSTREAM_ENDPOINT_MAX_QUEUED", "-1"),
     ("HOOKSTREAM_BREAKER_FAILURE_THRESHOLD", "0"),
     ("HOOKSTREAM_OUTCOME_FLUSH_MAX", "0"),
+    ("HOOKSTREAM_RECOVER_RATE", "0"),
+    ("HOOKSTREAM_RECOVER_RATE", "10001"),
     ("HOOKSTREAM_BREAKER_OPEN", "30"),
     ("HOOKSTREAM_BREAKER_OPEN", "soon"),
     ("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL", "fast"),

@@ -1,0 +1,168 @@
+"""Views across deliveries: the events explorer (every event of the organization and where it went)
+and a webhook's health figures.
+
+The explorer reads ``events`` newest first by ``(received_at DESC, seq DESC)`` with keyset
+pagination (index ``events_explorer``); ``since``/``until`` filter on when hookstream received the
+event. Every valid event the router stored is listed, test events too; an event no webhook wanted
+shows no deliveries (the router stores every event once, for idempotency). Each event shows its
+first ``MAX_DELIVERIES_SHOWN`` deliveries (in the order they were made) and how many it has in all.
+
+Health figures come from ``webhook_stats_hourly``, which the sender's outcome flush adds to in the
+statement that records the attempts: real attempt counts, which a redelivery adds to and never resets.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from typing import Any
+
+from aiohttp import web
+
+from hookstream.api.deliveries import LOG_EVENT_TYPES, MAX_FILTER_CHARS, STATUSES
+from hookstream.api.errors import field_error, json_response
+from hookstream.api.keys import POOL
+from hookstream.api.middleware import org_of
+from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_time_query
+from hookstream.api.webhooks import require_webhook
+
+CURSOR_KIND = "e"
+MAX_DELIVERIES_SHOWN = 20
+MAX_EVENT_ID_CHARS = 256
+
+_DELIVERIES_SQL = f"""
+SELECT u.seq, x.*, (SELECT count(*) FROM deliveries c WHERE c.event_seq = u.seq) AS total
+FROM unnest($1::bigint[]) AS u(seq)
+CROSS JOIN LATERAL (
+    SELECT d.webhook_id, w.url AS webhook_url, w.description AS webhook_description, d.status, d.attempts,
+           d.last_http_status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at, d.finished_at
+    FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
+    WHERE d.event_seq = u.seq AND w.organization_id = $2
+    ORDER BY d.id
+    LIMIT {MAX_DELIVERIES_SHOWN}
+) AS x
+ORDER BY u.seq
+"""
+
+
+def build_events_query(org_id: str, query: Any, limit: int) -> tuple[str, list[Any]]:
+    """The SQL and arguments of one explorer page; raises 422/400 naming a bad query parameter. Pure."""
+    conditions, args = ["e.organization_id = $1"], [org_id]
+
+    def add(condition: str, value: Any) -> None:
+        args.append(value)
+        conditions.append(condition.format(f"${len(args)}"))
+
+    if (event_id := query.get("event_id")) is not None:
+        if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
+            raise field_error("event_id", f"must be 1-{MAX_EVENT_ID_CHARS} characters")
+        add("e.event_id = {}", event_id)
+    if (event_type := query.get("event_type")) is not None:
+        if event_type not in LOG_EVENT_TYPES:
+            raise field_error("event_type", f"unknown event type {event_type[:MAX_FILTER_CHARS]!r}")
+        add("e.event_type = {}", event_type)
+    if (store_id := query.get("store_id")) is not None:
+        if not store_id or len(store_id) > MAX_FILTER_CHARS:
+            raise field_error("store_id", f"must be 1-{MAX_FILTER_CHARS} characters")
+        add("e.store_id = {}", store_id)
+    if (status := query.get("status")) is not None:
+        if status not in STATUSES:
+            raise field_error("status", f"must be one of {', '.join(STATUSES)}")
+        add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = {})", status)
+    since = until = None
+    if (raw := query.get("since")) is not None:
+        since = parse_time_query("since", raw)
+        add("e.received_at >= {}", since)
+    if (raw := query.get("until")) is not None:
+        until = parse_time_query("until", raw)
+        add("e.received_at < {}", until)
+    if since is not None and until is not None and until <= since:
+        raise field_error("until", "must be after since")
+    if (raw := query.get("cursor")) is not None:
+        received_at, seq = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
+        args += [received_at, seq]
+        conditions.append(f"(e.received_at, e.seq) < (${len(args) - 1}, ${len(args)})")
+    sql = ("SELECT e.seq, e.event_id, e.event_type, e.store_id, e.occurred_at, e.received_at FROM events e"
+           f" WHERE {' AND '.join(conditions)} ORDER BY e.received_at DESC, e.seq DESC LIMIT ${len(args) + 1}")
+    return sql, [*args, limit + 1]
+
+
+async def list_events(request: web.Request) -> web.Response:
+    org_id = org_of(request)
+    limit = parse_limit(request.query)
+    sql, args = build_events_query(org_id, request.query, limit)
+    async with request.app[POOL].acquire() as conn:
+        rows = await conn.fetch(sql, *args)
+        items, next_cursor = page(list(rows), limit,
+                                  lambda row: encode_cursor(CURSOR_KIND, row["received_at"], row["seq"]))
+        deliveries: dict[int, list[dict[str, Any]]] = {row["seq"]: [] for row in items}
+        totals: dict[int, int] = {}
+        if items:
+            for d in await conn.fetch(_DELIVERIES_SQL, [row["seq"] for row in items], org_id):
+                totals[d["seq"]] = d["total"]
+                deliveries[d["seq"]].append({
+                    "webhook_id": d["webhook_id"], "webhook_url": d["webhook_url"],
+                    "webhook_description": d["webhook_description"], "status": d["status"],
+                    "attempts": d["attempts"], "last_http_status": d["last_http_status"],
+                    "next_attempt_at": d["next_attempt_at"], "finished_at": d["finished_at"],
+                })
+    return json_response({"data": [{
+        "event_id": row["event_id"],
+        "event_type": row["event_type"],
+        "store_id": row["store_id"],
+        "occurred_at": row["occurred_at"],
+        "received_at": row["received_at"],
+        "deliveries": deliveries[row["seq"]],
+        "deliveries_total": totals.get(row["seq"], 0),
+    } for row in items], "next_cursor": next_cursor})
+
+
+# window -> (bucket width, number of buckets)
+WINDOWS = {"24h": (dt.timedelta(hours=1), 24), "7d": (dt.timedelta(hours=6), 28)}
+
+
+def stats_buckets(rows: list[tuple[dt.datetime, int, int]], window: str,
+                  now: dt.datetime) -> dict[str, Any]:
+    """Hourly figures ``(hour, attempts, succeeded)`` summed into the window's buckets, which end
+    with the one holding ``now`` (bucket edges on whole hours, UTC). Pure."""
+    width, count = WINDOWS[window]
+    end = now.astimezone(dt.UTC).replace(minute=0, second=0, microsecond=0) + dt.timedelta(hours=1)
+    start = end - width * count
+    tried, ok = [0] * count, [0] * count
+    for hour, attempts, succeeded in rows:
+        index = int((hour - start) / width)
+        if 0 <= index < count:
+            tried[index] += attempts
+            ok[index] += succeeded
+    buckets = [{"start": start + width * i, "attempts": tried[i], "succeeded": ok[i], "failed": tried[i] - ok[i]}
+               for i in range(count)]
+    attempts, succeeded = sum(tried), sum(ok)
+    return {
+        "window": window,
+        "bucket_seconds": int(width.total_seconds()),
+        "buckets": buckets,
+        "attempts": attempts,
+        "succeeded": succeeded,
+        "failed": attempts - succeeded,
+        "success_rate": round(succeeded / attempts, 4) if attempts else None,
+    }
+
+
+async def webhook_stats(request: web.Request) -> web.Response:
+    """``GET /v1/webhooks/{id}/stats?window=24h|7d``: attempts and success rate per bucket."""
+    org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
+    window = request.query.get("window", "24h")
+    if window not in WINDOWS:
+        raise field_error("window", f"must be one of {', '.join(WINDOWS)}")
+    width, count = WINDOWS[window]
+    now = dt.datetime.now(dt.UTC)
+    async with request.app[POOL].acquire() as conn:
+        await require_webhook(conn, org_id, webhook_id)
+        rows = await conn.fetch(
+            "SELECT hour, attempts, succeeded FROM webhook_stats_hourly WHERE webhook_id = $1 AND hour >= $2",
+            webhook_id, now - width * count - dt.timedelta(hours=1))
+    return json_response(stats_buckets([(r["hour"], r["attempts"], r["succeeded"]) for r in rows], window, now))
+
+
+def add_routes(app: web.Application) -> None:
+    app.router.add_get("/v1/events", list_events)
+    app.router.add_get("/v1/webhooks/{webhook_id}/stats", webhook_stats)
