@@ -299,6 +299,24 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await expect(row.get_by_test_id("wh-health").locator("svg rect.ok")).not_to_have_count(0)
                 await screenshots(page, "list")
 
+                # Send test offers the webhook's event types; the body is that type's sample, signed.
+                await row.get_by_role("button", name="Send test").click()
+                test_dialog = page.get_by_test_id("test-dialog")
+                await expect(test_dialog.get_by_test_id("test-event-type").locator("option")).to_have_text(
+                    ["webhook.test (a ping)", "order.created"])
+                await test_dialog.get_by_test_id("test-event-type").select_option("order.created")
+                await test_dialog.get_by_role("button", name="Send test event").click()
+                await expect(test_dialog).to_be_hidden()
+
+                def typed_test_send():
+                    return next((r for r in receiver.at("/hook") if r.headers.get("webhook-id", "").startswith("evt_test")
+                                 and json.loads(r.body)["type"] == "order.created"), None)
+
+                test_request = await wait_for(typed_test_send, timeout_s=DELIVERY_TIMEOUT_MS / 1000,
+                                              message="the typed test send to reach the receiver")
+                assert test_request.verify(secret)
+                assert json.loads(test_request.body)["data"]["order"], test_request.body
+
                 # An endpoint that fails three times (answering markup): the delivery is "retrying", with
                 # its next retry due in an hour; its attempts show the response as text, never as markup.
                 receiver.script("/hook", *[Behaviour(status=500, body=HOSTILE_BODY, headers={"X-Evil": HOSTILE_HEADER})] * 3)
