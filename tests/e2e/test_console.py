@@ -289,8 +289,11 @@ async def test_console_add_webhook_see_delivery_and_redeliver(db, hs_env, spawn)
                 await expect(first_attempt.get_by_test_id("attempt-response-excerpt")).to_have_text("ok")
                 assert secret not in await page.content()
                 await screenshots(page, "attempt-detail")
-                await attempts.get_by_role("button", name="Close").last.click()
+                # ... and leads to that webhook's delivery log.
+                await attempts.get_by_test_id("attempts-webhook-log").click()
                 await expect(attempts).to_be_hidden()
+                await expect(page.get_by_test_id("events-endpoint")).to_have_text(hook_url)
+                await expect(event_row.get_by_test_id("event-status")).to_have_text("successful")
 
                 # The list's 24 h health: the two successful attempts.
                 await page.get_by_test_id("nav-webhooks").click()

@@ -1428,7 +1428,12 @@ function renderAttemptsSummary(row) {
       isRetrying(row) ? h("span", { class: "status-note-inline" }, nextAttemptText(row.next_attempt_at)) : null)),
     ...item("Store", storeName(row.store_id)),
     ...item("Created", timeCell(row.created_at)),
-    ...(at?.webhookUrl ? item("Webhook", h("span", { class: "mono break", "data-testid": "attempts-webhook" }, at.webhookUrl), true) : []),
+    ...(at?.webhookUrl ? item("Webhook", h("span", {},
+      h("span", { class: "mono break", "data-testid": "attempts-webhook" }, at.webhookUrl),
+      state.events?.webhook.id === at.webhookId ? null : h("a", {
+        class: "summary-link", href: `#/webhooks/${encodeURIComponent(at.webhookId)}/events`, "data-testid": "attempts-webhook-log",
+        onclick: () => $("attempts-dialog").close(),
+      }, "its delivery log")), true) : []),
     ...(schedule ? item("Retries left", h("span", { "data-testid": "retry-schedule" }, schedule), true) : []));
 }
 
