@@ -33,14 +33,14 @@ _DELIVERIES_SQL = f"""
 SELECT u.seq, x.*, (SELECT count(*) FROM deliveries c WHERE c.event_seq = u.seq) AS total
 FROM unnest($1::bigint[]) AS u(seq)
 CROSS JOIN LATERAL (
-    SELECT d.webhook_id, w.url AS webhook_url, w.description AS webhook_description, d.status, d.attempts,
+    SELECT d.id AS delivery_id, d.webhook_id, w.url AS webhook_url, w.description AS webhook_description, d.status, d.attempts,
            d.last_http_status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at, d.finished_at
     FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
     WHERE d.event_seq = u.seq AND w.organization_id = $2
     ORDER BY d.id
     LIMIT {MAX_DELIVERIES_SHOWN}
 ) AS x
-ORDER BY u.seq
+ORDER BY u.seq, x.delivery_id
 """
 
 

@@ -7,6 +7,7 @@ import asyncio
 import base64
 import datetime as dt
 import io
+import itertools
 import re
 import secrets
 import time
@@ -26,7 +27,7 @@ from hookstream.core.orgs import create_organization
 from hookstream.core.settings import Settings
 from hookstream.core.signing import decode_secret
 from hookstream.core.validation import EVENT_TYPES
-from tests.receiver import Receiver
+from tests.receiver import Behaviour, Receiver
 from tests.support import ApiOrg, free_port, wait_for
 
 pytestmark = pytest.mark.integration
@@ -939,3 +940,328 @@ async def test_a_filter_can_be_tested_on_the_sample_event_of_a_type(api):
     assert status == 422 and answer["error"]["field"] == "filter"
     status, answer = await api.call("POST", "/v1/filters/test", json={"filter": "true", "event_type": "order.refunded"})
     assert status == 422 and answer["error"]["field"] == "event_type"
+
+
+# ----------------------------------------------------------------------------------------------
+# Debugging an integration (issue 16): attempt detail, the events explorer, retry schedules, bulk
+# recovery, health figures, typed test sends
+
+
+async def test_attempt_detail_is_the_request_as_sent_and_the_response(database_url, db, pool, hs_env, spawn):
+    """Real sender: attempt 1 goes to /first and gets a 500 with the endpoint's headers; the URL is
+    edited, attempt 2 goes to /second. Each attempt shows where it went, the headers it carried (a
+    signature that verifies over the body shown) and what came back; a flood of response headers is capped."""
+    settings = Settings.from_env(hs_env)
+    client = await start_client(settings, pool)
+    try:
+        async with Receiver() as receiver:
+            org = ApiOrg(*await create_organization(db, "detail"))
+            api = Api(client, db, org, org)
+            await api.store("s1")
+            wh = await api.webhook(url=receiver.url("/first"))
+            receiver.set("/first", Behaviour(status=500, body="db down", headers={"X-Trace": "t-1"}))
+            flood = {f"x-h{i:02d}": "v" * 1000 for i in range(60)}
+            receiver.set("/second", Behaviour(status=200, body="ok", headers=flood))
+            spawn("sender")
+            _, sent = await api.call("POST", f"/v1/webhooks/{wh['id']}/test", json={"event_type": "order.created"},
+                                     status=202)
+            event_id = sent["event_id"]
+            attempts_url = f"/v1/webhooks/{wh['id']}/events/{event_id}/attempts"
+
+            async def attempts(n: int):
+                _, body = await api.call("GET", attempts_url, status=200)
+                return body["data"] if len(body["data"]) >= n else None
+            (first,) = await wait_for(lambda: attempts(1), timeout_s=60, message="attempt 1 recorded")
+            await api.call("PATCH", f"/v1/webhooks/{wh['id']}", json={"url": receiver.url("/second")}, status=200)
+            await api.call("POST", f"/v1/webhooks/{wh['id']}/events/{event_id}/redeliver", status=202)
+            first, second = await wait_for(lambda: attempts(2), timeout_s=60, message="attempt 2 recorded")
+
+            assert first["request"]["url"] == receiver.url("/first")
+            assert second["request"]["url"] == receiver.url("/second")
+            [got1], [got2] = receiver.at("/first"), receiver.at("/second")
+            for attempt, got in ((first, got1), (second, got2)):
+                headers = attempt["request"]["headers"]
+                assert {k: headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")} == {
+                    k: got.headers[k] for k in ("webhook-id", "webhook-timestamp", "webhook-signature")}
+                assert headers["content-type"] == "application/json" and "body" not in attempt["request"]
+                assert wh["secret"] not in orjson.dumps(attempt).decode()
+            assert first["response"]["status"] == 500 and first["response"]["excerpt"] == "db down"
+            assert first["response"]["headers"]["x-trace"] == "t-1"
+            kept = second["response"]["headers"]
+            assert second["response"]["status"] == 200 and len(kept) == 32
+            assert all(len(v.encode()) <= 300 for v in kept.values())
+
+            _, detail = await api.call("GET", f"{attempts_url}/2", status=200)
+            assert detail["request"]["body"].encode() == got2.body
+            assert orjson.loads(detail["request"]["body"])["type"] == "order.created"
+            assert got2.verify(wh["secret"])
+            assert {k: v for k, v in detail.items() if k != "request"} == {
+                k: v for k, v in second.items() if k != "request"}
+            await api.call("GET", f"{attempts_url}/3", status=404)
+            for bad in ("0", "x", "1" * 10):
+                status, body = await api.call("GET", f"{attempts_url}/{bad}")
+                assert_field_error(status, body, "attempt")
+    finally:
+        await client.close()
+
+
+async def test_a_test_send_can_carry_any_event_type_as_its_schema_example(api):
+    from hookstream.core.filters import SAMPLE_PAYLOADS
+
+    wh = await api.webhook(store_ids=["s2"])
+    _, sent = await api.call("POST", f"/v1/webhooks/{wh['id']}/test", json={"event_type": "product.deleted"},
+                             status=202)
+    assert sent["event_type"] == "product.deleted"
+    event = await api.db.fetchrow("SELECT * FROM events WHERE event_id = $1", sent["event_id"])
+    body = orjson.loads(event["body"])
+    assert event["event_type"] == body["type"] == "product.deleted"
+    assert body["data"] == SAMPLE_PAYLOADS["product.deleted"]["data"]
+    assert (body["organization_id"], body["store_id"], body["id"]) == (api.a.id, "s2", sent["event_id"])
+    _, log = await api.call("GET", f"/v1/webhooks/{wh['id']}/events", status=200)
+    assert [(d["event_id"], d["event_type"]) for d in log["data"]] == [(sent["event_id"], "product.deleted")]
+    _, plain = await api.call("POST", f"/v1/webhooks/{wh['id']}/test", json={}, status=202)
+    assert plain["event_type"] == "webhook.test"
+    for body, field in [({"event_type": "order.refunded"}, "event_type"), ({"event_type": ["order.created"]},
+                        "event_type"), ({"event_type": None}, "event_type"), ({"type": "order.created"}, "type")]:
+        status, answer = await api.call("POST", f"/v1/webhooks/{wh['id']}/test", json=body)
+        assert_field_error(status, answer, field)
+
+
+async def test_events_explorer_lists_every_event_with_its_deliveries(api):
+    hook1 = await api.webhook(description="orders")
+    hook2 = await api.webhook(store_ids=["s1", "s2"])
+    t = NOW.replace(microsecond=0)
+    fanned = await insert_deliveries(api.db, api.a.id, hook1["id"], 2, status="succeeded", attempts=1)
+    # the same two events also went to hook2, where one failed
+    seqs = [r["seq"] for r in await api.db.fetch("SELECT seq FROM events WHERE event_id = ANY($1::text[])"
+                                                  " ORDER BY seq", fanned)]
+    await api.db.execute("INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, status,"
+                         " attempts, last_http_status) SELECT $1, e.seq, e.event_id, e.event_type, e.store_id,"
+                         " CASE WHEN e.seq = $2 THEN 'failed' ELSE 'succeeded' END, 4, 500 FROM events e"
+                         " WHERE e.seq = ANY($3::bigint[])", hook2["id"], seqs[0], seqs)
+    products = await insert_deliveries(api.db, api.a.id, hook2["id"], 3, status="pending",
+                                       event_type="product.deleted", store_id="s2")
+    # an event no webhook wanted: stored (for idempotency), with no delivery
+    await api.db.execute("INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,"
+                         " source_topic, source_partition, source_offset)"
+                         " VALUES ($1, 'evt_nobody', 'order.shipped', 's3', now(), '{}', 'test', 0, 99)", api.a.id)
+    old = await insert_deliveries(api.db, api.a.id, hook1["id"], 1, status="failed")
+    await api.db.execute("UPDATE events SET received_at = $2 WHERE event_id = $1", old[0], t - dt.timedelta(days=3))
+    other_org_hook = await api.webhook(api.b)
+    await insert_deliveries(api.db, api.b.id, other_org_hook["id"], 2, status="failed")
+
+    async def events(org=None, **params):
+        _, body = await api.call("GET", "/v1/events", org, params=params, status=200)
+        return body
+
+    everything = await events()
+    ids = [e["event_id"] for e in everything["data"]]
+    assert ids == ["evt_nobody", *products[::-1], *fanned[::-1], *old]
+    by_id = {e["event_id"]: e for e in everything["data"]}
+    first = by_id[fanned[0]]
+    assert first["deliveries_total"] == 2
+    assert [(d["webhook_id"], d["status"], d["attempts"]) for d in first["deliveries"]] == [
+        (hook1["id"], "succeeded", 1), (hook2["id"], "failed", 4)]
+    assert first["deliveries"][0]["webhook_url"] == hook1["url"]
+    assert first["deliveries"][0]["webhook_description"] == "orders"
+    assert by_id["evt_nobody"]["deliveries"] == [] and by_id["evt_nobody"]["deliveries_total"] == 0
+    assert set(first) == {"event_id", "event_type", "store_id", "occurred_at", "received_at", "deliveries",
+                          "deliveries_total"}
+
+    assert [e["event_id"] for e in (await events(event_id=fanned[1]))["data"]] == [fanned[1]]
+    assert (await events(event_id="evt_missing"))["data"] == []
+    assert [e["event_id"] for e in (await events(status="failed"))["data"]] == [fanned[0], *old]
+    assert [e["event_id"] for e in (await events(event_type="product.deleted"))["data"]] == products[::-1]
+    assert [e["event_id"] for e in (await events(store_id="s3"))["data"]] == ["evt_nobody"]
+    assert [e["event_id"] for e in (await events(until=(t - dt.timedelta(days=1)).isoformat()))["data"]] == old
+    assert old[0] not in [e["event_id"] for e in (await events(since=(t - dt.timedelta(days=1)).isoformat()))["data"]]
+    # another organization sees only its own, even searching by id
+    assert len((await events(api.b))["data"]) == 2
+    assert (await events(api.b, event_id=fanned[0]))["data"] == []
+
+    paged, cursor = [], None
+    while True:
+        body = await events(limit="2", **({"cursor": cursor} if cursor else {}))
+        paged += [e["event_id"] for e in body["data"]]
+        if (cursor := body["next_cursor"]) is None:
+            break
+    assert paged == ids
+    for params, field in [({"status": "done"}, "status"), ({"event_type": "order.refunded"}, "event_type"),
+                          ({"store_id": ""}, "store_id"), ({"event_id": ""}, "event_id"),
+                          ({"event_id": "e" * 300}, "event_id"), ({"since": "yesterday"}, "since"),
+                          ({"since": t.isoformat(), "until": t.isoformat()}, "until"), ({"limit": "0"}, "limit")]:
+        status, body = await api.call("GET", "/v1/events", params=params)
+        assert_field_error(status, body, field)
+    status, body = await api.call("GET", "/v1/events", params={"cursor": "nonsense"})
+    assert_field_error(status, body, "cursor", 400)
+
+
+def test_retry_schedule_lists_the_waiting_retry_and_estimates_the_rest():
+    from hookstream.api.deliveries import retry_schedule
+
+    at = dt.datetime(2026, 12, 1, 12, 0, tzinfo=dt.UTC)
+    delays = (30.0, 300.0, 1800.0)
+    assert retry_schedule("pending", at, 1, delays) == [
+        {"retry": 1, "at": at, "estimate": False},
+        {"retry": 2, "at": at + dt.timedelta(seconds=300), "estimate": True},
+        {"retry": 3, "at": at + dt.timedelta(seconds=2100), "estimate": True}]
+    assert retry_schedule("pending", at, 3, delays) == [{"retry": 3, "at": at, "estimate": False}]
+    # a first attempt put back (deferred): every retry is still to come
+    assert [(r["retry"], r["estimate"]) for r in retry_schedule("pending", at, 0, delays)] == [
+        (1, True), (2, True), (3, True)]
+    assert retry_schedule("pending", at, 0, delays)[0]["at"] == at + dt.timedelta(seconds=30)
+    assert retry_schedule("pending", None, None, delays) == []  # waiting for a manual attempt only
+    assert retry_schedule("failed", at, 2, delays) == []
+
+
+async def test_the_delivery_log_shows_a_pending_deliverys_retry_schedule(api):
+    wh = await api.webhook()
+    (waiting, done) = await insert_deliveries(api.db, api.a.id, wh["id"], 2, attempts=2)
+    due = (NOW + dt.timedelta(minutes=5)).replace(microsecond=0)
+    await api.db.execute("UPDATE deliveries SET next_attempt_at = $2, next_retry_index = 2 WHERE event_id = $1",
+                         waiting, due)
+    await api.db.execute("UPDATE deliveries SET status = 'succeeded' WHERE event_id = $1", done)
+    _, log = await api.call("GET", f"/v1/webhooks/{wh['id']}/events", status=200)
+    by_id = {d["event_id"]: d for d in log["data"]}
+    assert by_id[waiting]["retry_schedule"] == [
+        {"retry": 2, "at": due.isoformat().replace("+00:00", "Z"), "estimate": False},
+        {"retry": 3, "at": (due + dt.timedelta(seconds=1800)).isoformat().replace("+00:00", "Z"), "estimate": True}]
+    assert by_id[done]["retry_schedule"] == []
+
+
+async def test_recover_redelivers_failed_deliveries_since_a_time_at_a_bounded_rate(database_url, db, pool,
+                                                                                  infra_env):
+    settings = settings_for(database_url, infra_env["KAFKA_BOOTSTRAP_SERVERS"], allow_http=True,
+                            allow_private_networks=True, recover_rate=10)
+    client = await start_client(settings, pool)
+    try:
+        api = Api(client, db, ApiOrg(*await create_organization(db, "A")), ApiOrg(*await create_organization(db, "B")))
+        await api.store("s1")
+        wh = await api.webhook()
+        other = await api.webhook()
+        t = NOW.replace(microsecond=0)
+        recent = await insert_deliveries(db, api.a.id, wh["id"], 5, status="failed", attempts=4,
+                                         created_at=t - dt.timedelta(hours=1))
+        older = await insert_deliveries(db, api.a.id, wh["id"], 2, status="failed", attempts=4,
+                                        created_at=t - dt.timedelta(days=2))
+        fine = await insert_deliveries(db, api.a.id, wh["id"], 1, status="succeeded", attempts=1,
+                                       created_at=t - dt.timedelta(hours=1))
+        elsewhere = await insert_deliveries(db, api.a.id, other["id"], 1, status="failed",
+                                            created_at=t - dt.timedelta(hours=1))
+        url = f"/v1/webhooks/{wh['id']}/recover"
+        since = (t - dt.timedelta(hours=2)).isoformat()
+        _, recovery = await api.call("POST", url, json={"since": since}, status=202)
+        assert (recovery["total"], recovery["done"], recovery["status"]) == (5, 0, "running")
+        assert recovery["webhook_id"] == wh["id"] and recovery["until"] is None
+
+        rows = await db.fetch("SELECT event_id, status, manual_due_at, next_attempt_at, attempts, recovery_id"
+                              " FROM deliveries ORDER BY created_at, id")
+        state = {r["event_id"]: r for r in rows}
+        assert all(state[e]["status"] == "pending" and state[e]["recovery_id"] == recovery["id"] for e in recent)
+        assert all(state[e]["attempts"] == 4 and state[e]["next_attempt_at"] is None for e in recent)
+        assert all(state[e]["status"] == "failed" and state[e]["manual_due_at"] is None for e in older + elsewhere)
+        assert state[fine[0]]["status"] == "succeeded"
+        # spread out at 10 per second, oldest first
+        due = sorted(state[e]["manual_due_at"] for e in recent)
+        gaps = [(b - a).total_seconds() for a, b in itertools.pairwise(due)]
+        assert all(abs(gap - 0.1) < 1e-6 for gap in gaps), gaps
+
+        status, body = await api.call("POST", url, json={"since": since})
+        assert status == 409 and recovery["id"] in body["error"]["message"]
+        # the outcomes come in: 3 delivered, 2 failed again
+        await db.execute("UPDATE deliveries SET status = CASE WHEN event_id = ANY($2::text[]) THEN 'succeeded'"
+                         " ELSE 'failed' END, manual_due_at = NULL WHERE recovery_id = $1", recovery["id"], recent[:3])
+        _, progress = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries/{recovery['id']}", status=200)
+        assert (progress["total"], progress["done"], progress["succeeded"], progress["failed"],
+                progress["status"]) == (5, 5, 3, 2, "finished")
+        # a finished recovery keeps its figures, and the next one may start
+        _, again = await api.call("POST", url, json={"since": since, "until": t.isoformat()}, status=202)
+        assert again["total"] == 2
+        _, progress = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries/{recovery['id']}", status=200)
+        assert (progress["succeeded"], progress["failed"], progress["status"]) == (3, 2, "finished")
+        _, listed = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries", status=200)
+        assert [r["id"] for r in listed["data"]] == [again["id"], recovery["id"]]
+        assert listed["data"][0]["status"] == "running"
+        _, first_page = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries", params={"limit": "1"},
+                                       status=200)
+        _, second_page = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries",
+                                        params={"limit": "1", "cursor": first_page["next_cursor"]}, status=200)
+        assert [r["id"] for r in first_page["data"] + second_page["data"]] == [again["id"], recovery["id"]]
+        await api.call("GET", f"/v1/webhooks/{other['id']}/recoveries/{recovery['id']}", status=404)
+        await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries/{recovery['id']}", api.b, status=404)
+
+        _, none = await api.call("POST", f"/v1/webhooks/{other['id']}/recover",
+                                 json={"since": "2000-01-01T00:00:00Z", "until": "2000-01-02T00:00:00Z"}, status=202)
+        assert (none["total"], none["status"]) == (0, "finished")
+        await api.call("PATCH", f"/v1/webhooks/{other['id']}", json={"enabled": False}, status=200)
+        status, body = await api.call("POST", f"/v1/webhooks/{other['id']}/recover", json={"since": since})
+        assert status == 409 and "disabled" in body["error"]["message"]
+        for bad, field in [({}, "since"), ({"since": "yesterday"}, "since"), ({"since": 5}, "since"),
+                           ({"since": since, "until": since}, "until"), ({"since": since, "from": since}, "from")]:
+            status, body = await api.call("POST", f"/v1/webhooks/{wh['id']}/recover", json=bad)
+            assert_field_error(status, body, field)
+    finally:
+        await client.close()
+
+
+async def test_recovery_goes_through_the_sender_and_the_health_figures_count_it(database_url, db, pool, hs_env,
+                                                                              spawn):
+    """Deliveries that failed while an endpoint was down are recovered once it is back: the real
+    sender's retry pump sends each once, the recovery finishes with every one delivered, and the
+    webhook's health figures count the new attempts (added to, not reset)."""
+    settings = Settings.from_env(hs_env)
+    client = await start_client(settings, pool)
+    try:
+        async with Receiver() as receiver:
+            org = ApiOrg(*await create_organization(db, "recover"))
+            api = Api(client, db, org, org)
+            await api.store("s1")
+            wh = await api.webhook(url=receiver.url("/back"))
+            failed = await insert_deliveries(db, org.id, wh["id"], 6, status="failed", attempts=4)
+            # six failed attempts an hour ago, already counted
+            await db.execute("INSERT INTO webhook_stats_hourly VALUES ($1, date_trunc('hour', now()) - interval"
+                             " '1 hour', 6, 0)", wh["id"])
+            spawn("sender")
+            _, recovery = await api.call("POST", f"/v1/webhooks/{wh['id']}/recover",
+                                         json={"since": (NOW - dt.timedelta(days=1)).isoformat()}, status=202)
+            assert recovery["total"] == 6
+
+            async def finished():
+                _, body = await api.call("GET", f"/v1/webhooks/{wh['id']}/recoveries/{recovery['id']}", status=200)
+                return body if body["status"] == "finished" else None
+            done = await wait_for(finished, timeout_s=60, message="the recovery to finish")
+            assert (done["done"], done["succeeded"], done["failed"]) == (6, 6, 0)
+            assert sorted(r.headers["webhook-id"] for r in receiver.at("/back")) == sorted(failed)
+            assert all(r.verify(wh["secret"]) for r in receiver.at("/back"))
+            states = await db.fetch("SELECT status, attempts FROM deliveries WHERE webhook_id = $1", wh["id"])
+            assert {(r["status"], r["attempts"]) for r in states} == {("succeeded", 5)}
+
+            _, day = await api.call("GET", f"/v1/webhooks/{wh['id']}/stats", status=200)
+            assert (day["window"], day["bucket_seconds"], len(day["buckets"])) == ("24h", 3600, 24)
+            assert (day["attempts"], day["succeeded"], day["failed"], day["success_rate"]) == (12, 6, 6, 0.5)
+            assert (day["buckets"][-1]["attempts"], day["buckets"][-1]["succeeded"]) == (6, 6)
+            assert day["buckets"][-2]["failed"] == 6
+            _, week = await api.call("GET", f"/v1/webhooks/{wh['id']}/stats", params={"window": "7d"}, status=200)
+            assert (week["bucket_seconds"], len(week["buckets"]), week["attempts"]) == (21600, 28, 12)
+            status, body = await api.call("GET", f"/v1/webhooks/{wh['id']}/stats", params={"window": "1y"})
+            assert_field_error(status, body, "window")
+    finally:
+        await client.close()
+
+
+def test_stats_buckets_end_with_the_current_hour():
+    from hookstream.api.explorer import stats_buckets
+
+    now = dt.datetime(2026, 12, 1, 12, 30, tzinfo=dt.UTC)
+    hour = dt.timedelta(hours=1)
+    rows = [(dt.datetime(2026, 12, 1, 12, tzinfo=dt.UTC), 10, 9),       # this hour: the last bucket
+            (dt.datetime(2026, 11, 30, 13, tzinfo=dt.UTC), 4, 0),       # 23 hours ago: the first bucket
+            (dt.datetime(2026, 11, 30, 12, tzinfo=dt.UTC), 100, 100)]   # 24 hours ago: outside
+    day = stats_buckets(rows, "24h", now)
+    assert day["buckets"][0]["start"] == dt.datetime(2026, 11, 30, 13, tzinfo=dt.UTC)
+    assert day["buckets"][-1]["start"] == now.replace(minute=0) and len(day["buckets"]) == 24
+    assert (day["buckets"][-1]["attempts"], day["buckets"][-1]["failed"], day["buckets"][0]["failed"]) == (10, 1, 4)
+    assert (day["attempts"], day["succeeded"], day["success_rate"]) == (14, 9, round(9 / 14, 4))
+    week = stats_buckets(rows, "7d", now)
+    assert week["attempts"] == 114 and week["buckets"][-1]["start"] == now.replace(minute=0) - 5 * hour
+    assert stats_buckets([], "24h", now)["success_rate"] is None

@@ -6,6 +6,7 @@ from __future__ import annotations
 import gzip
 import zlib
 
+import orjson
 from hypothesis import given
 from hypothesis import strategies as st
 
@@ -56,3 +57,20 @@ def test_a_body_that_lies_about_its_encoding_stays_as_it_came() -> None:
 @given(st.text(max_size=2000))
 def test_errors_are_storable(error: str) -> None:
     assert storable(storable_error(error))
+
+
+def test_captured_response_headers_are_capped_and_storable():
+    from multidict import CIMultiDict
+
+    from hookstream.sender.http import MAX_RESPONSE_HEADERS, capture_headers
+
+    hostile = CIMultiDict([("X-Nul", "a\x00b"), ("X-Surrogate", "\udcff"), ("Set-Cookie", "a=1"),
+                           ("Set-Cookie", "b=2"), ("X-Long", "é" * 1000), ("N" * 500, "v")]
+                          + [(f"x-{i}", "v") for i in range(100)])
+    captured = capture_headers(hostile)
+    assert len(captured) == MAX_RESPONSE_HEADERS
+    assert captured[0] == ("x-nul", "a\ufffdb") and captured[1] == ("x-surrogate", "?")
+    assert captured[2:4] == (("set-cookie", "a=1"), ("set-cookie", "b=2"))  # repeated headers kept in order
+    assert len(captured[4][1].encode()) <= 300 and captured[4][1] == "é" * 150
+    assert captured[5] == ("n" * 100, "v")
+    orjson.dumps(captured)  # valid for jsonb: no lone surrogate, no NUL
