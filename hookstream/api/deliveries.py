@@ -37,6 +37,7 @@ from hookstream.api.params import (
     read_json_object,
 )
 from hookstream.api.webhooks import TEST_EVENT_TYPE, require_webhook
+from hookstream.core.ordering import PER_RESOURCE
 from hookstream.core.orgs import new_id
 from hookstream.core.states import DeliveryStatus
 from hookstream.core.validation import EVENT_TYPES
@@ -77,9 +78,9 @@ def delivery_json(row: asyncpg.Record, retry_delays_s: tuple[float, ...]) -> dic
 def retry_schedule(status: str, automatic_at: dt.datetime | None, next_retry_index: int | None,
                    retry_delays_s: tuple[float, ...]) -> list[dict[str, Any]]:
     """The automatic retries still to come of a pending delivery: the one waiting (``at`` exact) and
-    the later ones as estimates (``at`` = the earliest each can be: the nominal delay after the one
-    before, were every attempt to fail at once; jitter and the endpoint's answers move them). Empty
-    when no automatic retry waits. Pure.
+    the later ones as estimates (``at`` = the nominal delay after the one before, were every attempt
+    to fail at once; the ±20 % jitter, the attempts' own durations and a ``Retry-After`` move them).
+    Empty when no automatic retry waits. Pure.
 
     ``next_retry_index`` is the retry waiting (1..3), or 0 when the first attempt itself was put
     back (deferred) and waits."""
@@ -253,20 +254,56 @@ async def redeliver(request: web.Request) -> web.Response:
 # gets one manual attempt, through the durable path a single redelivery takes (manual_due_at, sent by
 # the retry pump), spread out at HOOKSTREAM_RECOVER_RATE per second so a recovery of thousands never
 # arrives at the endpoint at once. One recovery runs per webhook at a time.
+#
+# The deliveries of an ordered (per_resource) webhook rejoin their resource's queue instead, in event
+# order: each waits (ordered_waiting) for the delivery before it, and the release trigger of 0004
+# sends them one after the other as automatic attempts (with the retry schedule, so one more failure
+# does not break the chain). The resources' head rows are locked first, in (webhook, resource) order,
+# as routers and outcome flushes take them, then the deliveries: no lock cycle with either.
 MAX_RECOVER = 100_000
 RECOVER_FIELDS = ("since", "until")
 _RECOVERY_CURSOR_KIND = "r"
+_RECOVERABLE = """webhook_id = $1 AND status = 'failed' AND created_at >= $2
+        AND ($3::timestamptz IS NULL OR created_at < $3)"""
 
-_RECOVER_SQL = """
+_RECOVER_SQL = f"""
 UPDATE deliveries AS d SET
     status = 'pending',
     finished_at = NULL,
     manual_due_at = now() + p.n / $5::float8 * interval '1 second',
     recovery_id = $4
 FROM (SELECT id, row_number() OVER (ORDER BY created_at, id) - 1 AS n FROM deliveries
-      WHERE webhook_id = $1 AND status = 'failed' AND created_at >= $2
-        AND ($3::timestamptz IS NULL OR created_at < $3)) AS p
+      WHERE {_RECOVERABLE} AND resource_key IS NULL) AS p
 WHERE d.id = p.id AND d.status = 'failed'  -- re-checked under the row lock: a concurrent redelivery wins
+"""
+# Ordered: (1) every affected resource has a head row, locked, in resource order (a no-op update
+# locks the existing ones in that order too); (2) the failed deliveries wait in their queue;
+# (3) each resource with no unfinished head releases its oldest waiting delivery (0004's
+# release_resource); (4) those first ones are spread out at the recovery rate like manual ones.
+_LOCK_RECOVERED_HEADS_SQL = f"""
+INSERT INTO resource_heads AS h (webhook_id, resource_key, head_delivery_id)
+SELECT $1, k.resource_key, NULL FROM (SELECT DISTINCT resource_key FROM deliveries
+                                     WHERE {_RECOVERABLE} AND resource_key IS NOT NULL) AS k
+ORDER BY k.resource_key
+ON CONFLICT (webhook_id, resource_key) DO UPDATE SET head_delivery_id = h.head_delivery_id
+RETURNING h.resource_key, h.head_delivery_id
+"""
+_QUEUE_RECOVERED_SQL = f"""
+UPDATE deliveries SET status = 'pending', finished_at = NULL, ordered_waiting = true, manual_due_at = NULL,
+    next_attempt_at = NULL, next_retry_index = NULL, in_flight = false, recovery_id = $4
+WHERE {_RECOVERABLE} AND resource_key IS NOT NULL
+"""
+_RELEASE_IDLE_SQL = """
+SELECT release_resource($1, k) FROM unnest($2::text[]) AS k
+WHERE NOT EXISTS (SELECT 1 FROM resource_heads h JOIN deliveries d ON d.id = h.head_delivery_id
+                  WHERE h.webhook_id = $1 AND h.resource_key = k AND d.status = 'pending' AND NOT d.ordered_waiting)
+ORDER BY k
+"""
+_SPREAD_RELEASED_SQL = """
+UPDATE deliveries AS d SET next_attempt_at = now() + p.n / $2::float8 * interval '1 second'
+FROM (SELECT id, row_number() OVER (ORDER BY id) - 1 AS n FROM deliveries
+      WHERE recovery_id = $1 AND NOT ordered_waiting AND next_attempt_at IS NOT NULL) AS p
+WHERE d.id = p.id
 """
 _PROGRESS_SQL = """
 SELECT count(*) FILTER (WHERE status = 'pending') AS pending,
@@ -342,7 +379,7 @@ async def recover(request: web.Request) -> web.Response:
     rate = request.app[SETTINGS].recover_rate
     async with request.app[POOL].acquire() as conn, conn.transaction():
         # FOR UPDATE: two recover requests for one webhook run one after the other
-        hook = await conn.fetchrow("SELECT enabled FROM webhooks WHERE organization_id = $1 AND id = $2"
+        hook = await conn.fetchrow("SELECT enabled, ordering FROM webhooks WHERE organization_id = $1 AND id = $2"
                                    " FOR NO KEY UPDATE", org_id, webhook_id)
         if hook is None:
             raise not_found("webhook")
@@ -353,21 +390,35 @@ async def recover(request: web.Request) -> web.Response:
         if latest is not None and (await _with_progress(conn, latest))["finished_at"] is None:
             raise ApiError(409, "conflict", f"recovery {latest['id']} of this webhook is still running;"
                            f" see GET /v1/webhooks/{webhook_id}/recoveries/{latest['id']}")
-        count = await conn.fetchval(
-            "SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'failed' AND created_at >= $2"
-            " AND ($3::timestamptz IS NULL OR created_at < $3)", webhook_id, since, until)
+        count = await conn.fetchval(  # counted no further than the limit
+            f"SELECT count(*) FROM (SELECT 1 FROM deliveries WHERE {_RECOVERABLE} LIMIT {MAX_RECOVER + 1}) AS m",
+            webhook_id, since, until)
         if count > MAX_RECOVER:
-            raise field_error("since", f"{count} failed deliveries match; recover at most {MAX_RECOVER} at a time"
-                              " (narrow the range with since/until)")
+            raise field_error("since", f"more than {MAX_RECOVER} failed deliveries match; recover at most"
+                              f" {MAX_RECOVER} at a time (narrow the range with since/until)")
         recovery_id = new_id("rcv")
         status = await conn.execute(_RECOVER_SQL, webhook_id, since, until, recovery_id, float(rate))
         total = int(status.split()[-1])
+        if hook["ordering"] == PER_RESOURCE:
+            total += await _recover_ordered(conn, webhook_id, since, until, recovery_id, rate)
         row = await conn.fetchrow(
             f"INSERT INTO recoveries (id, webhook_id, since, until, total, finished_at, succeeded, failed)"
             f" VALUES ($1, $2, $3, $4, $5, CASE WHEN $5 = 0 THEN now() END, CASE WHEN $5 = 0 THEN 0 END,"
             f" CASE WHEN $5 = 0 THEN 0 END) RETURNING {_RECOVERY_COLUMNS}",
             recovery_id, webhook_id, since, until, total)
     return json_response(recovery_json({**dict(row), "done": 0}), status=202)
+
+
+async def _recover_ordered(conn: asyncpg.Connection, webhook_id: str, since: dt.datetime, until: dt.datetime | None,
+                           recovery_id: str, rate: int) -> int:
+    """Put an ordered webhook's failed deliveries back in their resources' queues; returns how many."""
+    heads = await conn.fetch(_LOCK_RECOVERED_HEADS_SQL, webhook_id, since, until)
+    if not heads:
+        return 0
+    status = await conn.execute(_QUEUE_RECOVERED_SQL, webhook_id, since, until, recovery_id)
+    await conn.execute(_RELEASE_IDLE_SQL, webhook_id, [h["resource_key"] for h in heads])
+    await conn.execute(_SPREAD_RELEASED_SQL, recovery_id, float(rate))
+    return int(status.split()[-1])
 
 
 async def list_recoveries(request: web.Request) -> web.Response:

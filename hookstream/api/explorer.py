@@ -19,13 +19,17 @@ from typing import Any
 from aiohttp import web
 
 from hookstream.api.deliveries import LOG_EVENT_TYPES, MAX_FILTER_CHARS, STATUSES
-from hookstream.api.errors import field_error, json_response
+from hookstream.api.errors import ApiError, field_error, json_response
 from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
 from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_time_query
 from hookstream.api.webhooks import require_webhook
 
 CURSOR_KIND = "e"
+# The status, event_type and store_id filters walk the organization's events newest first until a
+# page is full: a rare match in a long history is a long walk. Past this the query is cancelled and
+# the answer says how to narrow it.
+QUERY_TIMEOUT_S = 10.0
 MAX_DELIVERIES_SHOWN = 20
 MAX_EVENT_ID_CHARS = 256
 
@@ -91,7 +95,11 @@ async def list_events(request: web.Request) -> web.Response:
     limit = parse_limit(request.query)
     sql, args = build_events_query(org_id, request.query, limit)
     async with request.app[POOL].acquire() as conn:
-        rows = await conn.fetch(sql, *args)
+        try:
+            rows = await conn.fetch(sql, *args, timeout=QUERY_TIMEOUT_S)
+        except TimeoutError:
+            raise ApiError(503, "unavailable", f"the search took longer than {QUERY_TIMEOUT_S:g} s; narrow it with"
+                           " since/until or search by event_id", headers={"Retry-After": "1"}) from None
         items, next_cursor = page(list(rows), limit,
                                   lambda row: encode_cursor(CURSOR_KIND, row["received_at"], row["seq"]))
         deliveries: dict[int, list[dict[str, Any]]] = {row["seq"]: [] for row in items}

@@ -41,14 +41,15 @@ SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.store_id, d.attempts, d.n
        d.resource_key IS NOT NULL AS ordered, e.organization_id, e.occurred_at, e.body
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
 """
-# Due manual requests (redeliveries, test sends: few, and a person waits for them) first, up to a
-# share of the batch, so a backlog of automatic retries never starves them; then due automatic
+# Due manual requests (redeliveries, test sends: few, and a person waits for them; then bulk
+# recoveries, which are spread out at their rate) first, up to a share of the batch, so a backlog of
+# automatic retries never starves them; then due automatic
 # retries (a pulled-forward retry is one of them). Never a delivery with an attempt in flight, so
 # one delivery never has two attempts at once.
 PUMP_MANUAL_SHARE = PUMP_BATCH // 5
 _CLAIM_DUE_MANUAL_SQL = _SELECT_TASK + """
 WHERE d.manual_due_at <= now() AND NOT d.in_flight
-ORDER BY d.manual_due_at
+ORDER BY d.recovery_id IS NOT NULL, d.manual_due_at  -- single redeliveries and test sends before bulk recoveries
 LIMIT $1
 FOR UPDATE OF d SKIP LOCKED
 """

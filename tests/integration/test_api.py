@@ -1220,7 +1220,7 @@ async def test_recovery_goes_through_the_sender_and_the_health_figures_count_it(
             failed = await insert_deliveries(db, org.id, wh["id"], 6, status="failed", attempts=4)
             # six failed attempts an hour ago, already counted
             await db.execute("INSERT INTO webhook_stats_hourly VALUES ($1, date_trunc('hour', now()) - interval"
-                             " '1 hour', 6, 0)", wh["id"])
+                             " '1 hour', 7, 6, 0)", wh["id"])
             spawn("sender")
             _, recovery = await api.call("POST", f"/v1/webhooks/{wh['id']}/recover",
                                          json={"since": (NOW - dt.timedelta(days=1)).isoformat()}, status=202)

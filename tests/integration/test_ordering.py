@@ -20,6 +20,7 @@ from hypothesis import strategies as st
 from hookstream.core.kafka import open_producer
 from hookstream.core.ordering import OrderedResources, resource_key
 from hookstream.core.publish import make_event, publish_event
+from hookstream.core.settings import Settings
 from hookstream.core.states import DeliveryStatus
 from tests import faults
 from tests.receiver import Behaviour, Receiver
@@ -270,3 +271,68 @@ async def test_the_database_keeps_exactly_the_rules_of_the_pure_model(ordering_d
         assert waiting == {d for queue in model.waiting.values() for d in queue}
         assert await conn.fetchval("SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND ordered_waiting"
                                    " AND status <> 'pending'", webhook_id) == 0
+
+
+# ---- bulk recovery keeps the order ---------------------------------------------------------------
+
+async def test_a_recovery_of_an_ordered_webhook_delivers_each_resource_in_order(db, hs_env, hs_settings, spawn,
+                                                                                 database_url):
+    """Every event of two orders failed for good (410) while the endpoint was broken; a recovery
+    then sends them again in event order per order, one after the other, though the endpoint is slow
+    enough for a concurrent send to overtake; an unrelated delivery in progress is not disturbed."""
+    from aiohttp.test_utils import TestClient, TestServer
+
+    from hookstream.api.app import build_app
+    from hookstream.core.db import open_pool
+    from hookstream.core.orgs import create_organization
+    from tests.support import ApiOrg
+
+    async with Receiver() as receiver, open_pool(database_url, max_size=3) as pool:
+        org = ApiOrg(*await create_organization(db, "Recovering shop"))
+        await db.execute("INSERT INTO stores (organization_id, id, name) VALUES ($1, 's1', 's1')", org.id)
+        hook, _ = await make_webhook(db, org.id, receiver.url("/ordered"), event_types=["order.updated"],
+                                     store_ids=["s1"], ordering="per_resource")
+        events = [make_event("order.updated", organization_id=org.id, store_id="s1",
+                             data={"order": {"id": f"ord_{r}", "total": f"{k}.00", "currency": "EUR"}},
+                             event_id=f"evt_{r}_{k}") for k in range(5) for r in range(2)]
+        receiver.set("/ordered", Behaviour(status=410, body="gone"))
+        spawn("router")
+        spawn("sender")
+        await publish(hs_settings, events)
+
+        async def all_failed():
+            return await db.fetchval("SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'failed'",
+                                     hook) == len(events)
+        await wait_for(all_failed, timeout_s=60, message="every delivery to fail")
+        assert await db.fetchval("SELECT count(*) FROM resource_heads") == 0
+        broken = len(receiver.at("/ordered"))
+
+        receiver.set("/ordered", Behaviour(status=200, delay_s=0.15))
+        client = TestClient(TestServer(build_app(Settings.from_env(hs_env), pool)))
+        await client.start_server()
+        try:
+            async with client.post(f"/v1/webhooks/{hook}/recover", headers=org.headers,
+                                   data=orjson.dumps({"since": "2000-01-01T00:00:00Z"})) as response:
+                recovery = await response.json()
+                assert response.status == 202, recovery
+            assert recovery["total"] == len(events)
+            # two resources, so two deliveries go first; the other eight wait in their queues
+            assert await db.fetchval("SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND ordered_waiting",
+                                     hook) == len(events) - 2
+
+            async def finished():
+                async with client.get(f"/v1/webhooks/{hook}/recoveries/{recovery['id']}",
+                                      headers=org.headers) as response:
+                    body = await response.json()
+                return body if body["status"] == "finished" else None
+            done = await wait_for(finished, timeout_s=90, message="the recovery to finish")
+        finally:
+            await client.close()
+        assert (done["succeeded"], done["failed"]) == (len(events), 0)
+        recovered = receiver.at("/ordered")[broken:]
+        seq = collections.defaultdict(list)
+        for request in recovered:
+            _, r, k = orjson.loads(request.body)["id"].split("_")
+            seq[int(r)].append(int(k))
+        assert seq == {0: [0, 1, 2, 3, 4], 1: [0, 1, 2, 3, 4]}
+        assert await db.fetchval("SELECT count(*) FROM resource_heads") == 0
