@@ -20,6 +20,7 @@ Redelivery (a decision, documented in the OpenAPI description too):
 from __future__ import annotations
 
 import datetime as dt
+from collections.abc import Callable
 from typing import Any
 
 import asyncpg
@@ -123,6 +124,28 @@ def attempt_json(row: asyncpg.Record, *, with_body: bool = False) -> dict[str, A
     }
 
 
+def add_type_store_and_time(query: Any, add: Callable[..., None], table: str, time_column: str) -> None:
+    """The ``event_type``, ``store_id`` and ``since``/``until`` (on ``time_column``) filters of the
+    delivery log and the events explorer, validated (422 naming the parameter) and added with ``add``."""
+    if (event_type := query.get("event_type")) is not None:
+        if event_type not in LOG_EVENT_TYPES:
+            raise field_error("event_type", f"unknown event type {event_type[:MAX_FILTER_CHARS]!r}")
+        add(f"{table}.event_type = {{}}", event_type)
+    if (store_id := query.get("store_id")) is not None:
+        if not store_id or len(store_id) > MAX_FILTER_CHARS:
+            raise field_error("store_id", f"must be 1-{MAX_FILTER_CHARS} characters")
+        add(f"{table}.store_id = {{}}", store_id)
+    since = until = None
+    if (raw := query.get("since")) is not None:
+        since = parse_time_query("since", raw)
+        add(f"{table}.{time_column} >= {{}}", since)
+    if (raw := query.get("until")) is not None:
+        until = parse_time_query("until", raw)
+        add(f"{table}.{time_column} < {{}}", until)
+    if since is not None and until is not None and until <= since:
+        raise field_error("until", "must be after since")
+
+
 def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tuple[str, list[Any]]:
     """The SQL and arguments of one log page; raises 422/400 naming a bad query parameter. Pure."""
     # The organization check rides along in the same statement (a one-time InitPlan), so the
@@ -140,23 +163,7 @@ def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tup
         if status not in STATUSES:
             raise field_error("status", f"must be one of {', '.join(STATUSES)}")
         add("d.status = {}", status)
-    if (event_type := query.get("event_type")) is not None:
-        if event_type not in LOG_EVENT_TYPES:
-            raise field_error("event_type", f"unknown event type {event_type[:MAX_FILTER_CHARS]!r}")
-        add("d.event_type = {}", event_type)
-    if (store_id := query.get("store_id")) is not None:
-        if not store_id or len(store_id) > MAX_FILTER_CHARS:
-            raise field_error("store_id", f"must be 1-{MAX_FILTER_CHARS} characters")
-        add("d.store_id = {}", store_id)
-    since = until = None
-    if (raw := query.get("since")) is not None:
-        since = parse_time_query("since", raw)
-        add("d.created_at >= {}", since)
-    if (raw := query.get("until")) is not None:
-        until = parse_time_query("until", raw)
-        add("d.created_at < {}", until)
-    if since is not None and until is not None and until <= since:
-        raise field_error("until", "must be after since")
+    add_type_store_and_time(query, add, "d", "created_at")
     if (raw := query.get("cursor")) is not None:
         created_at, last_id = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
         add("(d.created_at, d.id) < ({}, {})", created_at, last_id)

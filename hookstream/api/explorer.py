@@ -18,11 +18,11 @@ from typing import Any
 
 from aiohttp import web
 
-from hookstream.api.deliveries import LOG_EVENT_TYPES, MAX_FILTER_CHARS, STATUSES
+from hookstream.api.deliveries import STATUSES, add_type_store_and_time
 from hookstream.api.errors import ApiError, field_error, json_response
 from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
-from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit, parse_time_query
+from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit
 from hookstream.api.webhooks import require_webhook
 
 CURSOR_KIND = "e"
@@ -60,27 +60,11 @@ def build_events_query(org_id: str, query: Any, limit: int) -> tuple[str, list[A
         if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
             raise field_error("event_id", f"must be 1-{MAX_EVENT_ID_CHARS} characters")
         add("e.event_id = {}", event_id)
-    if (event_type := query.get("event_type")) is not None:
-        if event_type not in LOG_EVENT_TYPES:
-            raise field_error("event_type", f"unknown event type {event_type[:MAX_FILTER_CHARS]!r}")
-        add("e.event_type = {}", event_type)
-    if (store_id := query.get("store_id")) is not None:
-        if not store_id or len(store_id) > MAX_FILTER_CHARS:
-            raise field_error("store_id", f"must be 1-{MAX_FILTER_CHARS} characters")
-        add("e.store_id = {}", store_id)
     if (status := query.get("status")) is not None:
         if status not in STATUSES:
             raise field_error("status", f"must be one of {', '.join(STATUSES)}")
         add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = {})", status)
-    since = until = None
-    if (raw := query.get("since")) is not None:
-        since = parse_time_query("since", raw)
-        add("e.received_at >= {}", since)
-    if (raw := query.get("until")) is not None:
-        until = parse_time_query("until", raw)
-        add("e.received_at < {}", until)
-    if since is not None and until is not None and until <= since:
-        raise field_error("until", "must be after since")
+    add_type_store_and_time(query, add, "e", "received_at")
     if (raw := query.get("cursor")) is not None:
         received_at, seq = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
         args += [received_at, seq]
