@@ -2,6 +2,8 @@
 
 ``publish_event`` validates the event exactly as the router will, then sends it to the topic for
 its kind (product.* or order.*) keyed by the resource id, and returns where it landed.
+``unknown_to_database`` says whether PostgreSQL knows the event's organization and store (an event of
+an unknown one is routed to no webhook), for a warning before publishing.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import secrets
 from dataclasses import dataclass
 from typing import Any
 
+import asyncpg
 import orjson
 
 from hookstream.core.kafka import RenewableProducer
@@ -28,6 +31,28 @@ class Published:
     partition: int
     offset: int
     event_id: str
+
+
+# How long `hookstream publish` waits for PostgreSQL to check the organization and store.
+CHECK_TIMEOUT_S = 5.0
+
+
+async def unknown_to_database(database_url: str, organization_id: str, store_id: str) -> str | None:
+    """What PostgreSQL does not know of (``organization X``, ``store Y of organization X``), or None.
+    Connection errors (unreachable, refused, timed out) propagate."""
+    conn = await asyncpg.connect(database_url, timeout=CHECK_TIMEOUT_S)
+    try:
+        row = await conn.fetchrow(
+            "SELECT EXISTS (SELECT 1 FROM organizations WHERE id = $1) AS org,"
+            " EXISTS (SELECT 1 FROM stores WHERE organization_id = $1 AND id = $2) AS store",
+            organization_id, store_id, timeout=CHECK_TIMEOUT_S)
+    finally:
+        await conn.close()
+    if not row["org"]:
+        return f"organization {organization_id!r}"
+    if not row["store"]:
+        return f"store {store_id!r} of organization {organization_id!r}"
+    return None
 
 
 def topic_for(event_type: str, source_topics: tuple[str, ...]) -> str:
