@@ -612,3 +612,22 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     allowed = {line[1:] for line in lines if line.startswith("!")}
     assert allowed >= {"pyproject.toml", "uv.lock", "hookstream/**"}
     assert not any(entry.startswith((".venv", ".local", ".git")) for entry in allowed)
+
+
+def test_dashboard_shows_the_failure_rate_by_event_type_and_unmatched_events() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    by_title = {p["title"]: p for p in dashboard["panels"]}
+    [failure] = by_title["Failure rate by event type"]["targets"]
+    assert "sum by (event_type)" in failure["expr"] and 'outcome="failure"' in failure["expr"]
+    assert "hookstream_delivery_attempts_total" in failure["expr"]
+    [unmatched] = by_title["Events routed to no webhook by reason"]["targets"]
+    assert "sum by (reason) (rate(hookstream_events_unmatched_total" in unmatched["expr"]
+
+
+def test_every_hookstream_metric_says_which_services_export_it() -> None:
+    """A family left out of metrics.OWNERS would be exported (with zeros) by every process."""
+    from hookstream.core import metrics
+
+    defined = {family.name for family in REGISTRY.collect()
+               if family.name.startswith("hookstream_") and not family.name.startswith("hookstream_api_")}
+    assert defined <= set(metrics.OWNERS), sorted(defined - set(metrics.OWNERS))
