@@ -266,6 +266,9 @@ async def test_each_process_exports_its_own_metrics_and_unmatched_events_say_why
     sender.stop()
     assert f"metrics on http://127.0.0.1:{router_port}/metrics" in router.output()
     assert f"metrics on http://127.0.0.1:{sender_port}/metrics" in sender.output()
+    # a normal start on a topic set created just now (by these two, side by side) logs no error
+    for process in (router, sender):
+        assert [line for line in process.output().splitlines() if " ERROR " in line] == []
 
 
 async def _scrape_unmatched(url: str):
