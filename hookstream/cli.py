@@ -232,7 +232,7 @@ async def warn_if_unknown(settings: Settings, organization_id: str, store_id: st
 
 async def cmd_publish(settings: Settings, args: argparse.Namespace, *, database_configured: bool = True) -> int:
     from hookstream.core.kafka import open_producer
-    from hookstream.core.publish import PublishError, make_event, publish_event
+    from hookstream.core.publish import PublishError, check_publishable, make_event, publish_event
 
     try:
         data = read_data_arg(args.data)
@@ -241,6 +241,11 @@ async def cmd_publish(settings: Settings, args: argparse.Namespace, *, database_
         return EXIT_USAGE
     event = make_event(args.event_type, organization_id=args.org, store_id=args.store, data=data,
                        event_id=args.event_id, occurred_at=args.occurred_at)
+    try:  # an invalid event is refused before anything else is said about it
+        check_publishable(orjson.dumps(event), max_bytes=settings.max_event_bytes)
+    except PublishError as exc:
+        print(f"hookstream publish: invalid event: {exc}", file=sys.stderr)
+        return EXIT_USAGE
     await warn_if_unknown(settings, args.org, args.store, database_configured=database_configured)
     async with open_producer(settings.kafka_bootstrap_servers) as producer:
         try:

@@ -18,7 +18,7 @@ import orjson
 
 from hookstream.core.kafka import RenewableProducer
 from hookstream.core.model import format_rfc3339
-from hookstream.core.validation import Rejection, validate_event
+from hookstream.core.validation import DomainEvent, Rejection, validate_event
 
 
 class PublishError(ValueError):
@@ -85,9 +85,15 @@ async def publish_event(producer: RenewableProducer, event: dict[str, Any], sour
                         *, max_bytes: int = 256 * 1024) -> Published:
     """Validate and publish one domain event; raises :class:`PublishError` if the router would reject it."""
     value = orjson.dumps(event)
-    result = validate_event(value, max_bytes=max_bytes)
-    if isinstance(result, Rejection):
-        raise PublishError(f"{result.reason}: {result.detail}")
+    result = check_publishable(value, max_bytes=max_bytes)
     topic = topic_for(result.type, source_topics)
     meta = await producer.send_and_wait(topic, value=value, key=resource_key(event))
     return Published(topic, meta.partition, meta.offset, result.id)
+
+
+def check_publishable(value: bytes, *, max_bytes: int = 256 * 1024) -> DomainEvent:
+    """The event as the router will read it; raises :class:`PublishError` if the router would reject it."""
+    result = validate_event(value, max_bytes=max_bytes)
+    if isinstance(result, Rejection):
+        raise PublishError(f"{result.reason}: {result.detail}")
+    return result

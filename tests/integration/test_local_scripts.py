@@ -139,6 +139,17 @@ def test_ports_are_remembered_by_the_checkout(other_checkout):
         {k: before[k] for k in (*PORT_VARIABLES, "KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL")}
 
 
+def test_moving_a_running_checkout_to_other_ports_says_to_stop_it_first(other_checkout):
+    taken = read_env(other_checkout)
+    moved = run_script("up.sh", other_checkout, script_env(HOOKSTREAM_LOCAL_KAFKA_PORT=free_port()))
+    assert moved.returncode != 0
+    assert f"runs on port {taken['HOOKSTREAM_LOCAL_KAFKA_PORT']}, not" in moved.stderr, moved.stderr
+    moved = run_script("postgres/start.sh", other_checkout, script_env(HOOKSTREAM_LOCAL_PG_PORT=free_port()))
+    assert moved.returncode != 0
+    assert f"runs on port {taken['HOOKSTREAM_LOCAL_PG_PORT']}, not" in moved.stderr, moved.stderr
+    assert read_env(other_checkout) == taken, "a refused start leaves the remembered ports alone"
+
+
 def test_a_checkout_on_ports_another_one_holds_fails_and_names_it(other_checkout):
     taken = read_env(other_checkout)
     root = new_checkout()
@@ -157,3 +168,19 @@ def test_a_checkout_on_ports_another_one_holds_fails_and_names_it(other_checkout
         assert f"PostgreSQL of the checkout {other_checkout} (pid " in clash.stderr, clash.stderr
     finally:
         remove_checkout(root)
+
+
+def test_kafka_data_formatted_for_another_controller_port_is_refused(other_checkout):
+    """Last in this module: it restarts the other checkout's broker."""
+    taken = read_env(other_checkout)
+    stopped = run_script("kafka/stop.sh", other_checkout, script_env())
+    assert stopped.returncode == 0, stopped.stdout + stopped.stderr
+    refused = run_script("kafka/start.sh", other_checkout,
+                         script_env(HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT=free_port()))
+    assert refused.returncode != 0
+    assert f"was formatted for controller port {taken['HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT']}, not" \
+        in refused.stderr, refused.stderr
+    assert "delete" in refused.stderr and "topics and committed offsets are lost" in refused.stderr
+    again = run_script("up.sh", other_checkout, script_env())  # the remembered ports: starts again
+    assert again.returncode == 0, again.stdout + again.stderr
+    assert read_env(other_checkout) == taken
