@@ -10,7 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
-from aiokafka.client import AIOKafkaClient, CoordinationType
+from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -19,8 +19,10 @@ from aiokafka.errors import (
     ProducerClosed,
     ProducerFenced,
     UnknownProducerId,
+    for_code,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.commit import OffsetFetchRequest
 
 from hookstream.core.errors import is_transient
 from hookstream.core.topics import (
@@ -245,12 +247,14 @@ async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[Any, Any], *,
 
 async def wait_for_group_coordinator(bootstrap: str, group_id: str, *,
                                     timeout_s: float = COORDINATOR_WAIT_S) -> bool:
-    """Wait until the brokers name a coordinator for ``group_id``; True when they did.
+    """Wait until the brokers name a coordinator for ``group_id`` and it answers for the group's
+    offsets; True when it did.
 
-    On a fresh broker the first lookup makes it create ``__consumer_offsets``, and until that topic's
-    partitions are led it answers COORDINATOR_NOT_AVAILABLE: aiokafka's consumer logs each such answer
-    at ERROR, a wall of errors on every first start that means nothing is wrong. Those retriable
-    answers are waited out here (logged at DEBUG). Anything else (the broker unreachable, a
+    On a fresh broker the first lookup makes it create ``__consumer_offsets``; until that topic's
+    partitions are led it answers COORDINATOR_NOT_AVAILABLE, and then, while the coordinator loads the
+    partition, COORDINATOR_LOAD_IN_PROGRESS / NOT_COORDINATOR. aiokafka's consumer logs the first at
+    ERROR and the others as a wall of "Marking the coordinator dead" warnings on every first start,
+    though nothing is wrong. Those retriable answers are waited out here (logged at DEBUG). Anything else (the broker unreachable, a
     non-retriable error such as a refused authorization, ``timeout_s`` passed) returns False and is
     left to the consumer's own start, which reports and handles it as it always did.
     """
@@ -262,7 +266,14 @@ async def wait_for_group_coordinator(bootstrap: str, group_id: str, *,
         await client.bootstrap()
         while True:
             try:
-                await client.coordinator_lookup(CoordinationType.GROUP, group_id)
+                coordinator = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
+                # A read of the group's committed offsets (none yet, for a new group): answered only
+                # once the coordinator has loaded the group's partition of __consumer_offsets.
+                response = await client.send(coordinator, OffsetFetchRequest(group_id, None),
+                                             group=ConnectionGroup.COORDINATION)
+                code = getattr(response, "error_code", 0)
+                if code:
+                    raise for_code(code)()
                 return True
             except KafkaError as exc:
                 waited = loop.time() - started

@@ -255,32 +255,53 @@ class FilterErrorLog:
 class KnownOrganizations:
     """The organization ids in PostgreSQL, for telling "no such organization" from "no webhook wants
     this" when an event routes nowhere. Only that metric reads it: routing itself goes by the webhook
-    directory. Reloaded off the hot loop (``run``), never per event; until the first load, and while
-    PostgreSQL is away, the last known set stands (every id counts as known before any load)."""
+    directory. Loaded off the hot loop (``run``), never per event: all ids every
+    ``ORGANIZATIONS_RELOAD_S``, and in between, at most every ``ORGANIZATIONS_MIN_RELOAD_S``, only the
+    ids seen missing (an organization created since; at most ``MAX_PENDING`` of them, so a flood of
+    made-up ids costs one bounded lookup a second). Until the first load every id counts as known;
+    while PostgreSQL is away the last known set stands."""
+
+    MAX_PENDING = 1000
 
     def __init__(self) -> None:
-        self._ids: frozenset[str] | None = None
+        self._ids: set[str] | None = None
+        self._pending: set[str] = set()
         self._wake = asyncio.Event()
 
     def knows(self, organization_id: str) -> bool:
         if self._ids is None or organization_id in self._ids:
             return True
-        self._wake.set()  # perhaps created since the last load: look again soon
+        if len(self._pending) < self.MAX_PENDING:
+            self._pending.add(organization_id)
+            self._wake.set()
         return False
 
     async def reload(self, pool: asyncpg.Pool) -> None:
-        self._ids = frozenset(row["id"] for row in await pool.fetch("SELECT id FROM organizations"))
+        self._ids = {row["id"] for row in await pool.fetch("SELECT id FROM organizations")}
+
+    async def look_up_pending(self, pool: asyncpg.Pool) -> None:
+        pending, self._pending = self._pending, set()
+        rows = await pool.fetch("SELECT id FROM organizations WHERE id = ANY($1::text[])", list(pending))
+        if self._ids is not None:
+            self._ids.update(row["id"] for row in rows)
 
     async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
         while not stop.is_set():
-            self._wake.clear()
+            self._wake.clear()  # before the lookups: an id missed during them wakes the next round
             try:
-                await self.reload(pool)
+                if loop.time() >= next_full:
+                    self._pending.clear()
+                    await self.reload(pool)
+                    next_full = loop.time() + ORGANIZATIONS_RELOAD_S
+                elif self._pending:
+                    await self.look_up_pending(pool)
             except Exception as exc:  # only a metric's label depends on it: never stop the router
                 log.warning("could not load the organization ids (%s); keeping the last ones", describe(exc))
             await asyncio.sleep(ORGANIZATIONS_MIN_RELOAD_S)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._wake.wait(), ORGANIZATIONS_RELOAD_S - ORGANIZATIONS_MIN_RELOAD_S)
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - loop.time()))
 
 
 class Router:

@@ -2,7 +2,8 @@
 PostgreSQL started by up.sh under a temporary ROOT on free ports.
 
 - The first start of router + sender against that fresh broker (no ``__consumer_offsets`` yet, the
-  case where aiokafka logs "Group Coordinator Request failed" at ERROR) logs no ERROR line.
+  case where aiokafka logs "Group Coordinator Request failed" at ERROR, then "Marking the coordinator
+  dead" warnings) logs no ERROR line and none of those warnings.
 - Ports are remembered: up.sh run again without the port variables finds the same servers.
 - A checkout started on ports another checkout's servers hold fails and names that checkout.
 """
@@ -126,6 +127,8 @@ async def test_first_start_on_a_fresh_broker_logs_no_error(other_checkout, tmp_p
     assert lines, process.output()
     errors = [line for line in lines if line["level"] in ("error", "critical")]
     assert errors == []
+    # nor aiokafka's wall of "Marking the coordinator dead" while the coordinator loads its partition
+    assert [line for line in lines if line["logger"] == "aiokafka.consumer.group_coordinator"] == []
 
 
 def test_ports_are_remembered_by_the_checkout(other_checkout):
