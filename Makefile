@@ -31,6 +31,7 @@ help:
 	@echo "make run      install, start Kafka + PostgreSQL, migrate, create a demo org, run hookstream"
 	@echo "make test     the whole test suite against real Kafka and PostgreSQL"
 	@echo "make up/down  start/stop local Kafka + PostgreSQL (.local/), writes .local/env"
+	@echo "             (ports: HOOKSTREAM_LOCAL_{KAFKA,KAFKA_CONTROLLER,PG}_PORT, remembered in .local/env)"
 	@echo "make install  create .venv with hookstream and its dev tools"
 	@echo "make migrate  apply database migrations"
 	@echo "make lint     ruff, mypy (strict on hookstream/core), hadolint (part of make test)"

@@ -81,7 +81,7 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
     """Run the named services in this process until SIGTERM/SIGINT, then drain them."""
     from hookstream.core.db import open_pool
     from hookstream.core.errors import Stopped, retry_transient
-    from hookstream.core.metrics import serve_metrics
+    from hookstream.core.metrics import export_for, metrics_url, serve_metrics
     from hookstream.core.secretbox import SecretBox
     from hookstream.core.webhooks import WebhookDirectory
 
@@ -110,8 +110,12 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
             log.info("hookstream %s stopped before it started", "+".join(names))
             return
         runners: list[Coroutine[Any, Any, None]] = []
+        export_for(names)  # this process's /metrics: only the families of the services it runs
         if "api" not in names:
-            await stack.enter_async_context(serve_metrics(*settings.metrics_listen_for(names[0])))
+            url = await stack.enter_async_context(serve_metrics(*settings.metrics_listen_for(names[0])))
+        else:
+            url = metrics_url(*settings.api_listen)
+        log.info("hookstream %s metrics on %s", "+".join(names), url)
         if "router" in names:
             from hookstream.router.router import run_router
 
@@ -204,9 +208,31 @@ def read_data_arg(raw: str) -> dict:
     return data
 
 
-async def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
+async def warn_if_unknown(settings: Settings, organization_id: str, store_id: str, *,
+                          database_configured: bool) -> None:
+    """One warning on stderr when PostgreSQL does not know the organization or store (the router would
+    route the event to no webhook), or when that could not be checked; the event is published anyway."""
+    from hookstream.core.errors import describe
+    from hookstream.core.publish import unknown_to_database
+
+    if not database_configured:
+        print("hookstream publish: warning: DATABASE_URL is not set; not checking that the organization and"
+              " store exist", file=sys.stderr)
+        return
+    try:
+        unknown = await unknown_to_database(settings.database_url, organization_id, store_id)
+    except Exception as exc:  # only a warning depends on it: publish regardless
+        print(f"hookstream publish: warning: could not check the organization and store in PostgreSQL"
+              f" ({describe(exc, 200)}); publishing anyway", file=sys.stderr)
+        return
+    if unknown is not None:
+        print(f"hookstream publish: warning: {unknown} is not in the database; the event is published, but"
+              " no webhook will receive it", file=sys.stderr)
+
+
+async def cmd_publish(settings: Settings, args: argparse.Namespace, *, database_configured: bool = True) -> int:
     from hookstream.core.kafka import open_producer
-    from hookstream.core.publish import PublishError, make_event, publish_event
+    from hookstream.core.publish import PublishError, check_publishable, make_event, publish_event
 
     try:
         data = read_data_arg(args.data)
@@ -215,6 +241,12 @@ async def cmd_publish(settings: Settings, args: argparse.Namespace) -> int:
         return EXIT_USAGE
     event = make_event(args.event_type, organization_id=args.org, store_id=args.store, data=data,
                        event_id=args.event_id, occurred_at=args.occurred_at)
+    try:  # an invalid event is refused before anything else is said about it
+        check_publishable(orjson.dumps(event), max_bytes=settings.max_event_bytes)
+    except PublishError as exc:
+        print(f"hookstream publish: invalid event: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    await warn_if_unknown(settings, args.org, args.store, database_configured=database_configured)
     async with open_producer(settings.kafka_bootstrap_servers) as producer:
         try:
             published = await publish_event(producer, event, settings.source_topics,
@@ -240,8 +272,9 @@ def run_event_loop(coro: Coroutine[Any, Any, int | None]) -> int | None:
 
 def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    environment = os.environ if env is None else env
     try:
-        settings = Settings.from_env(os.environ if env is None else env)
+        settings = Settings.from_env(environment)
     except SettingsError as exc:
         print(f"hookstream: configuration error: {exc}", file=sys.stderr)
         return EXIT_USAGE
@@ -256,7 +289,7 @@ def main(argv: list[str] | None = None, env: dict[str, str] | None = None) -> in
         "all": lambda: run_services(settings, ("router", "sender", "api")),
         "migrate": lambda: cmd_migrate(settings),
         "topics": lambda: cmd_topics(settings, with_source_topics=args.with_source_topics, strict=args.strict),
-        "publish": lambda: cmd_publish(settings, args),
+        "publish": lambda: cmd_publish(settings, args, database_configured="DATABASE_URL" in environment),
     }
     commands["org"] = lambda: cmd_org_create(settings, args.name, args.json)
     command = commands[args.command]

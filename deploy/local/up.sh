@@ -5,11 +5,16 @@
 # Usage: deploy/local/up.sh [ROOT]      (ROOT defaults to the repository root)
 # Env:   HOOKSTREAM_LOCAL_KAFKA_PORT (19092), HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT (19093),
 #        HOOKSTREAM_LOCAL_PG_PORT (54329), DATABASE_URL (use an external PostgreSQL instead)
+# The three ports are written to .local/env and reused by the next run when their variable is not
+# set (an exported value wins and is remembered instead): see deploy/local/ports.sh.
 set -euo pipefail
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "${1:-$HERE/../..}" && pwd)
-KAFKA_PORT=${HOOKSTREAM_LOCAL_KAFKA_PORT:-19092}
-PG_PORT=${HOOKSTREAM_LOCAL_PG_PORT:-54329}
+source "$HERE/ports.sh"
+# The scripts below read the same variables; exported, they see exactly the ports written here.
+export HOOKSTREAM_LOCAL_KAFKA_PORT HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT HOOKSTREAM_LOCAL_PG_PORT
+KAFKA_PORT=$HOOKSTREAM_LOCAL_KAFKA_PORT
+PG_PORT=$HOOKSTREAM_LOCAL_PG_PORT
 LOCAL_DB_URL=postgresql://postgres@127.0.0.1:$PG_PORT/hookstream
 
 t0=$(date +%s)
@@ -30,6 +35,7 @@ cat > "$tmp" <<ENV
 KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:$KAFKA_PORT
 DATABASE_URL=$db_url
 HOOKSTREAM_LOCAL_KAFKA_PORT=$KAFKA_PORT
+HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT=$HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT
 HOOKSTREAM_LOCAL_PG_PORT=$PG_PORT
 HOOKSTREAM_SECRET_KEY=$secret_key
 ENV

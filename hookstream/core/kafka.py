@@ -10,6 +10,7 @@ from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer
+from aiokafka.client import AIOKafkaClient, ConnectionGroup, CoordinationType
 from aiokafka.errors import (
     InvalidProducerEpoch,
     KafkaError,
@@ -18,8 +19,10 @@ from aiokafka.errors import (
     ProducerClosed,
     ProducerFenced,
     UnknownProducerId,
+    for_code,
 )
 from aiokafka.partitioner import DefaultPartitioner
+from aiokafka.protocol.commit import OffsetFetchRequest
 
 from hookstream.core.errors import is_transient
 from hookstream.core.topics import (
@@ -48,6 +51,11 @@ PRODUCER_STATE_ERRORS = (OutOfOrderSequenceNumber, UnknownProducerId, InvalidPro
 _STOP_STUCK_PRODUCER_S = 5.0
 # The producer's own key partitioner (murmur2, as Java clients), so that send_many and send agree.
 _PARTITIONER = DefaultPartitioner()
+# How long a consumer's start waits for its group coordinator (wait_for_group_coordinator) before it
+# leaves the waiting to aiokafka; between lookups, COORDINATOR_POLL_S.
+COORDINATOR_WAIT_S = 60.0
+COORDINATOR_POLL_S = 0.2
+COORDINATOR_SAY_AFTER_S = 10.0  # a wait longer than this is said once, at INFO
 
 
 class RenewableProducer:
@@ -237,6 +245,66 @@ async def commit_offsets(consumer: AIOKafkaConsumer, offsets: dict[Any, Any], *,
     return True
 
 
+async def wait_for_group_coordinator(bootstrap: str, group_id: str, *,
+                                    timeout_s: float = COORDINATOR_WAIT_S) -> bool:
+    """Wait until the brokers name a coordinator for ``group_id`` and it answers for the group's
+    offsets; True when it did.
+
+    On a fresh broker the first lookup makes it create ``__consumer_offsets``; until that topic's
+    partitions are led it answers COORDINATOR_NOT_AVAILABLE, and then, while the coordinator loads the
+    partition, COORDINATOR_LOAD_IN_PROGRESS / NOT_COORDINATOR. aiokafka's consumer logs the first at
+    ERROR and the others as a wall of "Marking the coordinator dead" warnings on every first start,
+    though nothing is wrong. Those retriable answers are waited out here (logged at DEBUG). Anything else (the broker unreachable, a
+    non-retriable error such as a refused authorization, ``timeout_s`` passed) returns False and is
+    left to the consumer's own start, which reports and handles it as it always did.
+    """
+    loop = asyncio.get_running_loop()
+    started = loop.time()
+    said = False
+    client = AIOKafkaClient(bootstrap_servers=bootstrap)
+    try:
+        await client.bootstrap()
+        while True:
+            try:
+                coordinator = await client.coordinator_lookup(CoordinationType.GROUP, group_id)
+                # A read of the group's committed offsets (none yet, for a new group): answered only
+                # once the coordinator has loaded the group's partition of __consumer_offsets.
+                response = await client.send(coordinator, OffsetFetchRequest(group_id, None),
+                                             group=ConnectionGroup.COORDINATION)
+                code = getattr(response, "error_code", 0)
+                if code:
+                    raise for_code(code)()
+                return True
+            except KafkaError as exc:
+                waited = loop.time() - started
+                if not exc.retriable or waited > timeout_s:
+                    return False
+                if waited > COORDINATOR_SAY_AFTER_S and not said:
+                    said = True
+                    log.info("still waiting for the coordinator of consumer group %s (%s)", group_id, exc)
+                else:
+                    log.debug("no coordinator for consumer group %s yet (%s); waiting", group_id, exc)
+            await asyncio.sleep(COORDINATOR_POLL_S)
+    except KafkaError:
+        return False
+    finally:
+        await client.close()
+
+
+class Consumer(AIOKafkaConsumer):  # type: ignore[misc]  # aiokafka has no type information
+    """An AIOKafkaConsumer whose ``start`` first waits for the group coordinator
+    (:func:`wait_for_group_coordinator`), so that a normal first start logs no errors."""
+
+    def __init__(self, *, bootstrap_servers: str, **config: Any) -> None:
+        super().__init__(bootstrap_servers=bootstrap_servers, **config)
+        self._hookstream_bootstrap = bootstrap_servers
+        self._hookstream_group = str(config["group_id"])
+
+    async def start(self) -> None:
+        await wait_for_group_coordinator(self._hookstream_bootstrap, self._hookstream_group)
+        await super().start()
+
+
 def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> AIOKafkaConsumer:
     """A consumer with manual commits that starts from the earliest offset for a new group."""
     config = {
@@ -257,7 +325,7 @@ def make_consumer(bootstrap: str, group_id: str, **overrides: Any) -> AIOKafkaCo
         "isolation_level": "read_committed",
     }
     config.update(overrides)
-    return AIOKafkaConsumer(bootstrap_servers=bootstrap, **config)
+    return Consumer(bootstrap_servers=bootstrap, **config)
 
 
 async def ensure_topics(bootstrap: str, topics: Iterable[str], *, partitions: int = INTERNAL_TOPIC_PARTITIONS,

@@ -18,6 +18,8 @@ an existing topic to its spec, are made from :func:`topic_specs` (:func:`render_
 from __future__ import annotations
 
 import argparse
+import asyncio
+import contextlib
 import enum
 import logging
 import sys
@@ -26,9 +28,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from aiokafka import AIOKafkaConsumer, TopicPartition
 from aiokafka.admin import AIOKafkaAdminClient, NewTopic
 from aiokafka.admin.config_resource import ConfigResource, ConfigResourceType
-from aiokafka.errors import TopicAlreadyExistsError, for_code
+from aiokafka.errors import KafkaError, TopicAlreadyExistsError, for_code
 
 from hookstream.core.settings import (
     DELIVERY_TOPIC_MAX_MESSAGE_BYTES,
@@ -177,6 +180,9 @@ async def apply_topic_specs(bootstrap: str, specs: Sequence[TopicSpec]) -> list[
         replication = max(1, min(MAX_REPLICATION_FACTOR, len(cluster["brokers"])))
         existing = set(await admin.list_topics())
         created = await _create_topics(admin, [s for s in unique.values() if s.name not in existing], replication)
+        # Every one, not only those created here: another process starting beside this one may have
+        # created a topic a moment ago, and its partitions may not be served yet.
+        await _wait_until_served(admin, bootstrap, list(unique))
         compared = [s for s in unique.values() if s.owned and s.name not in created]
         differences = await _compare_topics(admin, compared, replication)
     finally:
@@ -197,6 +203,42 @@ async def apply_topic_specs(bootstrap: str, specs: Sequence[TopicSpec]) -> list[
             log.warning("topic %s differs from its spec (left as it is): %s", report.spec.name,
                         "; ".join(report.differences))
     return reports
+
+
+# How long apply_topic_specs waits for the partitions of the topics it created to be served.
+TOPICS_SERVED_TIMEOUT_S = 30.0
+_TOPICS_POLL_S = 0.1
+
+
+async def _wait_until_served(admin: Any, bootstrap: str, names: Sequence[str]) -> None:
+    """Wait (at most TOPICS_SERVED_TIMEOUT_S) until every partition of the topics ``names`` has a
+    leader in the metadata and answers for its offsets. A consumer that starts on a topic created a
+    moment before (here, or by another process starting beside this one) otherwise gets "not found in
+    cluster metadata" and NotLeaderForPartition answers, which aiokafka logs at ERROR while it
+    retries. This wait is quiet itself: the admin's metadata request does not log, and an offsets
+    lookup retries without logging. On timeout it returns, and the consumers wait as they did."""
+    if not names:
+        return
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + TOPICS_SERVED_TIMEOUT_S
+    while True:
+        topics = {t["topic"]: t for t in await admin.describe_topics(sorted(names))}
+        if all(name in topics and topics[name]["error_code"] == 0 and topics[name]["partitions"]
+               and all(p["error_code"] == 0 and p["leader"] >= 0 for p in topics[name]["partitions"])
+               for name in names):
+            break
+        if loop.time() > deadline:
+            return
+        await asyncio.sleep(_TOPICS_POLL_S)
+    partitions = [TopicPartition(name, p["partition"]) for name in names for p in topics[name]["partitions"]]
+    consumer = AIOKafkaConsumer(bootstrap_servers=bootstrap, group_id=None, enable_auto_commit=False)
+    try:
+        with contextlib.suppress(KafkaError, TimeoutError):
+            async with asyncio.timeout(max(0.0, deadline - loop.time())):
+                await consumer.start()
+                await consumer.end_offsets(partitions)
+    finally:
+        await consumer.stop()
 
 
 async def _create_topics(admin: Any, specs: list[TopicSpec], replication: int) -> set[str]:

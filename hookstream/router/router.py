@@ -49,6 +49,9 @@ from hookstream.core.validation import DomainEvent, Rejection, validate_event
 from hookstream.core.webhooks import WebhookDirectory
 
 log = logging.getLogger(__name__)
+_UNMATCHED_UNKNOWN_ORGANIZATION = metrics.EVENTS_UNMATCHED.labels("unknown_organization")
+_UNMATCHED_NO_WEBHOOK = metrics.EVENTS_UNMATCHED.labels("no_webhook")
+_UNMATCHED_FILTERED = metrics.EVENTS_UNMATCHED.labels("filtered")
 
 MAX_BATCH_RECORDS = 1000
 COMMIT_INTERVAL_S = 0.2
@@ -62,6 +65,10 @@ SLOW_FILTER_MS = 50
 SLOW_FILTER_SUSPEND_S = 60.0
 # How long a rebalance waits for this replica's revoke (the batch in hand, then a commit).
 ROUTER_REVOKE_BOUND_S = 60.0
+# The organization ids behind hookstream_events_unmatched_total{reason="unknown_organization"}: reloaded
+# this often, and sooner (at most every ORGANIZATIONS_MIN_RELOAD_S) after an event of an id not known.
+ORGANIZATIONS_RELOAD_S = 30.0
+ORGANIZATIONS_MIN_RELOAD_S = 1.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -245,6 +252,58 @@ class FilterErrorLog:
             log.warning("recording filter errors failed (%s); will retry", describe(exc))
 
 
+class KnownOrganizations:
+    """The organization ids in PostgreSQL, for telling "no such organization" from "no webhook wants
+    this" when an event routes nowhere. Only that metric reads it: routing itself goes by the webhook
+    directory. Loaded off the hot loop (``run``), never per event: all ids every
+    ``ORGANIZATIONS_RELOAD_S``, and in between, at most every ``ORGANIZATIONS_MIN_RELOAD_S``, only the
+    ids seen missing (an organization created since; at most ``MAX_PENDING`` of them, so a flood of
+    made-up ids costs one bounded lookup a second). Until the first load every id counts as known;
+    while PostgreSQL is away the last known set stands."""
+
+    MAX_PENDING = 1000
+
+    def __init__(self) -> None:
+        self._ids: set[str] | None = None
+        self._pending: set[str] = set()
+        self._wake = asyncio.Event()
+
+    def knows(self, organization_id: str) -> bool:
+        if self._ids is None or organization_id in self._ids:
+            return True
+        if len(self._pending) < self.MAX_PENDING:
+            self._pending.add(organization_id)
+            self._wake.set()
+        return False
+
+    async def reload(self, pool: asyncpg.Pool) -> None:
+        self._ids = {row["id"] for row in await pool.fetch("SELECT id FROM organizations")}
+
+    async def look_up_pending(self, pool: asyncpg.Pool) -> None:
+        pending, self._pending = self._pending, set()
+        rows = await pool.fetch("SELECT id FROM organizations WHERE id = ANY($1::text[])", list(pending))
+        if self._ids is not None:
+            self._ids.update(row["id"] for row in rows)
+
+    async def run(self, pool: asyncpg.Pool, stop: asyncio.Event) -> None:
+        loop = asyncio.get_running_loop()
+        next_full = loop.time()
+        while not stop.is_set():
+            self._wake.clear()  # before the lookups: an id missed during them wakes the next round
+            try:
+                if loop.time() >= next_full:
+                    self._pending.clear()
+                    await self.reload(pool)
+                    next_full = loop.time() + ORGANIZATIONS_RELOAD_S
+                elif self._pending:
+                    await self.look_up_pending(pool)
+            except Exception as exc:  # only a metric's label depends on it: never stop the router
+                log.warning("could not load the organization ids (%s); keeping the last ones", describe(exc))
+            await asyncio.sleep(ORGANIZATIONS_MIN_RELOAD_S)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), max(0.0, next_full - loop.time()))
+
+
 class Router:
     """One router replica. ``run()`` until ``stop`` is set; then it finishes the batch in hand and commits."""
 
@@ -260,6 +319,7 @@ class Router:
         self._committed: dict[TopicPartition, int] = {}  # last offset this replica committed, per partition
         self.filter_errors = FilterErrorLog()
         self._slow_filters: dict[str, float] = {}  # webhook id -> monotonic time its filter is suspended until
+        self.organizations = KnownOrganizations()
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_consumer(self._settings.kafka_bootstrap_servers, self._settings.router_group,
@@ -282,7 +342,8 @@ class Router:
         await consumer.start()
         helpers = [asyncio.create_task(self._report_lag(consumer, stop), name="router-lag"),
                    asyncio.create_task(self._commit_periodically(consumer, stop), name="router-commit"),
-                   asyncio.create_task(self._flush_filter_errors(stop), name="router-filter-errors")]
+                   asyncio.create_task(self._flush_filter_errors(stop), name="router-filter-errors"),
+                   asyncio.create_task(self.organizations.run(self._pool, stop), name="router-organizations")]
         try:
             while not stop.is_set():
                 liveness.beat(HEARTBEAT)
@@ -388,7 +449,8 @@ class Router:
         for _, event, _ in good:
             hooks = self._directory.match(event.organization_id, event.type, event.store_id)
             if not hooks:
-                metrics.EVENTS_UNMATCHED.labels("no_webhook").inc()
+                known = self.organizations.knows(event.organization_id)
+                (_UNMATCHED_NO_WEBHOOK if known else _UNMATCHED_UNKNOWN_ORGANIZATION).inc()
                 continue
             context = None
             kept = 0
@@ -421,7 +483,7 @@ class Router:
                 matches.append((hook.id, event))
                 kept += 1
             if not kept:
-                metrics.EVENTS_UNMATCHED.labels("filtered").inc()
+                _UNMATCHED_FILTERED.inc()
         return matches
 
     async def _send_dead_letter(self, record: SourceRecord, rejection: Rejection, *, omit_value: bool = False):

@@ -3,6 +3,10 @@ logs are JSON lines with bound context, and no secret or API key ever appears in
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+
 import aiohttp
 import orjson
 import pytest
@@ -188,3 +192,85 @@ async def test_failure_path_metrics(db, hs_settings, spawn):
         lag = await wait_for(lag_reported, timeout_s=15, message="consumer lag of the router")
         assert {dict(labels)["group"] for labels in lag} == {hs_settings.router_group}
         receiver.release_hangs()
+
+
+def families(text: str) -> set[str]:
+    """The metric families a /metrics page declares (``# TYPE`` lines), samples or not."""
+    return {line.split()[2] for line in text.splitlines() if line.startswith("# TYPE ")}
+
+
+def owned_by(service: str) -> set[str]:
+    """Families (as ``# TYPE`` names them) that only ``service`` exports."""
+    from prometheus_client import REGISTRY
+
+    from hookstream.core import metrics
+
+    names = set()
+    for family in REGISTRY.collect():
+        if metrics.OWNERS.get(family.name) == frozenset({service}):
+            names.add(family.name + ("_total" if family.type == "counter" else ""))
+    return names
+
+
+def publish_cli(hs_env, *args: str, without: tuple[str, ...] = ()) -> subprocess.CompletedProcess[str]:
+    env = {k: v for k, v in {**os.environ, **hs_env}.items() if k not in without}
+    return subprocess.run([sys.executable, "-m", "hookstream.cli", "publish", "--type", "order.created",
+                           "--data", '{"order": {"id": "o1"}}', *args], env=env,
+                          capture_output=True, text=True, timeout=60)
+
+
+async def test_each_process_exports_its_own_metrics_and_unmatched_events_say_why(db, hs_env, spawn):
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1", "s2"))
+        await make_webhook(db, org, receiver.url("/ok"), event_types=["order.created"], store_ids=["s1"])
+        router_port, sender_port = free_port(), free_port()
+        router = spawn("router", env={"HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{router_port}"})
+        sender = spawn("sender", env={"HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{sender_port}"})
+        await wait_for(lambda: "started" in router.output() and "started" in sender.output(), timeout_s=60,
+                       message="router and sender started")
+
+        # publish warns about what the database does not know, and publishes all the same
+        unknown_org = publish_cli(hs_env, "--org", "org_nobody", "--store", "s1")
+        assert unknown_org.returncode == 0, unknown_org.stderr
+        assert "organization 'org_nobody' is not in the database" in unknown_org.stderr
+        unknown_store = publish_cli(hs_env, "--org", org, "--store", "s9")
+        assert unknown_store.returncode == 0, unknown_store.stderr
+        assert f"store 's9' of organization '{org}' is not in the database" in unknown_store.stderr
+        no_webhook = publish_cli(hs_env, "--org", org, "--store", "s2")  # known store, no webhook for it
+        assert no_webhook.returncode == 0 and "warning" not in no_webhook.stderr, no_webhook.stderr
+        delivered = publish_cli(hs_env, "--org", org, "--store", "s1")
+        assert delivered.returncode == 0 and "warning" not in delivered.stderr, delivered.stderr
+        unchecked = publish_cli(hs_env, "--org", org, "--store", "s1", without=("DATABASE_URL",))
+        assert unchecked.returncode == 0, unchecked.stderr
+        assert "DATABASE_URL is not set; not checking" in unchecked.stderr, unchecked.stderr
+        await wait_for(lambda: receiver.at("/ok") and len(receiver.at("/ok")) == 2, timeout_s=60,
+                       message="the two events for s1 delivered")
+
+        routed = await wait_for(lambda: _scrape_unmatched(f"http://127.0.0.1:{router_port}/metrics"), timeout_s=30,
+                                message="router metrics")
+        assert value(routed, "hookstream_events_unmatched_total", reason="unknown_organization") == 1
+        assert value(routed, "hookstream_events_unmatched_total", reason="no_webhook") == 2  # s9, s2
+        async with aiohttp.ClientSession() as session:
+            async with session.get(f"http://127.0.0.1:{router_port}/metrics") as response:
+                router_text = await response.text()
+            async with session.get(f"http://127.0.0.1:{sender_port}/metrics") as response:
+                sender_text = await response.text()
+    sender_only, router_only = owned_by("sender"), owned_by("router")
+    assert "hookstream_delivery_attempts_total" in sender_only and "hookstream_events_consumed_total" in router_only
+    assert families(router_text) & sender_only == set()
+    assert families(sender_text) & router_only == set()
+    assert "hookstream_events_unmatched_total" in families(router_text)
+    assert "hookstream_delivery_attempts_total" in families(sender_text)
+    assert "hookstream_consumer_lag" in families(router_text) & families(sender_text)
+    router.stop()
+    sender.stop()
+    assert f"metrics on http://127.0.0.1:{router_port}/metrics" in router.output()
+    assert f"metrics on http://127.0.0.1:{sender_port}/metrics" in sender.output()
+    # a normal start on a topic set created just now (by these two, side by side) logs no error
+    for process in (router, sender):
+        assert [line for line in process.output().splitlines() if " ERROR " in line] == []
+
+
+async def _scrape_unmatched(url: str):
+    samples = await scrape(url)
+    return samples if total(samples, "hookstream_events_unmatched_total") >= 3 else None

@@ -612,3 +612,56 @@ def test_dockerignore_keeps_local_state_out_of_the_build_context() -> None:
     allowed = {line[1:] for line in lines if line.startswith("!")}
     assert allowed >= {"pyproject.toml", "uv.lock", "hookstream/**"}
     assert not any(entry.startswith((".venv", ".local", ".git")) for entry in allowed)
+
+
+def test_dashboard_shows_the_failure_rate_by_event_type_and_unmatched_events() -> None:
+    dashboard = json.loads(DASHBOARD.read_text(encoding="utf-8"))
+    by_title = {p["title"]: p for p in dashboard["panels"]}
+    [failure] = by_title["Failure rate by event type"]["targets"]
+    assert "sum by (event_type)" in failure["expr"] and 'outcome="failure"' in failure["expr"]
+    assert "hookstream_delivery_attempts_total" in failure["expr"]
+    [unmatched] = by_title["Events routed to no webhook by reason"]["targets"]
+    assert "sum by (reason) (rate(hookstream_events_unmatched_total" in unmatched["expr"]
+
+
+def test_every_hookstream_metric_says_which_services_export_it() -> None:
+    """A family left out of metrics.OWNERS would be exported (with zeros) by every process."""
+    from hookstream.core import metrics
+
+    defined = {family.name for family in REGISTRY.collect()
+               if family.name.startswith("hookstream_") and not family.name.startswith("hookstream_api_")}
+    assert defined <= set(metrics.OWNERS), sorted(defined - set(metrics.OWNERS))
+
+
+# ---- deploy/local: the ports a checkout remembers ------------------------------------------------------
+
+LOCAL_PORT_VARIABLES = ("HOOKSTREAM_LOCAL_KAFKA_PORT", "HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT",
+                        "HOOKSTREAM_LOCAL_PG_PORT")
+
+
+def local_ports(root: Path, **exported: str) -> list[str]:
+    """The three ports deploy/local/ports.sh settles on for checkout ``root``."""
+    import os
+    import subprocess
+
+    env = {k: v for k, v in os.environ.items() if k not in LOCAL_PORT_VARIABLES} | exported
+    script = f'ROOT={root}; source {DEPLOY / "local" / "ports.sh"}; ' + \
+        "; ".join(f'echo "${name}"' for name in LOCAL_PORT_VARIABLES)
+    done = subprocess.run(["bash", "-c", script], env=env, capture_output=True, text=True, check=True)
+    return done.stdout.split()
+
+
+def test_local_ports_default_then_remembered_and_an_exported_one_wins(tmp_path: Path) -> None:
+    assert local_ports(tmp_path) == ["19092", "19093", "54329"]
+    (tmp_path / ".local").mkdir()
+    (tmp_path / ".local" / "env").write_text(
+        "KAFKA_BOOTSTRAP_SERVERS=127.0.0.1:29092\nHOOKSTREAM_LOCAL_KAFKA_PORT=29092\n"
+        "HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT=29093\nHOOKSTREAM_LOCAL_PG_PORT=54339\n")
+    assert local_ports(tmp_path) == ["29092", "29093", "54339"]
+    assert local_ports(tmp_path, HOOKSTREAM_LOCAL_PG_PORT="55555") == ["29092", "29093", "55555"]
+
+
+def test_up_writes_every_local_port_to_the_env_file() -> None:
+    up = (DEPLOY / "local" / "up.sh").read_text()
+    for name in LOCAL_PORT_VARIABLES:
+        assert f"{name}=$" in up, f"up.sh does not write {name} to .local/env"

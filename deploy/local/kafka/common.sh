@@ -4,8 +4,10 @@
 KAFKA_SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "${1:-$KAFKA_SCRIPT_DIR/../../..}" && pwd)
 
-KAFKA_PORT=${HOOKSTREAM_LOCAL_KAFKA_PORT:-19092}
-KAFKA_CONTROLLER_PORT=${HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT:-19093}
+# The ports: exported variables, else the ones this checkout remembers in .local/env, else defaults.
+source "$KAFKA_SCRIPT_DIR/../ports.sh"
+KAFKA_PORT=$HOOKSTREAM_LOCAL_KAFKA_PORT
+KAFKA_CONTROLLER_PORT=$HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT
 
 KAFKA_BASE=$ROOT/.local/kafka
 KAFKA_LIBS=$KAFKA_BASE/libs              # jars from pom.xml; .stamp written after a complete copy
@@ -14,6 +16,8 @@ KAFKA_LOG=$KAFKA_BASE/logs/broker.log    # broker stdout/stderr + log4j2 (WARN a
 KAFKA_PROPS=$KAFKA_BASE/server.properties
 KAFKA_LOG4J=$KAFKA_BASE/log4j2.properties
 KAFKA_PIDFILE=$KAFKA_BASE/kafka.pid
+# The controller port KAFKA_DATA was formatted with (the metadata log keeps the controller's address).
+KAFKA_FORMATTED_PORT=$KAFKA_BASE/data.controller-port
 
 kafka_say() { echo "[kafka] $*"; }
 kafka_die() { echo "[kafka] ERROR: $*" >&2; exit 1; }
@@ -41,6 +45,13 @@ kafka_pid() {
 
 kafka_port_open() {
     timeout 2 bash -c "exec 3<>/dev/tcp/127.0.0.1/$1" 2>/dev/null
+}
+
+# True when process $1 listens on port $2.
+kafka_listens_on() {
+    local pids
+    pids=$(port_listener_pids "$2")
+    [[ $'\n'$pids$'\n' == *$'\n'"$1"$'\n'* ]]
 }
 
 # Runs a Java main class from the Kafka jars (TopicCommand, ConsoleProducer, ...).

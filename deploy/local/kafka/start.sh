@@ -3,20 +3,59 @@
 # JVM) for local development and tests. Idempotent: a running broker is left alone.
 #
 # Usage: deploy/local/kafka/start.sh [ROOT]        (ROOT defaults to the repository root)
-# Env:   HOOKSTREAM_LOCAL_KAFKA_PORT (19092), HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT (19093)
-# State: ROOT/.local/kafka/{libs,data,logs/broker.log,server.properties,kafka.pid}
+# Env:   HOOKSTREAM_LOCAL_KAFKA_PORT (19092), HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT (19093); unset, the
+#        ports this checkout remembers in ROOT/.local/env (deploy/local/ports.sh)
+# State: ROOT/.local/kafka/{libs,data,logs/broker.log,server.properties,kafka.pid,data.controller-port}
 #
-# The controller's address is written into the metadata log at format time (--standalone); if you
-# change HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT later, delete .local/kafka/data to start afresh.
+# A port held by anything else (another checkout's broker or PostgreSQL, any other program) stops
+# start-up with an error naming the holder: the broker of another checkout is never used as ours.
+# The controller's address is written into the metadata log at format time (--standalone): data
+# formatted for another controller port is refused (the message says how to proceed), not reformatted.
 set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/common.sh" "${1:-}"
 
 READY_TIMEOUT_S=90
 t0=$(now_ms)
 
+# The controller port the existing data was formatted with: recorded at format time, else (data
+# formatted before that record existed) the one the last start rendered into server.properties.
+formatted_controller_port() {
+    if [[ -s $KAFKA_FORMATTED_PORT ]]; then
+        cat "$KAFKA_FORMATTED_PORT"
+    elif [[ -f $KAFKA_PROPS ]]; then
+        sed -n 's/^controller.quorum.bootstrap.servers=.*:\([0-9]*\)$/\1/p' "$KAFKA_PROPS"
+    fi
+}
+
+# Before anything is rendered: is a broker of this checkout running, and on which port?
+pid=$(kafka_pid)
+if [[ -n $pid ]]; then
+    echo "$pid" > "$KAFKA_PIDFILE"
+    if kafka_listens_on "$pid" "$KAFKA_PORT"; then
+        kafka_say "already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
+        exit 0
+    fi
+    if kafka_port_open "$KAFKA_PORT"; then
+        kafka_die "port $KAFKA_PORT is held by $(describe_port_owner "$KAFKA_PORT"), while this checkout's broker (pid $pid) runs on other ports; set HOOKSTREAM_LOCAL_KAFKA_PORT to a free port"
+    fi
+    running_on=$(sed -n 's/^listeners=PLAINTEXT:\/\/[^:]*:\([0-9]*\),.*/\1/p' "$KAFKA_PROPS" 2>/dev/null || true)
+    if [[ -n $running_on && $running_on != "$KAFKA_PORT" ]]; then
+        kafka_die "this checkout's broker (pid $pid) runs on port $running_on, not $KAFKA_PORT: \`make down\`, then \`make up\` to move it"
+    fi
+    kafka_say "process $pid is up but not answering yet; waiting"
+    starting_pid=$pid
+fi
+
 "$KAFKA_SCRIPT_DIR/fetch.sh" "$ROOT"
 
 mkdir -p "$KAFKA_DATA" "$(dirname "$KAFKA_LOG")"
+if [[ -z ${starting_pid:-} && -f $KAFKA_DATA/meta.properties ]]; then
+    formatted=$(formatted_controller_port)
+    if [[ -n $formatted && $formatted != "$KAFKA_CONTROLLER_PORT" ]]; then
+        kafka_die "$KAFKA_DATA was formatted for controller port $formatted, not $KAFKA_CONTROLLER_PORT (the KRaft metadata keeps the controller's address). Either set HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT=$formatted, or delete $KAFKA_DATA (its topics and committed offsets are lost) and run \`make up\` again"
+    fi
+    [[ -z $formatted || -s $KAFKA_FORMATTED_PORT ]] || echo "$formatted" > "$KAFKA_FORMATTED_PORT"
+fi
 
 # Rendered on every start so the port variables always take effect.
 cat > "$KAFKA_PROPS" <<PROPS
@@ -95,23 +134,16 @@ wait_ready() {
     kafka_die "broker did not answer on 127.0.0.1:$KAFKA_PORT within ${READY_TIMEOUT_S}s"
 }
 
-pid=$(kafka_pid)
-if [[ -n $pid ]]; then
-    echo "$pid" > "$KAFKA_PIDFILE"
-    if kafka_port_open "$KAFKA_PORT"; then
-        kafka_say "already running (pid $pid) on 127.0.0.1:$KAFKA_PORT"
-        exit 0
-    fi
-    kafka_say "process $pid is up but not answering yet; waiting"
-    wait_ready "$pid"
-    kafka_say "ready on 127.0.0.1:$KAFKA_PORT (pid $pid) after $(elapsed "$t0")s"
+if [[ -n ${starting_pid:-} ]]; then
+    wait_ready "$starting_pid"
+    kafka_say "ready on 127.0.0.1:$KAFKA_PORT (pid $starting_pid) after $(elapsed "$t0")s"
     exit 0
 fi
 rm -f "$KAFKA_PIDFILE"
 
 for port in "$KAFKA_PORT" "$KAFKA_CONTROLLER_PORT"; do
     if kafka_port_open "$port"; then
-        kafka_die "port $port is already in use by another process (set HOOKSTREAM_LOCAL_KAFKA_PORT / HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT)"
+        kafka_die "port $port is already in use by $(describe_port_owner "$port"); not using it. Set HOOKSTREAM_LOCAL_KAFKA_PORT / HOOKSTREAM_LOCAL_KAFKA_CONTROLLER_PORT to free ports (this checkout remembers them in .local/env)"
     fi
 done
 
@@ -127,6 +159,7 @@ if [[ ! -f $KAFKA_DATA/meta.properties ]]; then
         echo "$out" >&2
         kafka_die "kafka-storage format failed"
     fi
+    echo "$KAFKA_CONTROLLER_PORT" > "$KAFKA_FORMATTED_PORT"
 fi
 
 # Kafka's own heap default (1 GiB, fixed) and G1. One parallel/concurrent GC thread and the fewest JIT

@@ -3,7 +3,9 @@
 
 PG_SCRIPT_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 ROOT=$(cd "${1:-$PG_SCRIPT_DIR/../../..}" && pwd)
-PG_PORT=${HOOKSTREAM_LOCAL_PG_PORT:-54329}
+# The port: the exported variable, else the one this checkout remembers in .local/env, else 54329.
+source "$PG_SCRIPT_DIR/../ports.sh"
+PG_PORT=$HOOKSTREAM_LOCAL_PG_PORT
 PG_DB=hookstream
 PG_LOCAL_URL=postgresql://postgres@127.0.0.1:$PG_PORT/$PG_DB
 
