@@ -14,7 +14,7 @@ import pytest
 from hookstream.core.db import open_pool
 from hookstream.core.kafka import open_producer
 from hookstream.core.model import AttemptRecord, Deferred, DeliveryTask, Failed, parse_validated_rfc3339
-from hookstream.core.publish import publish_event
+from hookstream.core.publish import make_event, publish_event
 from hookstream.core.retry import RetryPolicy
 from hookstream.sender import retries
 from hookstream.sender.outcomes import write_outcomes
@@ -147,6 +147,45 @@ async def test_a_dead_endpoint_fails_its_deliveries_once_the_retry_window_is_ove
         assert line["error"].startswith("circuit breaker stayed open past the retry window")
         opened = orjson.loads(log_lines(sender, '"circuit breaker opened')[0])
         assert opened["why"] == "5 consecutive failures, the last: HTTP 500" and opened["webhook_id"] == dead
+
+
+async def test_ordered_deliveries_held_by_the_breaker_keep_their_order(db, hs_settings, spawn):
+    """A per_resource webhook whose endpoint fails until its breaker opens, then recovers: the heads the
+    breaker holds keep their place, so each order's events still arrive in publish order (every request
+    for event k before the first for k + 1), and no retry was used by a refusal."""
+    orders, per_order = 10, 4
+    async with Receiver() as receiver:
+        shop, _ = await make_org(db, "Shop", stores=("s1",))
+        hook, _ = await make_webhook(db, shop, receiver.url("/ordered"), event_types=["order.updated"],
+                                     store_ids=["s1"], ordering="per_resource")
+        receiver.set("/ordered", Behaviour(status=500))
+        env = {"HOOKSTREAM_RETRY_DELAYS": "5s,10s,20s", "HOOKSTREAM_BREAKER_OPEN": "1s"}
+        spawn("router", env=env)
+        sender = spawn("sender", env=env)
+        events = [make_event("order.updated", organization_id=shop, store_id="s1",
+                             data={"order": {"id": f"ord_{r}", "total": f"{k}.00", "currency": "EUR"}},
+                             event_id=f"evt_{r}_{k}")
+                  for k in range(per_order) for r in range(orders)]
+        await publish(hs_settings, events)
+        await wait_for(lambda: log_lines(sender, "circuit breaker opened"), timeout_s=90, message="the breaker opened")
+        await wait_for(lambda: db.fetchval("SELECT count(*) > 0 FROM deliveries WHERE webhook_id = $1"
+                                           " AND last_error LIKE 'circuit breaker %'", hook),
+                       timeout_s=30, message="a head held for the probe")
+        receiver.set("/ordered", Behaviour(status=200))
+        await wait_for(lambda: db.fetchval("SELECT count(*) = $2 FROM deliveries WHERE webhook_id = $1"
+                                           " AND status = 'succeeded'", hook, orders * per_order),
+                       timeout_s=150, message="every ordered delivery delivered")
+        seq: dict[str, list[int]] = collections.defaultdict(list)
+        for request in receiver.at("/ordered"):
+            _, r, k = orjson.loads(request.body)["id"].split("_")
+            seq[r].append(int(k))
+        assert len(seq) == orders
+        for r, ks in seq.items():
+            assert ks == sorted(ks) and set(ks) == set(range(per_order)), f"ord_{r} out of order: {ks}"
+        sent = await requests_per_event(receiver, "/ordered")
+        rows = await db.fetch("SELECT event_id, attempts FROM deliveries WHERE webhook_id = $1", hook)
+        assert {r["event_id"]: r["attempts"] for r in rows} == dict(sent)
+        assert await db.fetchval("SELECT count(*) FROM resource_heads WHERE webhook_id = $1", hook) == 0
 
 
 async def _routed_delivery(db, org: str, hook: str, event_id: str) -> DeliveryTask:
