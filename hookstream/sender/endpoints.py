@@ -117,11 +117,9 @@ class EndpointGates:
         """The hold when the breaker says no, else None (no state change)."""
         now = self._clock()
         if gate.state == BreakerState.OPEN and now < gate.open_until:
-            return self._hold(gate, "circuit breaker open: endpoint is failing; not sent, waiting for its probe",
-                              gate.open_until - now)
+            return self._hold(gate, "circuit breaker open: endpoint is failing; not sent", gate.open_until - now)
         if gate.state == BreakerState.HALF_OPEN and gate.probe_in_flight:
-            return self._hold(gate, "circuit breaker half-open: probe in flight; not sent, waiting for its outcome",
-                              self._open_s)
+            return self._hold(gate, "circuit breaker half-open: probe in flight; not sent", self._open_s)
         return None
 
     def _hold(self, gate: EndpointGate, reason: str, until_probe_s: float) -> Deferred:

@@ -135,8 +135,8 @@ def _decide_hold(task: DeliveryTask, held: Deferred, policy: RetryPolicy, starte
     finished_at = started_at + dt.timedelta(milliseconds=duration_ms)
     due = min(finished_at + dt.timedelta(seconds=held.delay_s + random.uniform(0, held.delay_s / 2)), deadline)
     which = f"retry {task.retry_index} of {policy.max_retries}" if task.retry_index else "the first attempt"
-    shown = dataclasses.replace(held, reason=f"{held.reason}; next try at {format_rfc3339(due, timespec='milliseconds')},"
-                                             f" still {which}")
+    shown = dataclasses.replace(held, reason=f"{held.reason}, waiting for its probe; next try at"
+                                             f" {format_rfc3339(due, timespec='milliseconds')}, still {which}")
     return AttemptRecord(task, started_at, duration_ms, shown, AttemptStatus.DEFERRED, next_attempt_at=due)
 
 

@@ -214,7 +214,7 @@ async def test_a_hold_is_recorded_without_an_attempt_and_the_log_says_until_when
     tried, fresh = await _routed_delivery(db, org, hook, "evt_tried"), await _routed_delivery(db, org, hook, "evt_new")
     policy = RetryPolicy((30.0, 300.0, 1800.0))
     first = dt.datetime.now(dt.UTC) - dt.timedelta(seconds=60)
-    hold = Deferred("circuit breaker open: endpoint is failing; not sent, waiting for its probe", 10.0, breaker=True)
+    hold = Deferred("circuit breaker open: endpoint is failing; not sent", 10.0, breaker=True)
     async with open_pool(database_url, max_size=2) as pool:
         await write_outcomes(pool, [
             AttemptRecord(tried, first, 5.0, Failed(True, "HTTP 500", http_status=500), "retrying",

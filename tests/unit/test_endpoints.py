@@ -400,7 +400,7 @@ async def test_open_breaker_holds_the_delivery_until_its_probe() -> None:
     clock.advance(10)
     refused = await gates.call(WH, endpoint)
     assert isinstance(refused, Deferred) and refused.breaker and refused.delay_s == pytest.approx(20.0)
-    assert "waiting for its probe" in refused.reason
+    assert refused.reason == "circuit breaker open: endpoint is failing; not sent"
 
 
 async def test_half_open_breaker_holds_deliveries_for_an_open_period() -> None:

@@ -339,7 +339,7 @@ def test_decided_records_validate_against_the_status_schema() -> None:
         assert validate_status_record(obj) is None
 
 
-HOLD = Deferred("circuit breaker open: endpoint is failing; not sent, waiting for its probe", 20.0, breaker=True)
+HOLD = Deferred("circuit breaker open: endpoint is failing; not sent", 20.0, breaker=True)
 # EXACT's window: 30 s + 5 min + 30 min, no jitter; the sender's slack is one open period
 WINDOW_S = 2130.0
 
@@ -353,7 +353,7 @@ def test_a_breaker_hold_keeps_the_retry_and_waits_for_the_probe() -> None:
         assert 20.0 <= (rec.next_attempt_at - STARTED).total_seconds() <= 30.0  # the probe, spread by half
         assert isinstance(rec.result, Deferred)
         # what the delivery log shows as last_error: why, and until when
-        assert rec.result.reason.startswith(HOLD.reason + "; next try at ")
+        assert rec.result.reason.startswith(HOLD.reason + ", waiting for its probe; next try at ")
         assert format_rfc3339(rec.next_attempt_at, timespec="milliseconds") in rec.result.reason
         assert ("still the first attempt" if retry_index == 0 else f"still retry {retry_index} of 3") in rec.result.reason
 
