@@ -138,7 +138,9 @@ async def test_a_dead_endpoint_fails_its_deliveries_once_the_retry_window_is_ove
             # and not for ever: the holds bring it back by the window's end (loose bound: a noisy machine)
             assert r["last_attempt"] - window_from <= dt.timedelta(seconds=window_s + 60)
 
-        # one operator line per failed delivery, as one JSON object per line
+        # one operator line per failed delivery, as one JSON object per line (written just after the outcome)
+        await wait_for(lambda: len(log_lines(sender, '"delivery failed"')) >= 60, timeout_s=30,
+                       message="a line per failed delivery")
         failed_lines = [orjson.loads(line) for line in log_lines(sender, '"delivery failed"')]
         assert sorted(line["event_id"] for line in failed_lines) == sorted(e["id"] for e in events)
         line = next(line for line in failed_lines if line["event_id"] == expired[0]["event_id"])

@@ -9,6 +9,7 @@ import contextlib
 import logging
 import re
 
+import aiohttp
 import pytest
 from aiohttp.test_utils import TestClient, TestServer
 
@@ -20,7 +21,7 @@ from hookstream.core.publish import publish_event
 from hookstream.core.settings import Settings
 from hookstream.sender.sender import RETRY_LOG_LIMIT
 from tests.receiver import Behaviour, Receiver
-from tests.support import ApiOrg, make_org, make_webhook, sample_event, wait_for
+from tests.support import ApiOrg, free_port, make_org, make_webhook, sample_event, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
@@ -40,11 +41,14 @@ async def test_a_flood_of_failed_attempts_that_will_be_retried_logs_a_bounded_nu
         hook, _ = await make_webhook(db, org, receiver.url("/fail"), event_types=["order.created"], store_ids=["s1"])
         receiver.set("/fail", Behaviour(status=500))
         env = {"HOOKSTREAM_RETRY_DELAYS": "1h,1h,1h", "HOOKSTREAM_BREAKER_FAILURE_THRESHOLD": "10000"}
+        metrics_port = free_port()
         spawn("router", env=env)
-        sender = spawn("sender", env=env)
+        sender = spawn("sender", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
         await publish(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(300)])
         await wait_for(lambda: db.fetchval("SELECT count(*) = 300 FROM attempts WHERE outcome = 'retrying'"),
                        timeout_s=120, message="300 failed first attempts recorded")
+        # an outcome is logged just after it is durable, before the sender counts its retry: wait for all 300
+        await wait_for(lambda: retries_scheduled(metrics_port, 300), timeout_s=30, message="300 outcomes observed")
         lines = [line for line in sender.output().splitlines() if "attempt failed; it will be retried" in line]
         # at INFO, a sample with the context an operator needs; not one line per attempt
         assert 1 <= len(lines) <= 2 * RETRY_LOG_LIMIT, len(lines)  # two intervals at most on a slow machine
@@ -52,6 +56,13 @@ async def test_a_flood_of_failed_attempts_that_will_be_retried_logs_a_bounded_nu
         assert "error=HTTP 500" in lines[0] and "event_type=order.created" in lines[0] and "attempts=1" in lines[0]
         assert "next_attempt_at=" in lines[0]
         assert not [line for line in sender.output().splitlines() if "delivery failed" in line]
+
+
+async def retries_scheduled(metrics_port: int, expected: int) -> bool:
+    async with aiohttp.ClientSession() as session, session.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+        text = await response.text()
+    return any(line.startswith('hookstream_retries_scheduled_total{tier="1"} ') and float(line.split()[-1]) >= expected
+               for line in text.splitlines())
 
 
 async def _serve_raw(response: bytes) -> tuple[asyncio.AbstractServer, int]:
@@ -84,6 +95,7 @@ async def test_an_endpoints_hostile_error_text_stays_on_one_line_without_the_url
                        timeout_s=60, message="the delivery failed after its retries")
         # stored for the tenant as it came (their own URL, their own bytes) ...
         assert "FORGED" in await db.fetchval("SELECT last_error FROM deliveries WHERE webhook_id = $1", hook)
+        await wait_for(lambda: "delivery failed" in sender.output(), timeout_s=30, message="the failed line")
         output = sender.output()
         # ... but in the service log: every line that quotes it is one of ours, and no line starts forged
         quoting = [line for line in output.splitlines() if "FORGED" in line]
