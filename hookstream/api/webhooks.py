@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 from typing import Any
 
 import asyncpg
@@ -35,6 +36,8 @@ from hookstream.core.orgs import new_id
 from hookstream.core.settings import Settings
 from hookstream.core.signing import generate_secret
 from hookstream.core.states import DeliveryStatus
+
+log = logging.getLogger(__name__)
 
 CURSOR_KIND = "w"
 URL_CHECK_TIMEOUT_S = 5.0
@@ -182,7 +185,7 @@ async def update_webhook(request: web.Request) -> web.Response:
     body = await read_json_object(request)
     pool = request.app[POOL]
     # Validation answers 422 before 404 would be odd: check the webhook exists first.
-    await require_webhook(pool, org_id, webhook_id)
+    before = await require_webhook(pool, org_id, webhook_id)
     changes = await validate_changes(request, org_id, body, creating=False)
     if not changes:
         return json_response(webhook_json(await fetch_webhook(pool, org_id, webhook_id)))
@@ -193,7 +196,16 @@ async def update_webhook(request: web.Request) -> web.Response:
         org_id, webhook_id, *changes.values())
     if row is None:  # deleted meanwhile
         raise not_found("webhook")
+    log_enabled_change(before["enabled"], row["enabled"], webhook_id, org_id)
     return json_response(webhook_json(row))
+
+
+def log_enabled_change(was: bool, now: bool, webhook_id: str, org_id: str) -> None:
+    """The operator's line when a webhook is disabled (or enabled again): hookstream never disables
+    one by itself, so this is the only way it happens."""
+    if was != now:
+        log.info("webhook disabled through the API" if not now else "webhook enabled through the API",
+                 extra={"webhook_id": webhook_id, "organization_id": org_id})
 
 
 async def delete_webhook(request: web.Request) -> web.Response:

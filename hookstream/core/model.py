@@ -118,6 +118,10 @@ class DeliveryTask:
     manual: bool  # a redelivery or test send: one attempt, no automatic retries
     body: str  # the exact JSON body to POST
     ordered: bool = False  # of a per_resource webhook: a copy whose attempt is recorded is never sent again
+    # RFC 3339: when the delivery's retry window began (its first attempt, else its creation), which
+    # bounds how long an open circuit breaker may hold it back. None in a first attempt's task from
+    # the router (the window begins now) and in tasks of versions before it.
+    window_from: str | None = None
 
     def encode(self) -> bytes:
         return orjson.dumps(
@@ -135,6 +139,7 @@ class DeliveryTask:
                 "manual": self.manual,
                 "body": self.body,
                 "ordered": self.ordered,
+                "window_from": self.window_from,
             }
         )
 
@@ -162,6 +167,7 @@ class DeliveryTask:
                 manual=obj["manual"] is True,
                 body=str(obj["body"]),
                 ordered=obj.get("ordered") is True,  # absent in tasks of versions before ordering
+                window_from=None if obj.get("window_from") is None else str(obj["window_from"]),
             )
         except (orjson.JSONDecodeError, AttributeError, KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, BadTaskError):
@@ -197,15 +203,19 @@ class Failed:
     http_status: int | None = None
     response_excerpt: str | None = None
     retry_after_s: float | None = None
-    sent: bool = True  # False when the breaker or a local check answered without the network
-    not_before_s: float = 0.0  # the next attempt waits at least this long (the breaker's remaining open time)
+    sent: bool = True  # False when a local check (disabled webhook, unsafe address) answered without the network
     request: SentRequest | None = None  # None when nothing was sent, or the request never got built
     response_headers: ResponseHeaders | None = None  # None when no response came
 
 
 @dataclass(frozen=True, slots=True)
 class Deferred:
-    """Not attempted: the endpoint is saturated. Rescheduled durably without using up an attempt."""
+    """Not attempted: the endpoint is saturated, or its circuit breaker is open (``breaker``).
+    Rescheduled durably without using up an attempt or a retry.
+
+    A breaker's hold is bounded by the retry window (``decide_outcome``) and its ``reason`` is shown
+    as the delivery's ``last_error`` (the log says the delivery waits for the probe, and until when).
+    """
 
     reason: str
     delay_s: float
@@ -213,6 +223,7 @@ class Deferred:
     response_excerpt: None = None
     request: None = None
     response_headers: None = None
+    breaker: bool = False
 
 
 AttemptResult = Succeeded | Failed | Deferred

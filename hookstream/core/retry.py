@@ -24,6 +24,19 @@ class RetryPolicy:
     def max_retries(self) -> int:
         return len(self.delays_s)
 
+    @property
+    def window_s(self) -> float:
+        """The longest the automatic schedule can span after the first attempt: every delay at its
+        jitter cap. An open circuit breaker holds a delivery back without using up a retry, but never
+        past this window (plus the caller's slack): see :meth:`hold_deadline`."""
+        return sum(self.delays_s) * (1 + self.jitter_ratio)
+
+    def hold_deadline(self, window_from: dt.datetime, slack_s: float) -> dt.datetime:
+        """Until when a delivery whose retry window began at ``window_from`` (its first attempt, or its
+        creation when it has none) may still be held back for the breaker's probe; a refusal after it
+        ends the delivery ``failed``."""
+        return window_from + dt.timedelta(seconds=self.window_s + slack_s)
+
     def next_delay_s(
         self,
         retry_index: int,

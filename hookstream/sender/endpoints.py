@@ -2,10 +2,16 @@
 
 A webhook that hangs or fails every time must not slow the others:
 
-- While its breaker is open, a delivery is answered at once with a retryable failure and moves to
-  its next retry without touching the network; that retry is scheduled no earlier than the
-  breaker's probe, so an open breaker does not burn through a delivery's retries. After the open
-  period one probe is let through: success closes the breaker, failure opens it again.
+- Circuit breaker: ``failure_threshold`` consecutive failures open it for ``open_s``. While it is
+  open, or half-open with its one probe in flight, a delivery is not sent: it is held back
+  (:class:`Deferred` with ``breaker`` set), put back in the durable schedule in PostgreSQL until
+  the probe, without using up an attempt or a retry; its ``last_error`` says it waits for the
+  probe, and until when. After the open period the first delivery to arrive is the probe: success
+  closes the breaker, failure opens it again. While probes keep failing, held deliveries come back
+  spread over a few more open periods (``HOLD_SPREAD_MAX_PERIODS``), so a large backlog for a dead
+  endpoint does not cycle through PostgreSQL and Kafka all at once every period. The hold is
+  bounded by the retry schedule's window (``decide_outcome`` in sender.py): a dead endpoint never
+  keeps a delivery for ever. Opening and closing are logged (webhook id and why).
 - Fair capacity: a webhook runs at most ``min(max_concurrency, max_in_flight // 4)`` attempts at
   once. While it is unhealthy (failing, or with a call running longer than ``SLOW_CALL_S``) it holds
   no more of the sender's in-flight slots than that: new deliveries beyond it are deferred at once,
@@ -21,13 +27,17 @@ A webhook that hangs or fails every time must not slow the others:
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from hookstream.core import metrics
+from hookstream.core.logs import loggable
 from hookstream.core.model import AttemptResult, Deferred, Failed, Succeeded
 from hookstream.core.states import BreakerState
+
+log = logging.getLogger(__name__)
 
 # A call running longer than this marks its endpoint as slow (only overflow is deferred then).
 SLOW_CALL_S = 1.0
@@ -38,6 +48,9 @@ DEFER_S = 1.0
 DEFER_MAX_S = 30.0
 # How often a delivery queued behind a busy endpoint checks whether that endpoint turned unhealthy.
 QUEUE_RECHECK_S = 0.25
+# After n failed probes in a row a held delivery waits for the probe plus min(n, this) open periods:
+# the backlog of a dead endpoint comes back spread out instead of all at each probe.
+HOLD_SPREAD_MAX_PERIODS = 3
 
 
 @dataclass(slots=True)
@@ -53,6 +66,9 @@ class EndpointGate:
     next_call: int = 0
     defer_level: int = 0
     defer_raised_at: float = float("-inf")
+    failed_probes: int = 0
+    webhook_id: str = ""
+    organization_id: str | None = None
 
     def __post_init__(self) -> None:
         self.semaphore = asyncio.Semaphore(self.max_concurrency)
@@ -84,29 +100,40 @@ class EndpointGates:
         gate = self._gates.get(webhook_id)
         return gate.state if gate else BreakerState.CLOSED
 
-    def _set_state(self, gate: EndpointGate, state: BreakerState) -> None:
-        if gate.state != state:
-            gate.state = state
-            metrics.BREAKER_TRANSITIONS.labels(state).inc()
+    def _set_state(self, gate: EndpointGate, state: BreakerState, why: str) -> None:
+        if gate.state == state:
+            return
+        gate.state = state
+        metrics.BREAKER_TRANSITIONS.labels(state).inc()
+        extra = {"webhook_id": gate.webhook_id, "organization_id": gate.organization_id, "why": why}
+        if state == BreakerState.OPEN:
+            log.warning("circuit breaker opened; deliveries wait for its probe in %gs", self._open_s, extra=extra)
+        elif state == BreakerState.CLOSED:
+            log.info("circuit breaker closed", extra=extra)
+        else:
+            log.debug("circuit breaker half-open: one probe", extra=extra)
 
-    def _refusal(self, gate: EndpointGate) -> Failed | None:
-        """The immediate failure when the breaker says no, else None (no state change)."""
+    def _refusal(self, gate: EndpointGate) -> Deferred | None:
+        """The hold when the breaker says no, else None (no state change)."""
         now = self._clock()
         if gate.state == BreakerState.OPEN and now < gate.open_until:
-            return Failed(retryable=True, error="circuit breaker open: endpoint is failing; not sent", sent=False,
-                          not_before_s=gate.open_until - now)
+            return self._hold(gate, "circuit breaker open: endpoint is failing; not sent", gate.open_until - now)
         if gate.state == BreakerState.HALF_OPEN and gate.probe_in_flight:
-            return Failed(retryable=True, error="circuit breaker half-open: probe in flight; not sent", sent=False,
-                          not_before_s=self._open_s)
+            return self._hold(gate, "circuit breaker half-open: probe in flight; not sent", self._open_s)
         return None
 
-    def _admit(self, gate: EndpointGate) -> Failed | None:
+    def _hold(self, gate: EndpointGate, reason: str, until_probe_s: float) -> Deferred:
+        metrics.DELIVERIES_DEFERRED.inc()
+        spread_s = self._open_s * min(gate.failed_probes, HOLD_SPREAD_MAX_PERIODS)
+        return Deferred(reason, until_probe_s + spread_s, breaker=True)
+
+    def _admit(self, gate: EndpointGate) -> Deferred | None:
         """Like :meth:`_refusal`, but moves an expired open breaker to half-open and claims its probe."""
         refused = self._refusal(gate)
         if refused is not None:
             return refused
         if gate.state == BreakerState.OPEN:
-            self._set_state(gate, BreakerState.HALF_OPEN)
+            self._set_state(gate, BreakerState.HALF_OPEN, "open period over")
         if gate.state == BreakerState.HALF_OPEN:
             gate.probe_in_flight = True
         return None
@@ -120,7 +147,8 @@ class EndpointGates:
                    organization_id: str | None = None) -> AttemptResult:
         gate = self._gates.get(webhook_id)
         if gate is None:
-            gate = self._gates[webhook_id] = EndpointGate(self._max_concurrency)
+            gate = self._gates[webhook_id] = EndpointGate(self._max_concurrency, webhook_id=webhook_id,
+                                                          organization_id=organization_id)
         # Checked before queueing for a slot too: a refused call never waits behind others.
         refused = self._refusal(gate)
         if refused is not None:
@@ -148,7 +176,7 @@ class EndpointGates:
                     del gate.call_started[call_id]
                     if probing:
                         gate.probe_in_flight = False
-                self._observe(gate, result)
+                self._observe(gate, result, probing)
                 return result
             finally:
                 gate.semaphore.release()
@@ -195,21 +223,29 @@ class EndpointGates:
         delay = min(DEFER_MAX_S, DEFER_S * 2 ** gate.defer_level)
         return Deferred("endpoint is slow or failing and already holds its share of the sender", delay)
 
-    def _observe(self, gate: EndpointGate, result: AttemptResult) -> None:
-        if isinstance(result, Succeeded) or (isinstance(result, Failed) and not result.sent):
-            if isinstance(result, Succeeded):
-                gate.consecutive_failures = 0
-                gate.defer_level, gate.defer_raised_at = 0, float("-inf")
-                self._set_state(gate, BreakerState.CLOSED)
+    def _observe(self, gate: EndpointGate, result: AttemptResult, probing: bool) -> None:
+        if isinstance(result, Deferred) or (isinstance(result, Failed) and not result.sent):
+            return  # not sent: says nothing about the endpoint
+        if isinstance(result, Succeeded):
+            gate.consecutive_failures = gate.failed_probes = 0
+            gate.defer_level, gate.defer_raised_at = 0, float("-inf")
+            self._set_state(gate, BreakerState.CLOSED, f"{'probe' if probing else 'attempt'} succeeded"
+                                                       f" (HTTP {result.http_status})")
             return
         # A 4xx other than 408/429 says the endpoint is up and answering: it does not trip the breaker.
         status = result.http_status
         if status is not None and 400 <= status < 500 and status not in (408, 429):
-            gate.consecutive_failures = 0
+            gate.consecutive_failures = gate.failed_probes = 0
             if gate.state == BreakerState.HALF_OPEN:
-                self._set_state(gate, BreakerState.CLOSED)
+                self._set_state(gate, BreakerState.CLOSED, f"probe answered HTTP {status}: the endpoint is up")
             return
         gate.consecutive_failures += 1
-        if gate.state == BreakerState.HALF_OPEN or gate.consecutive_failures >= self._failure_threshold:
-            gate.open_until = self._clock() + self._open_s
-            self._set_state(gate, BreakerState.OPEN)
+        if probing or gate.state == BreakerState.HALF_OPEN:
+            gate.failed_probes += 1
+            why = f"probe failed: {loggable(result.error)}"
+        elif gate.consecutive_failures >= self._failure_threshold:
+            why = f"{gate.consecutive_failures} consecutive failures, the last: {loggable(result.error)}"
+        else:
+            return
+        gate.open_until = self._clock() + self._open_s
+        self._set_state(gate, BreakerState.OPEN, why)

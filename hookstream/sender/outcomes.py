@@ -23,7 +23,7 @@ import orjson
 from hookstream.core import liveness, metrics
 from hookstream.core.errors import describe, is_transient, isolate_poison, retry_transient
 from hookstream.core.kafka import RenewableProducer, discard
-from hookstream.core.model import AttemptRecord, Failed, Succeeded
+from hookstream.core.model import AttemptRecord, Deferred, Failed, Succeeded
 from hookstream.core.states import AttemptStatus
 from hookstream.core.tasks import cancel_and_wait
 
@@ -109,16 +109,18 @@ FOR UPDATE OF h
 """
 
 # A deferral puts the task back without using up an attempt: an automatic one into the automatic
-# schedule (same retry index), a manual one into the manual request.
+# schedule (same retry index), a manual one into the manual request. A breaker's hold also says so
+# in last_error (``note``: waiting for the probe, and until when); other deferrals leave it alone.
 _DEFER_DELIVERIES_SQL = """
 UPDATE deliveries AS d SET
     next_attempt_at = CASE WHEN u.manual THEN d.next_attempt_at ELSE u.next_attempt_at END,
     next_retry_index = CASE WHEN u.manual THEN d.next_retry_index ELSE u.retry_index END,
     manual_due_at = CASE WHEN u.manual THEN u.next_attempt_at ELSE d.manual_due_at END,
+    last_error = COALESCE(u.note, d.last_error),
     next_manual = false,
     in_flight = false
-FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[])
-    AS u(id, attempt, next_attempt_at, retry_index, manual)
+FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[], $6::text[])
+    AS u(id, attempt, next_attempt_at, retry_index, manual, note)
 WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
@@ -142,12 +144,7 @@ async def write_outcomes(conn: asyncpg.Connection | asyncpg.Pool, records: list[
             await write_outcomes(one, records)
         return
     if deferred:
-        await conn.execute(
-            _DEFER_DELIVERIES_SQL,
-            [r.task.delivery_id for r in deferred], [r.task.attempt for r in deferred],
-            [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
-            [r.task.manual for r in deferred],
-        )
+        await write_deferrals(conn, deferred)
     finishing = sorted({r.task.delivery_id for r in records if finishes_ordered(r)})
     if finishing and isinstance(conn, asyncpg.Pool):
         async with conn.acquire() as one, one.transaction():
@@ -188,6 +185,18 @@ STATS_SHARD = secrets.randbelow(32768)
 
 def _json_or_none(value: object) -> str | None:
     return None if value is None else orjson.dumps(value).decode()
+
+
+async def write_deferrals(conn: asyncpg.Connection | asyncpg.Pool, deferred: list[AttemptRecord]) -> None:
+    """Put deferred deliveries back in the schedule (one statement); a breaker's hold also writes its
+    reason, which says until when, as the delivery's ``last_error``."""
+    await conn.execute(
+        _DEFER_DELIVERIES_SQL,
+        [r.task.delivery_id for r in deferred], [r.task.attempt for r in deferred],
+        [r.next_attempt_at for r in deferred], [r.task.retry_index for r in deferred],
+        [r.task.manual for r in deferred],
+        [r.result.reason if isinstance(r.result, Deferred) and r.result.breaker else None for r in deferred],
+    )
 
 
 class OutcomeSink:

@@ -22,6 +22,7 @@ from hookstream.core import liveness, metrics
 from hookstream.core.deliveries import fail_undeliverable
 from hookstream.core.errors import Stopped, describe, retry_transient
 from hookstream.core.kafka import RenewableProducer, send_isolated
+from hookstream.core.logs import loggable
 from hookstream.core.model import DeliveryTask, format_rfc3339
 
 log = logging.getLogger(__name__)
@@ -36,9 +37,14 @@ PUMP_IDLE_MAX_S = 1.0
 BACKLOG_REFRESH_S = 5.0
 HEARTBEAT = "retry-pump"
 
+# window_from: when the delivery's retry window began (its first attempt, else its creation), which
+# bounds how long an open circuit breaker may hold it back; one index probe per claimed row
+# (attempts_delivery), in the pump's batch statement, none on the sender's path.
 _SELECT_TASK = """
 SELECT d.id, d.webhook_id, d.event_id, d.event_type, d.store_id, d.attempts, d.next_retry_index,
-       d.resource_key IS NOT NULL AS ordered, e.organization_id, e.occurred_at, e.body
+       d.resource_key IS NOT NULL AS ordered, e.organization_id, e.occurred_at, e.body,
+       COALESCE((SELECT a.started_at FROM attempts a WHERE a.delivery_id = d.id ORDER BY a.attempt LIMIT 1),
+                d.created_at) AS window_from
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
 """
 # Due manual requests (redeliveries, test sends: few, and a person waits for them; then bulk
@@ -91,7 +97,7 @@ def task_from_row(row: asyncpg.Record, *, manual: bool) -> DeliveryTask:
         event_id=row["event_id"], event_type=row["event_type"], store_id=row["store_id"],
         occurred_at=format_rfc3339(row["occurred_at"]), attempt=row["attempts"] + 1,
         retry_index=0 if manual else row["next_retry_index"] or 0, manual=manual, body=row["body"],
-        ordered=row["ordered"],
+        ordered=row["ordered"], window_from=format_rfc3339(row["window_from"]),
     )
 
 
@@ -117,6 +123,13 @@ async def pump_due_retries(pool: asyncpg.Pool, producer: RenewableProducer, deli
             await fail_undeliverable(conn, refused)
             metrics.POISON_RECORDS.labels("retry_pump", "failed").inc(len(refused))
             log.error("%d delivery tasks refused by Kafka; their deliveries are marked failed", len(refused))
+    # once committed: the operator's line for each delivery that ended failed
+    for task, exc in zip(tasks, results, strict=True):
+        if exc is not None:
+            log.info("delivery failed", extra={
+                "webhook_id": task.webhook_id, "organization_id": loggable(task.organization_id),
+                "event_id": loggable(task.event_id), "event_type": loggable(task.event_type),
+                "attempts": task.attempt - 1, "error": loggable(f"Kafka refused the delivery task: {describe(exc)}")})
     return len(tasks)
 
 

@@ -37,6 +37,7 @@ from hookstream.core.kafka import (
     make_consumer,
     open_producer,
 )
+from hookstream.core.logs import LogSampler, loggable
 from hookstream.core.model import (
     AttemptRecord,
     AttemptResult,
@@ -45,6 +46,7 @@ from hookstream.core.model import (
     DeliveryTask,
     Failed,
     Succeeded,
+    format_rfc3339,
     parse_validated_rfc3339,
 )
 from hookstream.core.retry import RetryPolicy
@@ -67,6 +69,10 @@ HEARTBEAT = "sender"
 # to allow for clock differences between the producing router and this sender.
 REPLAY_CLOCK_SKEW_MS = 10_000
 FETCH_MAX_RECORDS = 500
+# Failed attempts that will be retried are logged at INFO at most this often per sender; the rest at
+# DEBUG, with one line saying how many were suppressed (a failing endpoint cannot fill the disk).
+RETRY_LOG_LIMIT = 20
+RETRY_LOG_INTERVAL_S = 60.0
 
 # The claim an ordered delivery's automatic attempt takes just before it is POSTed (0004_ordering.sql):
 # another copy of the same attempt (Kafka is at least once) is not sent while it holds, nor once
@@ -84,11 +90,20 @@ class _ClaimRefused(Exception):
 
 
 def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolicy, started_at: dt.datetime,
-                   duration_ms: float) -> AttemptRecord:
-    """Turn an attempt's result into its durable record: succeeded, retrying (with when) or failed."""
+                   duration_ms: float, *, hold_slack_s: float = 0.0) -> AttemptRecord:
+    """Turn an attempt's result into its durable record: succeeded, retrying (with when), failed, or
+    deferred (put back without an attempt).
+
+    A breaker's hold (a :class:`Deferred` with ``breaker``) keeps the delivery's retry index: it waits
+    for the probe, but not past :meth:`RetryPolicy.hold_deadline` (its retry window plus
+    ``hold_slack_s``): it comes back by then at the latest, and a hold after it fails the delivery.
+    A manual attempt is never held: refused, it fails at once (one attempt, as always).
+    """
     if isinstance(result, Succeeded):
         return AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.SUCCEEDED)
     if isinstance(result, Deferred):
+        if result.breaker:
+            return _decide_hold(task, result, policy, started_at, duration_ms, hold_slack_s)
         record = AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.DEFERRED)
         jitter = random.uniform(0, result.delay_s / 2)
         return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(
@@ -97,10 +112,32 @@ def decide_outcome(task: DeliveryTask, result: AttemptResult, policy: RetryPolic
         task.retry_index, retryable=result.retryable, retry_after_s=result.retry_after_s)
     if delay_s is None:
         return AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.FAILED)
-    # A delivery deferred by an open breaker is retried no earlier than the breaker's probe.
-    delay_s = max(delay_s, result.not_before_s)
     record = AttemptRecord(task, started_at, duration_ms, result, AttemptStatus.RETRYING)
     return dataclasses.replace(record, next_attempt_at=record.finished_at + dt.timedelta(seconds=delay_s))
+
+
+def _decide_hold(task: DeliveryTask, held: Deferred, policy: RetryPolicy, started_at: dt.datetime,
+                 duration_ms: float, slack_s: float) -> AttemptRecord:
+    if task.manual:
+        refused = Failed(retryable=False, error=held.reason, sent=False)
+        return AttemptRecord(task, started_at, duration_ms, refused, AttemptStatus.FAILED)
+    window_from = started_at
+    if task.window_from is not None:
+        with contextlib.suppress(ValueError):
+            window_from = min(started_at, parse_validated_rfc3339(task.window_from))
+    deadline = policy.hold_deadline(window_from, slack_s)
+    if started_at >= deadline:
+        expired = Failed(retryable=False, sent=False, error=(
+            f"circuit breaker stayed open past the retry window ({policy.window_s + slack_s:g}s after"
+            f" {format_rfc3339(window_from, timespec='milliseconds')}); not sent"))
+        return AttemptRecord(task, started_at, duration_ms, expired, AttemptStatus.FAILED)
+    # Spread like the fair-capacity deferrals, but back by the deadline at the latest.
+    finished_at = started_at + dt.timedelta(milliseconds=duration_ms)
+    due = min(finished_at + dt.timedelta(seconds=held.delay_s + random.uniform(0, held.delay_s / 2)), deadline)
+    which = f"retry {task.retry_index} of {policy.max_retries}" if task.retry_index else "the first attempt"
+    shown = dataclasses.replace(held, reason=f"{held.reason}, waiting for its probe; next try at"
+                                             f" {format_rfc3339(due, timespec='milliseconds')}, still {which}")
+    return AttemptRecord(task, started_at, duration_ms, shown, AttemptStatus.DEFERRED, next_attempt_at=due)
 
 
 def make_sender_consumer(settings: Settings) -> AIOKafkaConsumer:
@@ -125,6 +162,7 @@ class Sender:
             failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
             max_in_flight=settings.sender_max_in_flight)
         self._tracker = OffsetTracker()
+        self._retry_lines = LogSampler(RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
@@ -223,7 +261,8 @@ class Sender:
             log.exception("attempt crashed; recorded as a failed attempt",
                           extra={"webhook_id": task.webhook_id, "event_id": task.event_id})
             failed = Failed(retryable=True, error=storable_error(f"internal error: {describe(exc)}"))
-            record = decide_outcome(task, failed, self._policy, dt.datetime.now(dt.UTC), 0.0)
+            record = decide_outcome(task, failed, self._policy, dt.datetime.now(dt.UTC), 0.0,
+                                    hold_slack_s=self._settings.breaker_open_s)
         if record is not None:
             await self._sink.record(record)
             self._observe(record)
@@ -258,7 +297,8 @@ class Sender:
                 # sender died mid-POST), this one is attempted once the claim has lapsed.
                 result = Deferred("another copy of this ordered attempt is being sent", self._claim_lease_s)
         duration_ms = (time.perf_counter() - clock) * 1000
-        return decide_outcome(task, result, self._policy, started_at, duration_ms)
+        return decide_outcome(task, result, self._policy, started_at, duration_ms,
+                              hold_slack_s=self._settings.breaker_open_s)
 
     @property
     def _claim_lease_s(self) -> float:
@@ -285,6 +325,7 @@ class Sender:
                                      extra={"webhook_id": webhook_id})
 
     def _observe(self, record: AttemptRecord) -> None:
+        self._log_outcome(record)
         if record.status == AttemptStatus.DEFERRED:
             return
         outcome = "success" if record.status == AttemptStatus.SUCCEEDED else "failure"
@@ -300,10 +341,38 @@ class Sender:
             with contextlib.suppress(ValueError):
                 occurred = parse_validated_rfc3339(record.task.occurred_at)
                 metrics.DELIVERY_LATENCY.observe(max(0.0, (dt.datetime.now(dt.UTC) - occurred).total_seconds()))
-        if log.isEnabledFor(logging.DEBUG):
-            log.debug("attempt %s", record.status, extra={"event_id": record.task.event_id,
-                                                          "webhook_id": record.task.webhook_id,
-                                                          "attempt": record.task.attempt})
+
+    def _log_outcome(self, record: AttemptRecord) -> None:
+        """The operator's lines, once the outcome is durable: every delivery that ends ``failed`` (and
+        every manual attempt that fails) at INFO; attempts that will be retried at INFO up to
+        ``RETRY_LOG_LIMIT`` per ``RETRY_LOG_INTERVAL_S``, then at DEBUG with one summary line of how
+        many were suppressed; successes and deferrals at DEBUG. Tenant text goes through ``loggable``."""
+        task = record.task
+        if record.status in (AttemptStatus.SUCCEEDED, AttemptStatus.DEFERRED):
+            if log.isEnabledFor(logging.DEBUG):
+                log.debug("attempt %s", record.status, extra={"event_id": loggable(task.event_id),
+                                                              "webhook_id": task.webhook_id,
+                                                              "attempt": task.attempt})
+            return
+        level = logging.INFO
+        if record.status == AttemptStatus.RETRYING:
+            admitted, suppressed = self._retry_lines.admit()
+            if suppressed:
+                log.info("suppressed %d lines of failed attempts that will be retried (at most %d per %gs)",
+                         suppressed, RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
+            if not admitted:
+                if not log.isEnabledFor(logging.DEBUG):
+                    return
+                level = logging.DEBUG
+        extra = {"webhook_id": task.webhook_id, "organization_id": loggable(task.organization_id),
+                 "event_id": loggable(task.event_id), "event_type": loggable(task.event_type),
+                 "attempts": task.attempt, "error": loggable(record.error or "")}
+        if record.status == AttemptStatus.RETRYING:
+            if record.next_attempt_at is not None:
+                extra["next_attempt_at"] = format_rfc3339(record.next_attempt_at, timespec="milliseconds")
+            log.log(level, "attempt failed; it will be retried", extra=extra)
+        else:
+            log.info("manual attempt failed" if task.manual else "delivery failed", extra=extra)
 
     async def _wait_for_tasks(self, tasks: set[asyncio.Task], timeout_s: float) -> None:
         if tasks:

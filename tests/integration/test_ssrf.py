@@ -181,7 +181,7 @@ async def test_post_to_a_non_canonical_loopback_literal_never_connects(guarded, 
 async def test_private_literal_is_reachable_when_private_networks_are_allowed(open_session, receiver) -> None:
     """The control: the refusals above come from the guard, not from a broken receiver."""
     result, _ = await attempt(open_session, receiver.url("/hook"), allow_private_networks=True)
-    assert result == Succeeded(http_status=200, response_excerpt="ok")
+    assert isinstance(result, Succeeded) and (result.http_status, result.response_excerpt) == (200, "ok")
     assert [r.path for r in receiver.requests] == ["/hook"]
 
 

@@ -94,10 +94,10 @@ async def call_n(
 
 
 def assert_refused(result: AttemptResult, text: str) -> None:
-    assert isinstance(result, Failed)
-    assert result.sent is False
-    assert result.retryable is True
-    assert text in result.error
+    """A breaker's refusal is a hold: put back for the probe, not a failed attempt (no retry used)."""
+    assert isinstance(result, Deferred)
+    assert result.breaker is True
+    assert text in result.reason
 
 
 # ------------------------------------------------------------------------------------------ breaker
@@ -393,13 +393,48 @@ async def test_deferrals_do_not_trip_the_breaker() -> None:
     assert gates.state_of(WH) == BreakerState.CLOSED
 
 
-async def test_open_breaker_defers_the_retry_until_its_probe() -> None:
+async def test_open_breaker_holds_the_delivery_until_its_probe() -> None:
     clock = FakeClock()
     gates, endpoint = make_gates(clock, threshold=2, open_s=30.0), Endpoint(HTTP_500)
     await call_n(gates, endpoint, 2)
     clock.advance(10)
     refused = await gates.call(WH, endpoint)
-    assert isinstance(refused, Failed) and refused.not_before_s == pytest.approx(20.0)
+    assert isinstance(refused, Deferred) and refused.breaker and refused.delay_s == pytest.approx(20.0)
+    assert refused.reason == "circuit breaker open: endpoint is failing; not sent"
+
+
+async def test_half_open_breaker_holds_deliveries_for_an_open_period() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=1, open_s=30.0)
+    await gates.call(WH, Endpoint(HTTP_500))
+    clock.advance(30)
+    probe = BlockingEndpoint(HTTP_500)
+    probe_task = asyncio.create_task(gates.call(WH, probe))
+    await wait_until(lambda: probe.running == 1)
+    held = await gates.call(WH, Endpoint(OK))
+    assert isinstance(held, Deferred) and held.breaker and held.delay_s == pytest.approx(30.0)
+    probe.release.set()
+    await probe_task
+
+
+async def test_holds_spread_out_while_probes_keep_failing_and_not_once_it_closes() -> None:
+    clock = FakeClock()
+    gates = make_gates(clock, threshold=1, open_s=10.0)
+    await gates.call(WH, Endpoint(HTTP_500))
+    delays = []
+    for _ in range(5):
+        held = await gates.call(WH, Endpoint(OK))
+        assert isinstance(held, Deferred)
+        delays.append(held.delay_s)
+        clock.advance(10)
+        assert await gates.call(WH, Endpoint(HTTP_500)) == HTTP_500  # the probe fails
+    # the first hold waits just for the probe; then one more open period per failed probe, at most 3
+    assert delays == pytest.approx([10.0, 20.0, 30.0, 40.0, 40.0])
+    clock.advance(10)
+    assert await gates.call(WH, Endpoint(OK)) is OK
+    await gates.call(WH, Endpoint(HTTP_500))  # opens again (threshold 1): the spread starts over
+    held = await gates.call(WH, Endpoint(OK))
+    assert isinstance(held, Deferred) and held.delay_s == pytest.approx(10.0)
 
 
 # ------------------------------------------------------------------------------------- fair capacity

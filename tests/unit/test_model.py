@@ -14,6 +14,7 @@ from hookstream.core.model import (
     DELIVERY_TASK_VERSION,
     AttemptRecord,
     BadTaskError,
+    Deferred,
     DeliveryTask,
     Failed,
     Succeeded,
@@ -80,6 +81,7 @@ def test_encode_decode_round_trip() -> None:
         {"body": ""},
         {"event_type": "webhook.test"},
         {"delivery_id": 2**62},
+        {"window_from": "2026-11-27T10:15:00.123Z"},
     ],
 )
 def test_round_trip_variants(changes: dict) -> None:
@@ -92,6 +94,10 @@ def test_encoding_is_versioned_json_with_every_field() -> None:
     assert obj["v"] == DELIVERY_TASK_VERSION == 1
     assert set(obj) == {"v"} | {f.name for f in dataclasses.fields(DeliveryTask)}
     assert obj["body"] == TASK.body
+
+
+def test_a_task_without_a_window_start_decodes_as_one_from_the_router() -> None:
+    assert DeliveryTask.decode(encoded_without("window_from")).window_from is None
 
 
 def test_kafka_key_is_per_delivery() -> None:
@@ -178,7 +184,8 @@ def record(
         (HTTP_500, "retrying"),
         (TIMEOUT, "retrying"),
         (GONE, "failed"),
-        (Failed(True, "circuit breaker open: endpoint is failing; not sent", sent=False), "retrying"),
+        (Failed(False, "circuit breaker stayed open past the retry window (2190s after ...); not sent",
+                sent=False), "failed"),
     ],
 )
 def test_status_record_has_exactly_the_contract_keys_and_validates(
@@ -332,13 +339,67 @@ def test_decided_records_validate_against_the_status_schema() -> None:
         assert validate_status_record(obj) is None
 
 
-def test_breaker_deferral_schedules_the_retry_no_earlier_than_the_probe() -> None:
-    deferred = Failed(retryable=True, error="circuit breaker open", sent=False, not_before_s=120.0)
-    rec = decide_outcome(task(retry_index=0), deferred, EXACT, STARTED, 0.0)
-    assert rec.status == "retrying" and rec.next_attempt_at == STARTED + dt.timedelta(seconds=120)
-    short = Failed(retryable=True, error="circuit breaker open", sent=False, not_before_s=1.0)
-    assert decide_outcome(task(retry_index=0), short, EXACT, STARTED, 0.0).next_attempt_at == STARTED + dt.timedelta(
-        seconds=30)
+HOLD = Deferred("circuit breaker open: endpoint is failing; not sent", 20.0, breaker=True)
+# EXACT's window: 30 s + 5 min + 30 min, no jitter; the sender's slack is one open period
+WINDOW_S = 2130.0
+
+
+def test_a_breaker_hold_keeps_the_retry_and_waits_for_the_probe() -> None:
+    for retry_index in (0, 1, 3):
+        the_task = task(retry_index=retry_index, attempt=retry_index + 1)
+        rec = decide_outcome(the_task, HOLD, EXACT, STARTED, 0.0, hold_slack_s=30.0)
+        assert rec.status == "deferred" and rec.task.retry_index == retry_index  # no retry used
+        assert rec.next_attempt_at is not None
+        assert 20.0 <= (rec.next_attempt_at - STARTED).total_seconds() <= 30.0  # the probe, spread by half
+        assert isinstance(rec.result, Deferred)
+        # what the delivery log shows as last_error: why, and until when
+        assert rec.result.reason.startswith(HOLD.reason + ", waiting for its probe; next try at ")
+        assert format_rfc3339(rec.next_attempt_at, timespec="milliseconds") in rec.result.reason
+        assert ("still the first attempt" if retry_index == 0 else f"still retry {retry_index} of 3") in rec.result.reason
+
+
+def test_a_breaker_hold_never_reaches_past_the_retry_window() -> None:
+    window_from = STARTED - dt.timedelta(seconds=WINDOW_S + 30 - 5)  # 5 s left
+    the_task = task(retry_index=2, attempt=3, window_from=format_rfc3339(window_from))
+    rec = decide_outcome(the_task, HOLD, EXACT, STARTED, 0.0, hold_slack_s=30.0)
+    assert rec.status == "deferred"
+    assert rec.next_attempt_at == STARTED + dt.timedelta(seconds=5)  # back at the deadline, not 20 s later
+
+
+@pytest.mark.parametrize("retry_index", [0, 2])
+def test_a_breaker_hold_after_the_retry_window_fails_the_delivery(retry_index: int) -> None:
+    window_from = STARTED - dt.timedelta(seconds=WINDOW_S + 30)
+    the_task = task(retry_index=retry_index, attempt=retry_index + 1, window_from=format_rfc3339(window_from))
+    rec = decide_outcome(the_task, HOLD, EXACT, STARTED, 0.0, hold_slack_s=30.0)
+    assert rec.status == "failed" and rec.next_attempt_at is None
+    assert rec.error is not None and rec.error.startswith("circuit breaker stayed open past the retry window")
+    assert rec.http_status is None
+    assert validate_status_record(orjson.loads(rec.status_record())) is None
+    # a moment earlier it is still held
+    early = decide_outcome(the_task, HOLD, EXACT, STARTED - dt.timedelta(seconds=1), 0.0, hold_slack_s=30.0)
+    assert early.status == "deferred"
+
+
+def test_a_window_start_from_the_future_or_unreadable_counts_from_now() -> None:
+    for window_from in (format_rfc3339(STARTED + dt.timedelta(days=365)), "not a time"):
+        rec = decide_outcome(task(retry_index=1, attempt=2, window_from=window_from), HOLD, EXACT, STARTED, 0.0)
+        assert rec.status == "deferred"
+
+
+def test_a_manual_attempt_is_never_held_it_fails_saying_why() -> None:
+    rec = decide_outcome(task(manual=True), HOLD, EXACT, STARTED, 0.0, hold_slack_s=30.0)
+    assert rec.status == "failed" and rec.error == HOLD.reason
+
+
+def test_other_deferrals_are_not_bounded_by_the_window() -> None:
+    window_from = format_rfc3339(STARTED - dt.timedelta(days=3))
+    rec = decide_outcome(task(window_from=window_from), Deferred("saturated", 1.0), EXACT, STARTED, 0.0)
+    assert rec.status == "deferred" and rec.result == Deferred("saturated", 1.0)
+
+
+def test_the_window_is_every_delay_at_its_jitter_cap() -> None:
+    assert POLICY.window_s == pytest.approx(2130.0 * 1.2)
+    assert EXACT.hold_deadline(STARTED, 30.0) == STARTED + dt.timedelta(seconds=2160)
 
 
 @pytest.mark.parametrize("text", ["2026-03-01T10:00:00Z", "2026-03-01T10:00:00.123456+02:00",
