@@ -29,8 +29,9 @@ import orjson
 from aiokafka import AIOKafkaConsumer
 from aiokafka.admin import AIOKafkaAdminClient
 
+from hookstream.core.kafka import open_producer
 from hookstream.core.orgs import create_organization
-from hookstream.core.publish import make_event
+from hookstream.core.publish import make_event, publish_event
 from hookstream.core.signing import generate_secret
 from hookstream.core.validation import EVENT_TYPES
 
@@ -240,6 +241,13 @@ def sample_data(event_type: str, n: int = 1) -> dict:
 def sample_event(event_type: str, org_id: str, store_id: str, n: int = 1, event_id: str | None = None) -> dict:
     return make_event(event_type, organization_id=org_id, store_id=store_id, data=sample_data(event_type, n),
                       event_id=event_id)
+
+
+async def publish_events(settings, events: Iterable[dict]) -> None:
+    """Publish domain events to ``settings``' source topics, one producer, in order."""
+    async with open_producer(settings.kafka_bootstrap_servers) as producer:
+        for event in events:
+            await publish_event(producer, event, settings.source_topics)
 
 
 async def delivery_states(conn: asyncpg.Connection, webhook_id: str) -> dict[str, tuple[str, int]]:

@@ -12,23 +12,16 @@ import orjson
 import pytest
 
 from hookstream.core.db import open_pool
-from hookstream.core.kafka import open_producer
 from hookstream.core.model import AttemptRecord, Deferred, DeliveryTask, Failed, parse_validated_rfc3339
-from hookstream.core.publish import make_event, publish_event
+from hookstream.core.publish import make_event
 from hookstream.core.retry import RetryPolicy
 from hookstream.sender import retries
 from hookstream.sender.outcomes import write_outcomes
 from hookstream.sender.sender import decide_outcome
 from tests.receiver import Behaviour, Receiver
-from tests.support import free_port, make_org, make_webhook, sample_event, wait_for
+from tests.support import free_port, make_org, make_webhook, publish_events, sample_event, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
-
-
-async def publish(hs_settings, events) -> None:
-    async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
-        for event in events:
-            await publish_event(producer, event, hs_settings.source_topics)
 
 
 def log_lines(proc, text: str) -> list[str]:
@@ -39,26 +32,33 @@ async def requests_per_event(receiver: Receiver, path: str) -> collections.Count
     return collections.Counter(r.headers["webhook-id"] for r in receiver.at(path))
 
 
+async def failing_and_healthy(db, receiver: Receiver, path: str) -> tuple[str, str, str, str]:
+    """(shop, other, webhook, healthy): the shop's webhook at ``path`` answers 500; another
+    organization's webhook at /healthy answers 200. Both take order.created from store s1."""
+    shop, _ = await make_org(db, "Shop", stores=("s1",))
+    other, _ = await make_org(db, "Other", stores=("s1",))
+    hook, _ = await make_webhook(db, shop, receiver.url(path), event_types=["order.created"], store_ids=["s1"])
+    healthy, _ = await make_webhook(db, other, receiver.url("/healthy"), event_types=["order.created"],
+                                    store_ids=["s1"])
+    receiver.set(path, Behaviour(status=500))
+    return shop, other, hook, healthy
+
+
 async def test_refusals_while_open_use_no_retry_and_deliver_once_the_endpoint_recovers(db, hs_settings, spawn):
     async with Receiver() as receiver:
-        shop, _ = await make_org(db, "Shop", stores=("s1",))
-        other, _ = await make_org(db, "Other", stores=("s1",))
-        flaky, _ = await make_webhook(db, shop, receiver.url("/flaky"), event_types=["order.created"], store_ids=["s1"])
-        healthy, _ = await make_webhook(db, other, receiver.url("/healthy"), event_types=["order.created"],
-                                        store_ids=["s1"])
-        receiver.set("/flaky", Behaviour(status=500))
+        shop, other, flaky, healthy = await failing_and_healthy(db, receiver, "/flaky")
         # a retry window (42 s) longer than the test keeps the endpoint down; probes every second
         env = {"HOOKSTREAM_RETRY_DELAYS": "5s,10s,20s", "HOOKSTREAM_BREAKER_OPEN": "1s"}
         metrics_port = free_port()
         spawn("router", env=env)
         sender = spawn("sender", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
         events = [sample_event("order.created", shop, "s1", n, event_id=f"evt_flaky_{n}") for n in range(100)]
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
         await wait_for(lambda: log_lines(sender, "circuit breaker opened"), timeout_s=90, message="the breaker opened")
 
         # while it is open (the endpoint still fails), another tenant's webhook delivers at once
         fine = [sample_event("order.created", other, "s1", n, event_id=f"evt_fine_{n}") for n in range(20)]
-        await publish(hs_settings, fine)
+        await publish_events(hs_settings, fine)
         await wait_for(lambda: db.fetchval("SELECT count(*) = 20 FROM deliveries WHERE webhook_id = $1"
                                            " AND status = 'succeeded' AND attempts = 1", healthy),
                        timeout_s=60, message="the healthy tenant's deliveries")
@@ -98,19 +98,14 @@ async def test_a_dead_endpoint_fails_its_deliveries_once_the_retry_window_is_ove
     open_s = 1.0
     window_s = RetryPolicy(delays_s, 0.2).window_s + open_s  # the schedule's span at its cap, plus one period
     async with Receiver() as receiver:
-        shop, _ = await make_org(db, "Shop", stores=("s1",))
-        other, _ = await make_org(db, "Other", stores=("s1",))
-        dead, _ = await make_webhook(db, shop, receiver.url("/dead"), event_types=["order.created"], store_ids=["s1"])
-        healthy, _ = await make_webhook(db, other, receiver.url("/healthy"), event_types=["order.created"],
-                                        store_ids=["s1"])
-        receiver.set("/dead", Behaviour(status=500))
+        shop, other, dead, healthy = await failing_and_healthy(db, receiver, "/dead")
         env = {"HOOKSTREAM_RETRY_DELAYS": "1s,1s,1s", "HOOKSTREAM_BREAKER_OPEN": "1s"}
         spawn("router", env=env)
         sender = spawn("sender", env={**env, "HOOKSTREAM_LOG_FORMAT": "json"})
         events = [sample_event("order.created", shop, "s1", n, event_id=f"evt_dead_{n}") for n in range(60)]
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
         fine = [sample_event("order.created", other, "s1", n, event_id=f"evt_fine_{n}") for n in range(10)]
-        await publish(hs_settings, fine)
+        await publish_events(hs_settings, fine)
         await wait_for(lambda: db.fetchval("SELECT count(*) = 60 FROM deliveries WHERE webhook_id = $1"
                                            " AND status = 'failed'", dead),
                        timeout_s=150, message="every delivery to the dead endpoint failed")
@@ -168,7 +163,7 @@ async def test_ordered_deliveries_held_by_the_breaker_keep_their_order(db, hs_se
                              data={"order": {"id": f"ord_{r}", "total": f"{k}.00", "currency": "EUR"}},
                              event_id=f"evt_{r}_{k}")
                   for k in range(per_order) for r in range(orders)]
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
         await wait_for(lambda: log_lines(sender, "circuit breaker opened"), timeout_s=90, message="the breaker opened")
         await wait_for(lambda: db.fetchval("SELECT count(*) > 0 FROM deliveries WHERE webhook_id = $1"
                                            " AND last_error LIKE 'circuit breaker %'", hook),

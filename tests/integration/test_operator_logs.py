@@ -15,24 +15,16 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from hookstream.api.app import build_app
 from hookstream.core.db import open_pool
-from hookstream.core.kafka import open_producer
 from hookstream.core.orgs import create_organization
-from hookstream.core.publish import publish_event
 from hookstream.core.settings import Settings
 from hookstream.sender.sender import RETRY_LOG_LIMIT
 from tests.receiver import Behaviour, Receiver
-from tests.support import ApiOrg, free_port, make_org, make_webhook, sample_event, wait_for
+from tests.support import ApiOrg, free_port, make_org, make_webhook, publish_events, sample_event, wait_for
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(240)]
 
 # A text log line starts with its time: "2026-12-02 06:00:00,123 INFO    hookstream...".
 LINE_START = re.compile(r"^\d{4}-\d{2}-\d{2} \d{2}:\d{2}:\d{2},\d{3} (DEBUG|INFO|WARNING|ERROR|CRITICAL)\s")
-
-
-async def publish(hs_settings, events) -> None:
-    async with open_producer(hs_settings.kafka_bootstrap_servers) as producer:
-        for event in events:
-            await publish_event(producer, event, hs_settings.source_topics)
 
 
 async def test_a_flood_of_failed_attempts_that_will_be_retried_logs_a_bounded_number_of_lines(db, hs_settings, spawn):
@@ -44,7 +36,7 @@ async def test_a_flood_of_failed_attempts_that_will_be_retried_logs_a_bounded_nu
         metrics_port = free_port()
         spawn("router", env=env)
         sender = spawn("sender", env={**env, "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{metrics_port}"})
-        await publish(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(300)])
+        await publish_events(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(300)])
         await wait_for(lambda: db.fetchval("SELECT count(*) = 300 FROM attempts WHERE outcome = 'retrying'"),
                        timeout_s=120, message="300 failed first attempts recorded")
         # an outcome is logged just after it is durable, before the sender counts its retry: wait for all 300
@@ -90,7 +82,7 @@ async def test_an_endpoints_hostile_error_text_stays_on_one_line_without_the_url
         env = {"HOOKSTREAM_RETRY_DELAYS": "100ms,100ms,100ms"}
         spawn("router", env=env)
         sender = spawn("sender", env=env)
-        await publish(hs_settings, [sample_event("order.created", org, "s1", 1, event_id="evt_hostile")])
+        await publish_events(hs_settings, [sample_event("order.created", org, "s1", 1, event_id="evt_hostile")])
         await wait_for(lambda: db.fetchval("SELECT status = 'failed' FROM deliveries WHERE webhook_id = $1", hook),
                        timeout_s=60, message="the delivery failed after its retries")
         # stored for the tenant as it came (their own URL, their own bytes) ...

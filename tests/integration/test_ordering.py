@@ -17,14 +17,13 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from hookstream.core.kafka import open_producer
 from hookstream.core.ordering import OrderedResources, resource_key
-from hookstream.core.publish import make_event, publish_event
+from hookstream.core.publish import make_event
 from hookstream.core.settings import Settings
 from hookstream.core.states import DeliveryStatus
 from tests import faults
 from tests.receiver import Behaviour, Receiver
-from tests.support import WaitTimeout, make_org, make_webhook, wait_for
+from tests.support import WaitTimeout, make_org, make_webhook, publish_events, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -45,12 +44,6 @@ def stream(org: str) -> list[dict]:
 
 def every_third(events: list[dict]) -> frozenset[str]:
     return frozenset(e["id"] for n, e in enumerate(events) if n % 3 == 0)
-
-
-async def publish(settings_, events: list[dict]) -> None:
-    async with open_producer(settings_.kafka_bootstrap_servers) as producer:
-        for event in events:
-            await publish_event(producer, event, settings_.source_topics)
 
 
 def receipts_by_resource(requests) -> dict[int, list[int]]:
@@ -96,7 +89,7 @@ async def test_per_resource_order_holds_with_failures_and_the_unordered_webhook_
         events, failing, ordered, unordered = await ordered_and_unordered(db, receiver, "Ordered shop")
         spawn("router")
         spawn("sender", env=NO_BREAKER)
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
         await wait_all_succeeded(db, ordered, 120)
         await wait_all_succeeded(db, unordered, 30)
 
@@ -115,7 +108,7 @@ async def test_per_resource_order_holds_while_a_sender_is_killed_mid_stream(db, 
         events, failing, ordered, unordered = await ordered_and_unordered(db, receiver, "Killed")
         spawn("router")
         doomed = spawn("sender", name="doomed", env=NO_BREAKER)
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
         await wait_for(lambda: len(receiver.at("/ordered")) >= 120, timeout_s=60, message="the stream under way")
         doomed.kill()  # SIGKILL: attempts in flight, outcomes unflushed, offsets uncommitted
         spawn("sender", name="replacement", env=NO_BREAKER)
@@ -133,13 +126,13 @@ async def test_per_resource_order_holds_while_senders_scale_1_3_1(db, hs_setting
         half = len(events) // 2  # events 0-3 of every order, then 4-7
         spawn("router")
         spawn("sender", name="first", env=NO_BREAKER)
-        await publish(hs_settings, events[:half])
+        await publish_events(hs_settings, events[:half])
         await wait_for(lambda: len(receiver.at("/ordered")) >= 80, timeout_s=60, message="the stream under way")
         extra = [spawn("sender", name=f"extra{n}", env=NO_BREAKER) for n in (1, 2)]
         for process in extra:  # the group has rebalanced: each extra replica logged its partitions
             await wait_for(lambda p=process: re.search(r"sender assigned partitions \d", p.output()), timeout_s=60,
                            message="partitions for the extra senders")
-        await publish(hs_settings, events[half:])
+        await publish_events(hs_settings, events[half:])
         await wait_for(lambda: len(receiver.at("/ordered")) >= 300, timeout_s=90, message="three senders at work")
         for process in extra:  # each took part: the group gave it partitions of the delivery topic
             port = int(process.env["HOOKSTREAM_METRICS_LISTEN"].rpartition(":")[2])
@@ -298,7 +291,7 @@ async def test_a_recovery_of_an_ordered_webhook_delivers_each_resource_in_order(
         receiver.set("/ordered", Behaviour(status=410, body="gone"))
         spawn("router")
         spawn("sender")
-        await publish(hs_settings, events)
+        await publish_events(hs_settings, events)
 
         async def all_failed():
             return await db.fetchval("SELECT count(*) FROM deliveries WHERE webhook_id = $1 AND status = 'failed'",

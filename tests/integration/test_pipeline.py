@@ -20,6 +20,7 @@ from tests.support import (
     delivery_states,
     make_org,
     make_webhook,
+    publish_events,
     read_topic,
     read_topic_to_end,
     sample_event,
@@ -28,12 +29,6 @@ from tests.support import (
 )
 
 pytestmark = pytest.mark.integration
-
-
-async def publish_all(settings, events) -> None:
-    async with open_producer(settings.kafka_bootstrap_servers) as producer:
-        for event in events:
-            await publish_event(producer, event, settings.source_topics)
 
 
 async def test_every_event_type_reaches_exactly_the_matching_webhooks(db, hs_settings, spawn):
@@ -50,7 +45,7 @@ async def test_every_event_type_reaches_exactly_the_matching_webhooks(db, hs_set
 
         events = [sample_event(t, org_a, "s1", n) for n, t in enumerate(EVENT_TYPES)]
         events += [sample_event("order.created", org_a, "s2", 100), sample_event("product.created", org_a, "s2", 101)]
-        await publish_all(hs_settings, events)
+        await publish_events(hs_settings, events)
 
         await wait_for(lambda: len(receiver.at("/all-s1")) >= 12 and len(receiver.at("/orders-s2")) >= 1,
                        timeout_s=60, message="deliveries to arrive")
@@ -111,7 +106,7 @@ async def test_retries_redirects_timeouts_and_gone(db, hs_settings, spawn):
         spawn("router", env={"HOOKSTREAM_REQUEST_TIMEOUT": "500ms"})
         spawn("sender", env={"HOOKSTREAM_REQUEST_TIMEOUT": "500ms"})
         event = sample_event("order.created", org, "s1")
-        await publish_all(hs_settings, [event])
+        await publish_events(hs_settings, [event])
 
         async def finished():
             rows = await db.fetch("SELECT webhook_id, status, attempts, last_http_status, last_error"
@@ -159,7 +154,7 @@ async def test_retry_after_is_honoured(db, hs_settings, spawn):
         env = {"HOOKSTREAM_RETRY_DELAYS": "5s,5s,5s"}
         spawn("router", env=env)
         spawn("sender", env=env)
-        await publish_all(hs_settings, [sample_event("order.created", org, "s1")])
+        await publish_events(hs_settings, [sample_event("order.created", org, "s1")])
         await wait_for(lambda: len(receiver.at("/busy")) >= 2, timeout_s=30, message="the retry")
         first, second = receiver.at("/busy")[:2]
         gap = second.at - first.at
@@ -220,7 +215,7 @@ async def test_hanging_endpoint_does_not_slow_healthy_ones(db, hs_settings, spaw
         spawn("router", env=env)
         spawn("sender", env=env)
         started = time.monotonic()
-        await publish_all(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(50)])
+        await publish_events(hs_settings, [sample_event("order.created", org, "s1", n) for n in range(50)])
         await wait_for(lambda: sum(len(receiver.at(f"/ok{n}")) for n in range(4)) >= 200, timeout_s=15,
                        message="all 200 healthy deliveries")
         elapsed = time.monotonic() - started
@@ -245,11 +240,11 @@ async def test_a_saturated_slow_endpoint_defers_without_using_up_attempts(db, hs
         spawn("router", env=env)
         sender = spawn("sender", env=env)
         events = [sample_event("order.created", org, "s1", n) for n in range(12)]
-        await publish_all(hs_settings, events[:4])  # fills the 2 slots and the 2 waiting places
+        await publish_events(hs_settings, events[:4])  # fills the 2 slots and the 2 waiting places
         await wait_for(lambda: len(receiver.at("/slow")) >= 2, timeout_s=30, message="the first slow calls")
         first = receiver.at("/slow")[0].at
         await wait_for(lambda: time.time() - first > 1.05, message="the first call to count as slow")
-        await publish_all(hs_settings, events[4:])  # arrive while the endpoint is slow and full
+        await publish_events(hs_settings, events[4:])  # arrive while the endpoint is slow and full
         await wait_for(lambda: db.fetchval("SELECT count(*) = 12 FROM deliveries WHERE status = 'succeeded'"),
                        timeout_s=90, message="every slow delivery to succeed")
         attempts = await db.fetch("SELECT attempts FROM deliveries")
