@@ -124,6 +124,32 @@ def attempt_json(row: asyncpg.Record, *, with_body: bool = False) -> dict[str, A
     }
 
 
+class Conditions:
+    """SQL conditions ANDed together, with the values of their placeholders: ``add`` fills each ``{}``
+    of a condition with the next ``$n``."""
+
+    def __init__(self, conditions: list[str], args: list[Any]) -> None:
+        self.conditions = conditions
+        self.args = args
+
+    def add(self, condition: str, *values: Any) -> None:
+        placeholders = [f"${len(self.args) + i}" for i in range(1, len(values) + 1)]
+        self.conditions.append(condition.format(*placeholders))
+        self.args.extend(values)
+
+    @property
+    def sql(self) -> str:
+        return " AND ".join(self.conditions)
+
+
+def parse_status(query: Any) -> str | None:
+    """The ``status`` query parameter (a delivery status), or None; a 422 naming it otherwise."""
+    status = query.get("status")
+    if status is not None and status not in STATUSES:
+        raise field_error("status", f"must be one of {', '.join(STATUSES)}")
+    return status
+
+
 def add_type_store_and_time(query: Any, add: Callable[..., None], table: str, time_column: str) -> None:
     """The ``event_type``, ``store_id`` and ``since``/``until`` (on ``time_column``) filters of the
     delivery log and the events explorer, validated (422 naming the parameter) and added with ``add``."""
@@ -150,26 +176,18 @@ def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tup
     """The SQL and arguments of one log page; raises 422/400 naming a bad query parameter. Pure."""
     # The organization check rides along in the same statement (a one-time InitPlan), so the
     # query alone never returns another organization's rows.
-    conditions = ["d.webhook_id = $1",
-                  "EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $1 AND w.organization_id = $2)"]
-    args: list[Any] = [webhook_id, org_id]
-
-    def add(condition: str, *values: Any) -> None:
-        placeholders = [f"${len(args) + i}" for i in range(1, len(values) + 1)]
-        conditions.append(condition.format(*placeholders))
-        args.extend(values)
-
-    if (status := query.get("status")) is not None:
-        if status not in STATUSES:
-            raise field_error("status", f"must be one of {', '.join(STATUSES)}")
-        add("d.status = {}", status)
-    add_type_store_and_time(query, add, "d", "created_at")
+    where = Conditions(["d.webhook_id = $1",
+                        "EXISTS (SELECT 1 FROM webhooks w WHERE w.id = $1 AND w.organization_id = $2)"],
+                       [webhook_id, org_id])
+    if (status := parse_status(query)) is not None:
+        where.add("d.status = {}", status)
+    add_type_store_and_time(query, where.add, "d", "created_at")
     if (raw := query.get("cursor")) is not None:
         created_at, last_id = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
-        add("(d.created_at, d.id) < ({}, {})", created_at, last_id)
-    sql = (f"SELECT {LOG_COLUMNS} FROM deliveries d WHERE {' AND '.join(conditions)}"
-           f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(args) + 1}")
-    return sql, [*args, limit + 1]
+        where.add("(d.created_at, d.id) < ({}, {})", created_at, last_id)
+    sql = (f"SELECT {LOG_COLUMNS} FROM deliveries d WHERE {where.sql}"
+           f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(where.args) + 1}")
+    return sql, [*where.args, limit + 1]
 
 
 async def list_deliveries(request: web.Request) -> web.Response:

@@ -18,7 +18,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hookstream.api.deliveries import STATUSES, add_type_store_and_time
+from hookstream.api.deliveries import Conditions, add_type_store_and_time, parse_status
 from hookstream.api.errors import ApiError, field_error, json_response
 from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
@@ -50,28 +50,20 @@ ORDER BY u.seq, x.delivery_id
 
 def build_events_query(org_id: str, query: Any, limit: int) -> tuple[str, list[Any]]:
     """The SQL and arguments of one explorer page; raises 422/400 naming a bad query parameter. Pure."""
-    conditions, args = ["e.organization_id = $1"], [org_id]
-
-    def add(condition: str, value: Any) -> None:
-        args.append(value)
-        conditions.append(condition.format(f"${len(args)}"))
-
+    where = Conditions(["e.organization_id = $1"], [org_id])
     if (event_id := query.get("event_id")) is not None:
         if not event_id or len(event_id) > MAX_EVENT_ID_CHARS:
             raise field_error("event_id", f"must be 1-{MAX_EVENT_ID_CHARS} characters")
-        add("e.event_id = {}", event_id)
-    if (status := query.get("status")) is not None:
-        if status not in STATUSES:
-            raise field_error("status", f"must be one of {', '.join(STATUSES)}")
-        add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = {})", status)
-    add_type_store_and_time(query, add, "e", "received_at")
+        where.add("e.event_id = {}", event_id)
+    if (status := parse_status(query)) is not None:
+        where.add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = {})", status)
+    add_type_store_and_time(query, where.add, "e", "received_at")
     if (raw := query.get("cursor")) is not None:
         received_at, seq = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
-        args += [received_at, seq]
-        conditions.append(f"(e.received_at, e.seq) < (${len(args) - 1}, ${len(args)})")
+        where.add("(e.received_at, e.seq) < ({}, {})", received_at, seq)
     sql = ("SELECT e.seq, e.event_id, e.event_type, e.store_id, e.occurred_at, e.received_at FROM events e"
-           f" WHERE {' AND '.join(conditions)} ORDER BY e.received_at DESC, e.seq DESC LIMIT ${len(args) + 1}")
-    return sql, [*args, limit + 1]
+           f" WHERE {where.sql} ORDER BY e.received_at DESC, e.seq DESC LIMIT ${len(where.args) + 1}")
+    return sql, [*where.args, limit + 1]
 
 
 async def list_events(request: web.Request) -> web.Response:
