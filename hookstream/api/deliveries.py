@@ -40,6 +40,7 @@ from hookstream.api.params import (
 from hookstream.api.webhooks import TEST_EVENT_TYPE, require_webhook
 from hookstream.core.ordering import PER_RESOURCE
 from hookstream.core.orgs import new_id
+from hookstream.core.partitions import id_range_sql
 from hookstream.core.states import DeliveryStatus
 from hookstream.core.validation import EVENT_TYPES
 
@@ -150,9 +151,12 @@ def parse_status(query: Any) -> str | None:
     return status
 
 
-def add_type_store_and_time(query: Any, add: Callable[..., None], table: str, time_column: str) -> None:
+def add_type_store_and_time(query: Any, add: Callable[..., None], table: str, time_column: str,
+                            id_column: str) -> None:
     """The ``event_type``, ``store_id`` and ``since``/``until`` (on ``time_column``) filters of the
-    delivery log and the events explorer, validated (422 naming the parameter) and added with ``add``."""
+    delivery log and the events explorer, validated (422 naming the parameter) and added with ``add``.
+    A time range also bounds ``id_column`` (ids carry their row's day), so that PostgreSQL reads only
+    the day partitions the range covers."""
     if (event_type := query.get("event_type")) is not None:
         if event_type not in LOG_EVENT_TYPES:
             raise field_error("event_type", f"unknown event type {event_type[:MAX_FILTER_CHARS]!r}")
@@ -170,6 +174,9 @@ def add_type_store_and_time(query: Any, add: Callable[..., None], table: str, ti
         add(f"{table}.{time_column} < {{}}", until)
     if since is not None and until is not None and until <= since:
         raise field_error("until", "must be after since")
+    if since is not None or until is not None:
+        add(id_range_sql(f"{table}.{id_column}", "{}" if since else None, "{}" if until else None),
+            *(t for t in (since, until) if t is not None))
 
 
 def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tuple[str, list[Any]]:
@@ -181,10 +188,11 @@ def build_log_query(webhook_id: str, org_id: str, query: Any, limit: int) -> tup
                        [webhook_id, org_id])
     if (status := parse_status(query)) is not None:
         where.add("d.status = {}", status)
-    add_type_store_and_time(query, where.add, "d", "created_at")
+    add_type_store_and_time(query, where.add, "d", "created_at", "id")
     if (raw := query.get("cursor")) is not None:
         created_at, last_id = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
         where.add("(d.created_at, d.id) < ({}, {})", created_at, last_id)
+        where.add(id_range_sql("d.id", None, "{}"), created_at)
     sql = (f"SELECT {LOG_COLUMNS} FROM deliveries d WHERE {where.sql}"
            f" ORDER BY d.created_at DESC, d.id DESC LIMIT ${len(where.args) + 1}")
     return sql, [*where.args, limit + 1]

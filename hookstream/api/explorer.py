@@ -24,6 +24,7 @@ from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
 from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit
 from hookstream.api.webhooks import require_webhook
+from hookstream.core.partitions import id_range_sql
 
 CURSOR_KIND = "e"
 # The status, event_type and store_id filters walk the organization's events newest first until a
@@ -34,13 +35,15 @@ MAX_DELIVERIES_SHOWN = 20
 MAX_EVENT_ID_CHARS = 256
 
 _DELIVERIES_SQL = f"""
-SELECT u.seq, x.*, (SELECT count(*) FROM deliveries c WHERE c.event_seq = u.seq) AS total
+SELECT u.seq, x.*, (SELECT count(*) FROM deliveries c
+                    WHERE c.event_seq = u.seq AND c.id >= (u.seq >> 36) << 36) AS total
 FROM unnest($1::bigint[]) AS u(seq)
 CROSS JOIN LATERAL (
     SELECT d.id AS delivery_id, d.webhook_id, w.url AS webhook_url, w.description AS webhook_description, d.status, d.attempts,
            d.last_http_status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at, d.finished_at
     FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
-    WHERE d.event_seq = u.seq AND w.organization_id = $2
+    -- an event's deliveries are made on its day or later (a replay), and ids carry the day
+    WHERE d.event_seq = u.seq AND d.id >= (u.seq >> 36) << 36 AND w.organization_id = $2
     ORDER BY d.id
     LIMIT {MAX_DELIVERIES_SHOWN}
 ) AS x
@@ -56,11 +59,13 @@ def build_events_query(org_id: str, query: Any, limit: int) -> tuple[str, list[A
             raise field_error("event_id", f"must be 1-{MAX_EVENT_ID_CHARS} characters")
         where.add("e.event_id = {}", event_id)
     if (status := parse_status(query)) is not None:
-        where.add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.status = {})", status)
-    add_type_store_and_time(query, where.add, "e", "received_at")
+        where.add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.id >= (e.seq >> 36) << 36"
+                  " AND d.status = {})", status)
+    add_type_store_and_time(query, where.add, "e", "received_at", "seq")
     if (raw := query.get("cursor")) is not None:
         received_at, seq = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))
         where.add("(e.received_at, e.seq) < ({}, {})", received_at, seq)
+        where.add(id_range_sql("e.seq", None, "{}"), received_at)
     sql = ("SELECT e.seq, e.event_id, e.event_type, e.store_id, e.occurred_at, e.received_at FROM events e"
            f" WHERE {where.sql} ORDER BY e.received_at DESC, e.seq DESC LIMIT ${len(where.args) + 1}")
     return sql, [*where.args, limit + 1]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import datetime as dt
 import re
 from collections.abc import AsyncIterator
 from importlib.resources.abc import Traversable
@@ -15,6 +16,7 @@ from hookstream import resources
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every hookstream process.
 _MIGRATION_LOCK_ID = 0x686F6F6B
+PARTITIONED_SINCE = 6  # 0006_partitions.sql
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -71,6 +73,11 @@ async def migrate(database_url: str) -> list[str]:
                 await conn.execute(path.read_text(encoding="utf-8"))
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied.append(f"{version:04d}_{name}")
+        if any(version >= PARTITIONED_SINCE for version, _, _ in list_migrations()):
+            # The day partitions the services would make at start: a migrated database takes rows at once.
+            from hookstream.core.partitions import ensure_partitions
+
+            await ensure_partitions(conn, dt.datetime.now(dt.UTC))
     finally:
         with contextlib.suppress(Exception):
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)

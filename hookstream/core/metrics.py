@@ -145,6 +145,14 @@ CONSUMER_LAG = exported_by(ROUTER_AND_SENDER, Gauge(
     ["group", "topic", "partition"],
 ))
 
+# Partition upkeep runs in every process, one pass at a time (hookstream/core/partitions.py): the
+# process that did the last pass reports these.
+PARTITIONS_DROPPED = Counter(
+    "hookstream_partitions_dropped_total", "Partitions of the delivery log dropped as older than HOOKSTREAM_RETENTION")
+RETENTION_KEPT_UNFINISHED = Gauge(
+    "hookstream_retention_kept_unfinished_deliveries",
+    "Deliveries older than HOOKSTREAM_RETENTION kept because they have not finished (at the last upkeep pass)")
+
 
 @functools.cache
 def attempts_counter(outcome: str, status_class_: str, event_type: str) -> Counter:

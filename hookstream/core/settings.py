@@ -28,8 +28,8 @@ from urllib.parse import urlsplit
 if TYPE_CHECKING:
     from _typeshed import SupportsDunderLT
 
-_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+_DURATION_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d)\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_RE = re.compile(r"^\s*(\d+)\s*(B|KiB|MiB)?\s*$")
 _UNIT_BYTES = {None: 1, "B": 1, "KiB": 1024, "MiB": 1024 * 1024}
 _TRUE = {"1", "true", "yes", "on"}
@@ -79,6 +79,7 @@ class Settings:
     breaker_failure_threshold: int = 5
     breaker_open_s: float = 30.0
     recover_rate: int = 50
+    retention_s: float = 30 * 86400.0
     outcome_flush_interval_ms: int = 50
     outcome_flush_max: int = 1000
     secret_key: bytes | None = None
@@ -186,10 +187,10 @@ class Variable(Generic[V]):
 
 
 def parse_duration_s(name: str, raw: str) -> float:
-    """Parse ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"`` into seconds; a bare number is refused."""
+    """Parse ``"250ms"``, ``"30s"``, ``"5m"``, ``"1h"``, ``"30d"`` into seconds; a bare number is refused."""
     match = _DURATION_RE.match(raw)
     if not match:
-        raise SettingsError(f"{name}={raw!r}: expected a duration such as 250ms, 30s, 5m or 1h")
+        raise SettingsError(f"{name}={raw!r}: expected a duration such as 250ms, 30s, 5m, 1h or 30d")
     return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
@@ -199,7 +200,7 @@ def format_duration(seconds: float) -> str:
     ms = round(seconds * 1000)
     if ms == 0:
         return "0s"
-    for unit, unit_ms in (("h", 3_600_000), ("m", 60_000), ("s", 1000)):
+    for unit, unit_ms in (("d", 86_400_000), ("h", 3_600_000), ("m", 60_000), ("s", 1000)):
         if ms % unit_ms == 0:
             return f"{ms // unit_ms}{unit}"
     return f"{ms}ms"
@@ -330,7 +331,7 @@ DATABASE_URL = Kind("`postgresql://user:password@host:port/dbname`", parse_datab
 TOPIC = Kind("a Kafka topic name", parse_topic)
 TOPICS = Kind("Kafka topic names, comma-separated", parse_topics)
 RETRY_DELAYS = Kind(f"{RETRY_DELAY_COUNT} durations, comma-separated", parse_retry_delays)
-DURATION = Kind("a duration (`250ms`, `30s`, `5m`, `1h`)", parse_duration_s, format_duration)
+DURATION = Kind("a duration (`250ms`, `30s`, `5m`, `1h`, `30d`)", parse_duration_s, format_duration)
 BOOL = Kind("`true` or `false` (also `1`/`0`, `yes`/`no`, `on`/`off`)", parse_bool, format_bool)
 LISTEN = Kind("`HOST:PORT`", parse_listen)
 SIZE = Kind("a size in bytes (`4096`, `4KiB`, `1MiB`)", parse_size_bytes, format_size)
@@ -403,6 +404,10 @@ VARIABLES: tuple[Variable[Any], ...] = (
     Variable("HOOKSTREAM_RECOVER_RATE", "recover_rate", INT, "50",
              "deliveries per second a bulk recovery (`POST /v1/webhooks/{id}/recover`) schedules at most",
              minimum=1, maximum=10_000),
+    Variable("HOOKSTREAM_RETENTION", "retention_s", DURATION, "30d",
+             "how long the delivery log (events, deliveries, attempts) is kept: each day's partitions are"
+             " dropped whole once the day is older; an unfinished delivery is kept until it finishes",
+             minimum=86400.0, maximum=3650 * 86400.0),
     Variable("HOOKSTREAM_SECRET_KEY", "secret_key", SECRET_KEY, None,
              "encrypts webhook signing secrets at rest (AES-256-GCM); the same on every replica; unset or"
              " empty: stored unencrypted, with a warning at start-up (development only); `make up` generates"

@@ -106,26 +106,50 @@ def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tupl
     ]
 
 
-# One statement, so one round trip and atomic without an explicit transaction: store each event
-# once (the no-op update returns an existing row with its first source position), keep the events
-# this record may route (new, or a replay of the same position), and insert their deliveries.
-# Returns the deliveries (organization_id NULL: the webhook's), then one row with a NULL id per event
-# left out as a second publish, and one per replayed event.
+# One statement, so one round trip and atomic without an explicit transaction: key each event id
+# once (event_keys, partitioned by week: the first record of an id is its key's source position),
+# store the new events, keep
+# the events this record may route (new, or a replay of the same position), and insert their
+# deliveries (a replay's only where none exists: deliveries are partitioned by day, so (webhook_id,
+# event_id) cannot be a unique constraint). Returns the deliveries (organization_id NULL: the
+# webhook's), then one row with a NULL id per event left out as a second publish, and one per
+# replayed event.
 _STORE_BATCH_SQL = """
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
                          $7::text[], $8::int[], $9::bigint[])
         AS i(organization_id, event_id, event_type, store_id, occurred_at, body,
              source_topic, source_partition, source_offset)
+), earlier AS (
+    -- keys of every span kept (each partition's primary key leads with these two columns)
+    SELECT k.organization_id, k.event_id, k.event_seq AS seq, k.source_topic, k.source_partition,
+           k.source_offset, true AS existed
+    FROM event_keys k JOIN input i USING (organization_id, event_id)
+), keyed AS (
+    -- DO NOTHING: a router storing the same id at this moment (not committed yet, so not in
+    -- ``earlier``) stores and routes it; this record is left out, as a second publish (were it the
+    -- same record, the other router's offset is committed only once that router's batch is stored)
+    INSERT INTO event_keys AS k (organization_id, event_id, span, event_seq, source_topic, source_partition,
+                                 source_offset)
+    SELECT i.organization_id, i.event_id, hookstream_span(now()), hookstream_id('events_seq_seq', now()),
+           i.source_topic, i.source_partition, i.source_offset
+    FROM input i
+    WHERE NOT EXISTS (SELECT 1 FROM earlier e WHERE e.organization_id = i.organization_id AND e.event_id = i.event_id)
+    ON CONFLICT (organization_id, event_id, span) DO NOTHING
+    RETURNING k.organization_id, k.event_id, k.event_seq AS seq, k.source_topic, k.source_partition,
+              k.source_offset, false AS existed
 ), stored AS (
-    INSERT INTO events AS e (organization_id, event_id, event_type, store_id, occurred_at, body,
-                             source_topic, source_partition, source_offset)
-    SELECT * FROM input
-    ON CONFLICT (organization_id, event_id) DO UPDATE SET source_offset = e.source_offset
-    RETURNING e.seq, e.organization_id, e.event_id, e.event_type, e.store_id,
-              e.source_topic, e.source_partition, e.source_offset, e.xmax <> 0 AS existed
+    SELECT * FROM keyed UNION ALL SELECT * FROM earlier
+), new_events AS (
+    INSERT INTO events (seq, organization_id, event_id, event_type, store_id, occurred_at, body,
+                        source_topic, source_partition, source_offset)
+    SELECT s.seq, i.organization_id, i.event_id, i.event_type, i.store_id, i.occurred_at, i.body,
+           i.source_topic, i.source_partition, i.source_offset
+    FROM keyed s JOIN input i USING (organization_id, event_id)
+    WHERE NOT s.existed
 ), routable AS (
-    SELECT s.* FROM stored s JOIN input i USING (organization_id, event_id)
+    SELECT s.seq, s.organization_id, s.event_id, s.existed, i.event_type, i.store_id
+    FROM stored s JOIN input i USING (organization_id, event_id)
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
 ), routed AS (
@@ -139,8 +163,11 @@ WITH input AS (
     FROM unnest($10::text[], $11::text[], $12::text[], $13::text[]) WITH ORDINALITY
         AS m(webhook_id, organization_id, event_id, resource_key, n)
     JOIN routable r USING (organization_id, event_id)
+    -- a replay's stored deliveries are on or after its event's day (ids carry the day)
+    WHERE CASE WHEN r.existed THEN NOT EXISTS (
+        SELECT 1 FROM deliveries x
+        WHERE x.event_seq = r.seq AND x.webhook_id = m.webhook_id AND x.id >= (r.seq >> 36) << 36) ELSE true END
     ORDER BY m.webhook_id, m.resource_key, m.n
-    ON CONFLICT (webhook_id, event_id) DO UPDATE SET webhook_id = EXCLUDED.webhook_id
     RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight,
               d.resource_key IS NOT NULL AS ordered
 )
@@ -159,13 +186,14 @@ SELECT NULL, NULL, r.event_id, NULL, NULL, NULL, r.organization_id, r.seq FROM r
 """
 
 # A replay (the router crashed after storing a batch, maybe before Kafka took its tasks): every
-# stored, never-attempted delivery of the replayed events, whatever the webhooks match now (a filter or
-# subscription changed since must not strand one in flight). Only run when a batch holds replays.
-_UNSENT_SQL = """
-SELECT d.id, d.webhook_id, d.event_id, d.status, true AS first_in_flight, d.resource_key IS NOT NULL AS ordered,
-       e.organization_id
+# stored delivery of the replayed events, whatever the webhooks match now (a filter or subscription
+# changed since must not strand one in flight); the never-attempted ones are enqueued again. Only run
+# when a batch holds replays.
+_REPLAYED_SQL = """
+SELECT d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight,
+       d.resource_key IS NOT NULL AS ordered, e.organization_id
 FROM deliveries d JOIN events e ON e.seq = d.event_seq
-WHERE d.event_seq = ANY($1::bigint[]) AND d.attempts = 0 AND d.in_flight
+WHERE d.event_seq = ANY($1::bigint[])
 """
 
 
@@ -204,7 +232,7 @@ async def store_batch(
     second_publishes = len(rows) - len(deliveries) - len(replayed)
     if replayed:
         known = {row["id"] for row in deliveries}
-        deliveries += [row for row in await conn.fetch(_UNSENT_SQL, replayed) if row["id"] not in known]
+        deliveries += [row for row in await conn.fetch(_REPLAYED_SQL, replayed) if row["id"] not in known]
     return deliveries, second_publishes
 
 
