@@ -100,6 +100,15 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
             pool = await retry_transient(
                 lambda: stack.enter_async_context(open_pool(settings.database_url, max_size=10)),
                 what="connecting to PostgreSQL", stop=stop)
+            # The API's delivery-log reads go to DATABASE_READ_URL (a replica) when it is set; the
+            # router and the sender never open it: they write, and read what they just wrote.
+            read_pool = None
+            if "api" in names and settings.database_read_url:
+                read_url = settings.database_read_url
+                read_pool = await retry_transient(
+                    lambda: stack.enter_async_context(open_pool(read_url, max_size=10)),
+                    what="connecting to PostgreSQL (DATABASE_READ_URL)", stop=stop)
+                log.info("api reads the delivery log, the events explorer and health stats from DATABASE_READ_URL")
             directory = None
             if "router" in names or "sender" in names:
                 directory = await retry_transient(
@@ -129,7 +138,7 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
         if "api" in names:
             from hookstream.api.app import run_api
 
-            runners.append(run_api(settings, stop, pool=pool))
+            runners.append(run_api(settings, stop, pool=pool, read_pool=read_pool))
         log.info("hookstream %s started", "+".join(names))
         # What exists now (modules, classes, the clients) lives as long as the process: moved out of
         # the collector's reach, a full collection no longer rescans it. On this 2-core machine each
