@@ -31,7 +31,7 @@ GC_THRESHOLD = (20_000, 20, 20)  # generation 0, 1, 2 (see run_services)
 
 # Subcommands point at the top-level help, whose epilog lists every variable (from settings.VARIABLES).
 _CONFIG_HELP = (
-    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, HOOKSTREAM_*; "
+    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, DATABASE_READ_URL, HOOKSTREAM_*; "
     "`hookstream --help` lists every variable with its default."
 )
 
