@@ -31,7 +31,7 @@ GC_THRESHOLD = (20_000, 20, 20)  # generation 0, 1, 2 (see run_services)
 
 # Subcommands point at the top-level help, whose epilog lists every variable (from settings.VARIABLES).
 _CONFIG_HELP = (
-    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, HOOKSTREAM_*; "
+    "Configuration comes from the environment: KAFKA_BOOTSTRAP_SERVERS, DATABASE_URL, DATABASE_READ_URL, HOOKSTREAM_*; "
     "`hookstream --help` lists every variable with its default."
 )
 
@@ -100,6 +100,15 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
             pool = await retry_transient(
                 lambda: stack.enter_async_context(open_pool(settings.database_url, max_size=10)),
                 what="connecting to PostgreSQL", stop=stop)
+            # The API's delivery-log reads go to DATABASE_READ_URL (a replica) when it is set; the
+            # router and the sender never open it: they write, and read what they just wrote.
+            read_pool = None
+            if "api" in names and settings.database_read_url:
+                read_url = settings.database_read_url
+                read_pool = await retry_transient(
+                    lambda: stack.enter_async_context(open_pool(read_url, max_size=10)),
+                    what="connecting to PostgreSQL (DATABASE_READ_URL)", stop=stop)
+                log.info("api reads the delivery log, the events explorer and health stats from DATABASE_READ_URL")
             directory = None
             if "router" in names or "sender" in names:
                 directory = await retry_transient(
@@ -129,7 +138,7 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
         if "api" in names:
             from hookstream.api.app import run_api
 
-            runners.append(run_api(settings, stop, pool=pool))
+            runners.append(run_api(settings, stop, pool=pool, read_pool=read_pool))
         log.info("hookstream %s started", "+".join(names))
         # What exists now (modules, classes, the clients) lives as long as the process: moved out of
         # the collector's reach, a full collection no longer rescans it. On this 2-core machine each

@@ -19,15 +19,16 @@ Redelivery (a decision, documented in the OpenAPI description too):
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 import asyncpg
 from aiohttp import web
 
 from hookstream.api.errors import ApiError, field_error, json_response, not_found
-from hookstream.api.keys import POOL, SETTINGS
+from hookstream.api.keys import POOL, READ_POOL, SETTINGS
 from hookstream.api.middleware import org_of
 from hookstream.api.params import (
     decode_cursor,
@@ -125,6 +126,26 @@ def attempt_json(row: asyncpg.Record, *, with_body: bool = False) -> dict[str, A
     }
 
 
+@contextlib.asynccontextmanager
+async def log_connection(request: web.Request, org_id: str,
+                         webhook_id: str | None = None) -> AsyncIterator[asyncpg.Connection]:
+    """A connection for the read-only delivery-log views, from the read pool (``DATABASE_READ_URL``,
+    a replica; else the main pool), after the webhook (if named) is checked to be the organization's
+    (404 otherwise) on the main database: a webhook just created or deleted is seen as such whatever
+    the replica's lag. Without a read pool one connection does both, as before there was one."""
+    pool, read_pool = request.app[POOL], request.app[READ_POOL]
+    if read_pool is pool:
+        async with pool.acquire() as conn:
+            if webhook_id is not None:
+                await require_webhook(conn, org_id, webhook_id)
+            yield conn
+        return
+    if webhook_id is not None:
+        await require_webhook(pool, org_id, webhook_id)
+    async with read_pool.acquire() as conn:
+        yield conn
+
+
 class Conditions:
     """SQL conditions ANDed together, with the values of their placeholders: ``add`` fills each ``{}``
     of a condition with the next ``$n``."""
@@ -202,8 +223,7 @@ async def list_deliveries(request: web.Request) -> web.Response:
     org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
     limit = parse_limit(request.query)
     sql, args = build_log_query(webhook_id, org_id, request.query, limit)
-    async with request.app[POOL].acquire() as conn:
-        await require_webhook(conn, org_id, webhook_id)
+    async with log_connection(request, org_id, webhook_id) as conn:
         rows = await conn.fetch(sql, *args)
     items, next_cursor = page(list(rows), limit,
                               lambda row: encode_cursor(CURSOR_KIND, row["created_at"], row["id"]))
@@ -216,7 +236,7 @@ _ATTEMPT_COLUMNS = ("a.attempt, a.started_at, a.duration_ms, a.http_status, a.er
 
 
 async def _delivery_of(conn: asyncpg.Connection, org_id: str, webhook_id: str, event_id: str) -> int:
-    await require_webhook(conn, org_id, webhook_id)
+    """The delivery's id, or 404 ``event``; the webhook itself is checked by :func:`log_connection`."""
     delivery_id = await conn.fetchval(
         "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id"
         " WHERE w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3",
@@ -228,7 +248,7 @@ async def _delivery_of(conn: asyncpg.Connection, org_id: str, webhook_id: str, e
 
 async def list_attempts(request: web.Request) -> web.Response:
     org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
-    async with request.app[POOL].acquire() as conn:
+    async with log_connection(request, org_id, webhook_id) as conn:
         delivery_id = await _delivery_of(conn, org_id, webhook_id, request.match_info["event_id"])
         rows = await conn.fetch(
             f"SELECT {_ATTEMPT_COLUMNS} FROM attempts a WHERE a.delivery_id = $1 ORDER BY a.started_at, a.id",
@@ -242,7 +262,7 @@ async def get_attempt(request: web.Request) -> web.Response:
     raw = request.match_info["attempt"]
     if len(raw) > 6 or not raw.isascii() or not raw.isdigit() or int(raw) < 1:
         raise field_error("attempt", "must be a whole number from 1")
-    async with request.app[POOL].acquire() as conn:
+    async with log_connection(request, org_id, webhook_id) as conn:
         delivery_id = await _delivery_of(conn, org_id, webhook_id, request.match_info["event_id"])
         row = await conn.fetchrow(
             f"SELECT {_ATTEMPT_COLUMNS}, e.body FROM attempts a JOIN deliveries d ON d.id = a.delivery_id"
@@ -454,6 +474,8 @@ async def _recover_ordered(conn: asyncpg.Connection, webhook_id: str, since: dt.
     return int(status.split()[-1])
 
 
+# The recoveries GETs stay on the main pool (not log_connection): counting a recovery's progress
+# (_with_progress) marks a finished one finished, a write a replica would refuse.
 async def list_recoveries(request: web.Request) -> web.Response:
     org_id, webhook_id = org_of(request), request.match_info["webhook_id"]
     limit = parse_limit(request.query)

@@ -18,12 +18,10 @@ from typing import Any
 
 from aiohttp import web
 
-from hookstream.api.deliveries import Conditions, add_type_store_and_time, parse_status
+from hookstream.api.deliveries import Conditions, add_type_store_and_time, log_connection, parse_status
 from hookstream.api.errors import ApiError, field_error, json_response
-from hookstream.api.keys import POOL
 from hookstream.api.middleware import org_of
 from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit
-from hookstream.api.webhooks import require_webhook
 from hookstream.core.partitions import id_range_sql
 
 CURSOR_KIND = "e"
@@ -75,7 +73,7 @@ async def list_events(request: web.Request) -> web.Response:
     org_id = org_of(request)
     limit = parse_limit(request.query)
     sql, args = build_events_query(org_id, request.query, limit)
-    async with request.app[POOL].acquire() as conn:
+    async with log_connection(request, org_id) as conn:
         try:
             rows = await conn.fetch(sql, *args, timeout=QUERY_TIMEOUT_S)
         except TimeoutError:
@@ -144,8 +142,7 @@ async def webhook_stats(request: web.Request) -> web.Response:
         raise field_error("window", f"must be one of {', '.join(WINDOWS)}")
     width, count = WINDOWS[window]
     now = dt.datetime.now(dt.UTC)
-    async with request.app[POOL].acquire() as conn:
-        await require_webhook(conn, org_id, webhook_id)
+    async with log_connection(request, org_id, webhook_id) as conn:
         rows = await conn.fetch(
             "SELECT hour, attempts, succeeded FROM webhook_stats_hourly WHERE webhook_id = $1 AND hour >= $2",
             webhook_id, now - width * count - dt.timedelta(hours=1))

@@ -56,6 +56,7 @@ class SettingsError(ValueError):
 class Settings:
     kafka_bootstrap_servers: str = "127.0.0.1:9092"
     database_url: str = "postgresql://127.0.0.1:5432/hookstream"
+    database_read_url: str | None = None
     source_topics: tuple[str, ...] = ("aiq.products", "aiq.orders")
     status_topic: str = "hookstream.delivery-status"
     dead_letter_topic: str = "hookstream.dead-letter"
@@ -349,6 +350,11 @@ VARIABLES: tuple[Variable[Any], ...] = (
              "Kafka brokers"),
     Variable("DATABASE_URL", "database_url", DATABASE_URL, "postgresql://127.0.0.1:5432/hookstream",
              "PostgreSQL", secret=True),
+    Variable("DATABASE_READ_URL", "database_read_url", DATABASE_URL, None,
+             "a read-only copy of `DATABASE_URL` (a streaming replica) for the admin API's delivery-log"
+             " reads (delivery log, attempts, events explorer, health stats); everything else, the router,"
+             " the sender and `migrate` use `DATABASE_URL`; unset or empty: the API reads `DATABASE_URL` too",
+             empty_is_unset=True, secret=True),
     Variable("HOOKSTREAM_SOURCE_TOPICS", "source_topics", TOPICS, "aiq.products,aiq.orders",
              "domain-event topics the router reads (products first, orders second)"),
     Variable("HOOKSTREAM_STATUS_TOPIC", "status_topic", TOPIC, "hookstream.delivery-status",

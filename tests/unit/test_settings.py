@@ -204,6 +204,8 @@ MALFORMED: list[tuple[str, str]] = [
     ("DATABASE_URL", "mysql://db:3306/hs"),
     ("DATABASE_URL", "not a url"),
     ("DATABASE_URL", "postgresql://"),
+    ("DATABASE_READ_URL", "mysql://replica:3306/hs"),
+    ("DATABASE_READ_URL", "replica.internal/hs"),
     ("HOOKSTREAM_SOURCE_TOPICS", "bad topic!"),
     ("HOOKSTREAM_SOURCE_TOPICS", ","),
     ("HOOKSTREAM_SOURCE_TOPICS", ""),
@@ -284,6 +286,24 @@ def test_database_url_error_does_not_echo_the_password() -> None:
         Settings.from_env({"DATABASE_URL": "mysql://user:hunter2@db/hs"})
     assert "DATABASE_URL" in str(info.value)
     assert "hunter2" not in str(info.value)
+
+
+def test_database_read_url_is_optional_and_parsed_like_database_url() -> None:
+    assert Settings.from_env({}).database_read_url is None
+    assert Settings.from_env({"DATABASE_READ_URL": ""}).database_read_url is None  # empty: unset
+    assert Settings.from_env({"DATABASE_READ_URL": "  "}).database_read_url is None
+    replica = "postgresql://reader:pw@replica.internal:5432/hookstream"
+    s = Settings.from_env({"DATABASE_URL": "postgresql://primary.internal/hookstream", "DATABASE_READ_URL": replica})
+    assert (s.database_url, s.database_read_url) == ("postgresql://primary.internal/hookstream", replica)
+
+
+def test_malformed_database_read_url_is_refused_naming_it_not_database_url() -> None:
+    for raw in ("mysql://reader:hunter2@replica/hs", "not a url", "postgresql://"):
+        with pytest.raises(SettingsError) as info:
+            Settings.from_env({"DATABASE_URL": "postgresql://primary/hs", "DATABASE_READ_URL": raw})
+        message = str(info.value)
+        assert message.startswith("DATABASE_READ_URL: expected postgresql://"), message
+        assert "hunter2" not in message
 
 
 def test_first_bad_variable_is_reported_even_among_good_ones() -> None:

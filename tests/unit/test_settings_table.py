@@ -56,7 +56,8 @@ def test_every_variable_is_named_once_and_sets_a_distinct_settings_field() -> No
     assert len(set(fields)) == len(fields)
     assert set(fields) <= FIELD_DEFAULTS.keys()
     assert FIELD_DEFAULTS.keys() - set(fields) == FIELDS_WITHOUT_VARIABLE
-    assert all(env.startswith("HOOKSTREAM_") or env in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL") for env in envs)
+    assert all(env.startswith("HOOKSTREAM_") or env in ("KAFKA_BOOTSTRAP_SERVERS", "DATABASE_URL", "DATABASE_READ_URL")
+               for env in envs)
 
 
 @pytest.mark.parametrize("variable", **by_env(list(VARIABLES)))
@@ -154,11 +155,12 @@ def test_empty_secret_key_means_unset() -> None:
 
 
 def test_secret_variables_are_never_echoed() -> None:
-    assert {v.env for v in VARIABLES if v.secret} == {"DATABASE_URL", "HOOKSTREAM_SECRET_KEY"}
-    for raw in ("postgresql://u:pw-1@[::1/db", "mysql://u:pw-1@db/hs"):
-        with pytest.raises(SettingsError) as info:
-            Settings.from_env({"DATABASE_URL": raw})
-        assert "pw-1" not in str(info.value)
+    assert {v.env for v in VARIABLES if v.secret} == {"DATABASE_URL", "DATABASE_READ_URL", "HOOKSTREAM_SECRET_KEY"}
+    for env in ("DATABASE_URL", "DATABASE_READ_URL"):
+        for raw in ("postgresql://u:pw-1@[::1/db", "mysql://u:pw-1@db/hs"):
+            with pytest.raises(SettingsError) as info:
+                Settings.from_env({env: raw})
+            assert "pw-1" not in str(info.value)
 
 
 # ------------------------------------------------------------------------------ docs from the table
