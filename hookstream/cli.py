@@ -139,6 +139,11 @@ async def run_services(settings: Settings, names: tuple[str, ...]) -> None:
             from hookstream.api.app import run_api
 
             runners.append(run_api(settings, stop, pool=pool, read_pool=read_pool))
+        from hookstream.core.partitions import keep_partitions
+
+        # Every process keeps the log's partitions (one pass at a time across processes): made days
+        # ahead, dropped past HOOKSTREAM_RETENTION.
+        runners.append(keep_partitions(pool, settings.retention_s, stop))
         log.info("hookstream %s started", "+".join(names))
         # What exists now (modules, classes, the clients) lives as long as the process: moved out of
         # the collector's reach, a full collection no longer rescans it. On this 2-core machine each
