@@ -24,6 +24,7 @@ from hookstream.api.app import MAX_BODY_BYTES, build_app, run_api
 from hookstream.api.console import resolve_static
 from hookstream.core.db import open_pool
 from hookstream.core.orgs import create_organization
+from hookstream.core.partitions import ensure_partitions
 from hookstream.core.settings import Settings
 from hookstream.core.signing import decode_secret
 from hookstream.core.validation import EVENT_TYPES
@@ -105,8 +106,11 @@ async def api(database_url, db, pool, infra_env) -> AsyncIterator[Api]:
 async def insert_deliveries(db: asyncpg.Connection, org_id: str, webhook_id: str, n: int, *,
                             status: str = "pending", event_type: str = "order.created", store_id: str = "s1",
                             created_at: dt.datetime | None = None, attempts: int = 0) -> list[str]:
-    """``n`` events with a delivery each, in one statement; returns the event ids (in insertion order)."""
+    """``n`` events with a delivery each, in one statement; returns the event ids (in insertion order).
+    A delivery backdated to ``created_at`` has an id of that day, in that day's partition (made here)."""
     prefix = f"evt_{secrets.token_hex(4)}_"
+    if created_at is not None:
+        await ensure_partitions(db, created_at, ahead_days=0)
     rows = await db.fetch(
         """
         WITH ev AS (
@@ -114,8 +118,10 @@ async def insert_deliveries(db: asyncpg.Connection, org_id: str, webhook_id: str
                                 source_topic, source_partition, source_offset)
             SELECT $1, $2 || g, $3, $4, now(), '{}', 'test', 0, g FROM generate_series(1, $5) g
             RETURNING seq, event_id, event_type, store_id)
-        INSERT INTO deliveries (webhook_id, event_seq, event_id, event_type, store_id, status, attempts, created_at)
-        SELECT $6, seq, event_id, event_type, store_id, $7, $8, COALESCE($9, now()) FROM ev ORDER BY seq
+        INSERT INTO deliveries (id, webhook_id, event_seq, event_id, event_type, store_id, status, attempts, created_at)
+        SELECT hookstream_id('deliveries_id_seq', COALESCE($9, now())), $6, seq, event_id, event_type, store_id, $7, $8,
+               COALESCE($9, now())
+        FROM ev ORDER BY seq
         RETURNING id, event_id
         """, org_id, prefix, event_type, store_id, n, webhook_id, status, attempts, created_at)
     return [r["event_id"] for r in sorted(rows, key=lambda r: r["id"])]
