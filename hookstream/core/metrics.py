@@ -32,6 +32,7 @@ from hookstream.core import liveness
 ROUTER = frozenset({"router"})
 SENDER = frozenset({"sender"})
 ROUTER_AND_SENDER = ROUTER | SENDER
+EVERY_SERVICE = ROUTER | SENDER | frozenset({"api"})
 # family name (as collected: ``hookstream_x`` for ``hookstream_x_total``) -> the services exporting it
 OWNERS: dict[str, frozenset[str]] = {}
 _M = TypeVar("_M", bound=MetricWrapperBase)
@@ -147,11 +148,11 @@ CONSUMER_LAG = exported_by(ROUTER_AND_SENDER, Gauge(
 
 # Partition upkeep runs in every process, one pass at a time (hookstream/core/partitions.py): the
 # process that did the last pass reports these.
-PARTITIONS_DROPPED = Counter(
-    "hookstream_partitions_dropped_total", "Partitions of the delivery log dropped as older than HOOKSTREAM_RETENTION")
-RETENTION_KEPT_UNFINISHED = Gauge(
+PARTITIONS_DROPPED = exported_by(EVERY_SERVICE, Counter(
+    "hookstream_partitions_dropped_total", "Partitions of the delivery log dropped as older than HOOKSTREAM_RETENTION"))
+RETENTION_KEPT_UNFINISHED = exported_by(EVERY_SERVICE, Gauge(
     "hookstream_retention_kept_unfinished_deliveries",
-    "Deliveries older than HOOKSTREAM_RETENTION kept because they have not finished (at the last upkeep pass)")
+    "Deliveries older than HOOKSTREAM_RETENTION kept because they have not finished (at the last upkeep pass)"))
 
 
 @functools.cache

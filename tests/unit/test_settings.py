@@ -65,6 +65,7 @@ def test_contract_default_values_written_out_parse_to_the_defaults() -> None:
         ("30m", 1800.0),
         ("1h", 3600.0),
         (" 2h ", 7200.0),
+        ("30d", 30 * 86400.0),
         ("0s", 0.0),
     ],
 )
@@ -72,7 +73,7 @@ def test_parse_duration_units(raw: str, seconds: float) -> None:
     assert parse_duration_s("X", raw) == pytest.approx(seconds)
 
 
-@pytest.mark.parametrize("raw", ["30", "", "s", "-5s", "5 minutes", "5d", "1.s", "5M", "ten"])
+@pytest.mark.parametrize("raw", ["30", "", "s", "-5s", "5 minutes", "5w", "5D", "1.s", "5M", "ten"])
 def test_parse_duration_refuses_bare_numbers_and_unknown_units(raw: str) -> None:
     with pytest.raises(SettingsError, match=r"^X="):
         parse_duration_s("X", raw)
@@ -153,6 +154,7 @@ def test_explicit_values_are_parsed() -> None:
             "HOOKSTREAM_BREAKER_FAILURE_THRESHOLD": "3",
             "HOOKSTREAM_OUTCOME_FLUSH_MAX": "10",
             "HOOKSTREAM_RECOVER_RATE": "5",
+            "HOOKSTREAM_RETENTION": "90d",
             "HOOKSTREAM_LOG_FORMAT": "JSON",
             "HOOKSTREAM_LOG_LEVEL": "debug",
         }
@@ -172,6 +174,7 @@ def test_explicit_values_are_parsed() -> None:
     assert s.breaker_failure_threshold == 3
     assert s.outcome_flush_max == 10
     assert s.recover_rate == 5
+    assert s.retention_s == 90 * 86400.0
     assert s.log_format == "json"
     assert s.log_level == "DEBUG"
 
@@ -252,6 +255,9 @@ MALFORMED: list[tuple[str, str]] = [
     ("HOOKSTREAM_OUTCOME_FLUSH_MAX", "0"),
     ("HOOKSTREAM_RECOVER_RATE", "0"),
     ("HOOKSTREAM_RECOVER_RATE", "10001"),
+    ("HOOKSTREAM_RETENTION", "12h"),  # less than the one-day partitions
+    ("HOOKSTREAM_RETENTION", "3651d"),
+    ("HOOKSTREAM_RETENTION", "30"),
     ("HOOKSTREAM_BREAKER_OPEN", "30"),
     ("HOOKSTREAM_BREAKER_OPEN", "soon"),
     ("HOOKSTREAM_OUTCOME_FLUSH_INTERVAL", "fast"),
