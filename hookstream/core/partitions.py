@@ -14,7 +14,8 @@ Retention never deletes row by row on the hot path, and never loses an unfinishe
 - a day past retention that still holds pending deliveries (a retry waiting, an ordered delivery
   behind a failing one, a redelivery just asked for) is rewritten to hold only those, with their
   attempts and events (same ids, so tasks in flight, links and the ordering queues keep working), and
-  dropped on a later pass once they have finished.
+  dropped on a later pass once they have finished; with more than ``REWRITE_MAX_PENDING`` of them it
+  is kept whole until they are fewer (the copy is made under the tables' lock).
 
 The clock is a parameter throughout (``now``), so tests move it across a day boundary without
 waiting.
@@ -41,6 +42,10 @@ LEGACY_END = 1 << DAY_SHIFT  # ids below are rows stored before partitioning ("d
 SPAN_DAYS = 7  # hookstream_span() in SQL
 AHEAD_DAYS = 3
 CHECK_INTERVAL_S = 600.0
+# A day past retention is rewritten to its pending deliveries only while they are at most this many: the
+# copy holds the log's tables (every tenant's outcomes wait for it), so its length is bounded; a day
+# with more (a tenant's long ordered queue behind a failing endpoint) is kept whole until they drain.
+REWRITE_MAX_PENDING = 10_000
 LOCK_TIMEOUT = "2s"  # DDL waits no longer for a lock (and queries behind it wait no longer for it)
 # Any constant works; it only has to be the same in every hookstream process.
 _KEEPER_LOCK_ID = 0x686F6F6C
@@ -240,6 +245,8 @@ async def _expire_day(conn: asyncpg.Connection, parts: dict[str, Partition], res
             result.dropped += [p.name for p in parts.values()]
             return
         result.kept_unfinished += pending
+        if pending > REWRITE_MAX_PENDING:
+            return  # kept whole: a copy this long would hold everyone's outcomes
         if not finished and not await _has_unreferenced_events(conn, parts):
             return  # nothing to let go yet
         for statement in _rewrite_statements(parts):

@@ -307,3 +307,27 @@ async def test_the_api_queries_read_only_the_partitions_of_their_time_range(db):
     delivery = await db.fetchval("SELECT id FROM deliveries WHERE event_id = 'evt_7'")
     plan = await db.fetch("EXPLAIN UPDATE deliveries SET attempts = attempts WHERE id = $1", delivery)
     assert scanned_partitions(plan, "deliveries", "deliveries") == {day_name("deliveries", now - 7 * DAY)}
+
+
+async def test_a_day_with_more_pending_than_the_rewrite_cap_is_kept_whole(db, monkeypatch):
+    """A tenant's long queue of unfinished deliveries is never copied under the lock that every other
+    tenant's outcomes wait for: past the cap the day stays as it is, nothing dropped."""
+    monkeypatch.setattr(partitions, "REWRITE_MAX_PENDING", 2)
+    now = utc_now()
+    old = day_start(day_of(now)) - 33 * DAY
+    await ensure_partitions(db, old, ahead_days=0)
+    org, _ = await make_org(db, "Shop", stores=("s1",))
+    hook, _ = await make_webhook(db, org, "https://example.com/x", store_ids=["s1"])
+    for n in range(3):
+        await insert_delivery(db, hook, org, old + n * dt.timedelta(minutes=1), f"evt_queued_{n}", status="pending",
+                              due=now + DAY)
+    await insert_delivery(db, hook, org, old + dt.timedelta(minutes=9), "evt_finished")
+    result = await expire_partitions(db, now, RETENTION_S)
+    assert (result.rewritten, result.kept_unfinished) == ([], 3)
+    assert day_name("deliveries", old) not in result.dropped
+    assert await db.fetchval(f"SELECT count(*) FROM {day_name('deliveries', old)}") == 4
+    # once the queue is within the cap, the finished rows are let go
+    await db.execute("UPDATE deliveries SET status = 'failed', finished_at = now() WHERE event_id = 'evt_queued_0'")
+    result = await expire_partitions(db, now, RETENTION_S)
+    assert (result.rewritten, result.kept_unfinished) == ([day_name("deliveries", old)], 2)
+    assert await db.fetchval(f"SELECT count(*) FROM {day_name('deliveries', old)}") == 2
