@@ -3,7 +3,9 @@
 The log is read newest first by ``(created_at DESC, id DESC)`` with keyset pagination: the cursor
 holds the last row's ``(created_at, id)`` and the next page is the rows strictly after it, so rows
 inserted between two pages never cause a duplicate or a gap, and page N costs the same as page 1.
-The ``deliveries_log*`` indexes of ``0001_init.sql`` serve each filter (see tests/bench/delivery_log_query.py).
+The ``deliveries_log*`` indexes (``0006_partitions.sql``, one per day partition) serve each filter, and a
+``since``/``until`` range or a cursor also bounds the day-prefixed ids, so only the days in range are read
+(``hookstream.core.partitions.id_range_sql``; the ``log`` bench scenario measures it).
 
 Redelivery (a decision, documented in the OpenAPI description too):
 

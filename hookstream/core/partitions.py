@@ -29,7 +29,7 @@ import datetime as dt
 import logging
 import re
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import asyncpg
 
@@ -42,6 +42,7 @@ LEGACY_END = 1 << DAY_SHIFT  # ids below are rows stored before partitioning ("d
 SPAN_DAYS = 7  # hookstream_span() in SQL
 AHEAD_DAYS = 3
 CHECK_INTERVAL_S = 600.0
+RETRY_AFTER_FAILURE_S = 30.0
 # A day past retention is rewritten to its pending deliveries only while they are at most this many: the
 # copy holds the log's tables (every tenant's outcomes wait for it), so its length is bounded; a day
 # with more (a tenant's long ordered queue behind a failing endpoint) is kept whole until they drain.
@@ -168,6 +169,7 @@ class RetentionPass:
     dropped: list[str]
     rewritten: list[str]  # day partitions past retention kept for their unfinished deliveries
     kept_unfinished: int  # deliveries past retention kept because they have not finished
+    busy: list[str] = field(default_factory=list)  # expired days left for the next pass (a lock wait ran out)
 
 
 _legacy_newest: dict[str, dt.datetime | None] = {}
@@ -272,7 +274,13 @@ async def expire_partitions(conn: asyncpg.Connection, now: dt.datetime, retentio
                 continue
         elif sample.day is None or day_start(sample.day + 1) > cutoff:
             continue
-        await _expire_day(conn, parts, result)
+        try:
+            await _expire_day(conn, parts, result)
+        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            # a long query in the way (or an outcome flush locking in another order): the next pass
+            # tries again, and the other days go on now
+            result.busy.append(parts.get("deliveries", sample).name)
+            log.warning("partition upkeep: %s is busy, tried again at the next pass (%s)", sample.name, exc)
     for part in await list_partitions(conn, "event_keys"):
         if part.high is not None and day_start(part.high * SPAN_DAYS) <= cutoff:
             await _locked_ddl(conn, [f"ALTER TABLE event_keys DETACH PARTITION {part.name}", f"DROP TABLE {part.name}"])
@@ -321,9 +329,11 @@ async def keep_partitions(pool: asyncpg.Pool, retention_s: float, stop: asyncio.
     """Run :func:`run_pass` now and every ``interval_s`` until ``stop``; a failed pass is logged and
     tried again at the next (the partitions ahead leave ``AHEAD_DAYS`` days to fix what failed)."""
     while not stop.is_set():
+        wait_s = interval_s
         try:
             await run_pass(pool, clock(), retention_s)
-        except (OSError, asyncpg.PostgresError, asyncpg.InterfaceError) as exc:
-            log.error("partition upkeep failed (tried again in %.0f s): %s", interval_s, exc)
+        except Exception:  # never the pipeline's end: logged, and tried again soon
+            wait_s = min(interval_s, RETRY_AFTER_FAILURE_S)
+            log.exception("partition upkeep failed (tried again in %.0f s)", wait_s)
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), interval_s)
+            await asyncio.wait_for(stop.wait(), wait_s)

@@ -331,3 +331,25 @@ async def test_a_day_with_more_pending_than_the_rewrite_cap_is_kept_whole(db, mo
     result = await expire_partitions(db, now, RETENTION_S)
     assert (result.rewritten, result.kept_unfinished) == ([day_name("deliveries", old)], 2)
     assert await db.fetchval(f"SELECT count(*) FROM {day_name('deliveries', old)}") == 2
+
+
+async def test_a_pass_blocked_by_a_long_query_gives_up_and_the_next_one_drops(db, database_url):
+    """DDL waits at most partitions.LOCK_TIMEOUT behind a long query (and queries behind it no longer),
+    then leaves the day for the next pass."""
+    now = utc_now()
+    old = day_start(day_of(now)) - 31 * DAY
+    await ensure_partitions(db, old, ahead_days=0)
+    org, _ = await make_org(db, "Shop", stores=("s1",))
+    hook, _ = await make_webhook(db, org, "https://example.com/x", store_ids=["s1"])
+    await insert_delivery(db, hook, org, old, "evt_old")
+    reader = await asyncpg.connect(database_url)
+    try:
+        async with reader.transaction():
+            await reader.fetchval("SELECT count(*) FROM deliveries")  # holds its lock until the end
+            result = await expire_partitions(db, now, RETENTION_S)
+            assert day_name("deliveries", old) in result.busy
+            assert day_name("deliveries", old) in await partition_names(db, "deliveries")
+    finally:
+        await reader.close()
+    result = await expire_partitions(db, now, RETENTION_S)
+    assert day_name("deliveries", old) in result.dropped and result.busy == []
