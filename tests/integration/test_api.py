@@ -105,25 +105,30 @@ async def api(database_url, db, pool, infra_env) -> AsyncIterator[Api]:
 
 async def insert_deliveries(db: asyncpg.Connection, org_id: str, webhook_id: str, n: int, *,
                             status: str = "pending", event_type: str = "order.created", store_id: str = "s1",
-                            created_at: dt.datetime | None = None, attempts: int = 0) -> list[str]:
+                            created_at: dt.datetime | None = None, attempts: int = 0,
+                            received_at: dt.datetime | None = None) -> list[str]:
     """``n`` events with a delivery each, in one statement; returns the event ids (in insertion order).
-    A delivery backdated to ``created_at`` has an id of that day, in that day's partition (made here)."""
+    A delivery backdated to ``created_at`` (an event to ``received_at``) has an id of that day, in that
+    day's partition (made here)."""
     prefix = f"evt_{secrets.token_hex(4)}_"
-    if created_at is not None:
-        await ensure_partitions(db, created_at, ahead_days=0)
+    for at in (created_at, received_at):
+        if at is not None:
+            await ensure_partitions(db, at, ahead_days=0)
     rows = await db.fetch(
         """
         WITH ev AS (
-            INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,
-                                source_topic, source_partition, source_offset)
-            SELECT $1, $2 || g, $3, $4, now(), '{}', 'test', 0, g FROM generate_series(1, $5) g
+            INSERT INTO events (seq, organization_id, event_id, event_type, store_id, occurred_at, body,
+                                source_topic, source_partition, source_offset, received_at)
+            SELECT hookstream_id('events_seq_seq', COALESCE($10, now())), $1, $2 || g, $3, $4, now(), '{}', 'test', 0, g,
+                   COALESCE($10, now())
+            FROM generate_series(1, $5) g
             RETURNING seq, event_id, event_type, store_id)
         INSERT INTO deliveries (id, webhook_id, event_seq, event_id, event_type, store_id, status, attempts, created_at)
         SELECT hookstream_id('deliveries_id_seq', COALESCE($9, now())), $6, seq, event_id, event_type, store_id, $7, $8,
                COALESCE($9, now())
         FROM ev ORDER BY seq
         RETURNING id, event_id
-        """, org_id, prefix, event_type, store_id, n, webhook_id, status, attempts, created_at)
+        """, org_id, prefix, event_type, store_id, n, webhook_id, status, attempts, created_at, received_at)
     return [r["event_id"] for r in sorted(rows, key=lambda r: r["id"])]
 
 
@@ -1051,8 +1056,7 @@ async def test_events_explorer_lists_every_event_with_its_deliveries(api):
     await api.db.execute("INSERT INTO events (organization_id, event_id, event_type, store_id, occurred_at, body,"
                          " source_topic, source_partition, source_offset)"
                          " VALUES ($1, 'evt_nobody', 'order.shipped', 's3', now(), '{}', 'test', 0, 99)", api.a.id)
-    old = await insert_deliveries(api.db, api.a.id, hook1["id"], 1, status="failed")
-    await api.db.execute("UPDATE events SET received_at = $2 WHERE event_id = $1", old[0], t - dt.timedelta(days=3))
+    old = await insert_deliveries(api.db, api.a.id, hook1["id"], 1, status="failed", received_at=t - dt.timedelta(days=3))
     other_org_hook = await api.webhook(api.b)
     await insert_deliveries(api.db, api.b.id, other_org_hook["id"], 2, status="failed")
 
