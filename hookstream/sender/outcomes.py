@@ -64,7 +64,9 @@ WITH u AS (
                           outcome, request_url, request_headers, response_headers)
     SELECT id, attempt, started_at, duration_ms, http_status, error, response_excerpt, outcome,
            request_url, request_headers::jsonb, response_headers::jsonb FROM u
-    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id)
+    -- ``d.id = ANY($1)`` as well: deliveries are partitioned by id, and the planner, which does not
+    -- count the pruning it would do row by row, otherwise hashes every day's partition
+    WHERE EXISTS (SELECT 1 FROM deliveries d WHERE d.id = u.id AND d.id = ANY($1::bigint[]))
     ON CONFLICT (delivery_id, attempt) DO NOTHING  -- a duplicate of an attempt already recorded
     RETURNING delivery_id, started_at, outcome
 ), counted AS (  -- the webhook's hourly health figures, from exactly the attempts recorded above
@@ -98,7 +100,8 @@ FROM latest AS u
 -- ``d.in_flight``: the pump marks a delivery in flight in a transaction that commits after Kafka took
 -- the task, and an outcome whose snapshot predates that commit would skip the row instead of waiting
 -- for its lock (READ COMMITTED re-checks only rows that matched), leaving it in flight for ever.
-WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
+WHERE d.id = u.id AND d.id = ANY($1::bigint[])  -- only the partitions of these ids (as above)
+  AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 _LOCK_RESOURCES_SQL = """
@@ -121,7 +124,8 @@ UPDATE deliveries AS d SET
     in_flight = false
 FROM unnest($1::bigint[], $2::int[], $3::timestamptz[], $4::int[], $5::bool[], $6::text[])
     AS u(id, attempt, next_attempt_at, retry_index, manual, note)
-WHERE d.id = u.id AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
+WHERE d.id = u.id AND d.id = ANY($1::bigint[])  -- only the partitions of these ids (_RECORD_ATTEMPTS_SQL)
+  AND d.attempts < u.attempt AND u.attempt >= COALESCE(d.issued_attempt, 0)
 """
 
 def finishes_ordered(record: AttemptRecord) -> bool:

@@ -353,3 +353,39 @@ async def test_a_pass_blocked_by_a_long_query_gives_up_and_the_next_one_drops(db
         await reader.close()
     result = await expire_partitions(db, now, RETENTION_S)
     assert day_name("deliveries", old) in result.dropped and result.busy == []
+
+
+async def test_the_pipelines_batch_statements_read_only_the_partitions_of_their_ids(db):
+    """The sender's outcome and deferral statements and the router's replay look-up join a batch of
+    ids: each names them (``= ANY``) so PostgreSQL plans over those ids' days only. Without it the
+    planner, which does not count row-by-row pruning, hashed every day's partition (136 ms for 500
+    outcomes over 30 days of 20,000 deliveries, against 4.5 ms)."""
+    from hookstream.router.router import _REPLAYED_SQL
+    from hookstream.sender.outcomes import _DEFER_DELIVERIES_SQL, _RECORD_ATTEMPTS_SQL
+
+    now = utc_now()
+    today = day_start(day_of(now))
+    await ensure_partitions(db, today - 6 * DAY, ahead_days=6)
+    org, _ = await make_org(db, "Shop", stores=("s1",))
+    hook, _ = await make_webhook(db, org, "https://example.com/x", store_ids=["s1"])
+    made = {days_ago: await insert_delivery(db, hook, org, today - days_ago * DAY + dt.timedelta(hours=1),
+                                            f"evt_{days_ago}", status="pending", due=now)
+            for days_ago in range(6)}
+    ids = [made[1], made[4]]
+    expected = {day_name("deliveries", today - DAY), day_name("deliveries", today - 4 * DAY)}
+    n = len(ids)
+
+    def days_in(plan: list[asyncpg.Record], table: str) -> set[str]:
+        return set(re.findall(rf"\bon ({table}_\d+)\b", "\n".join(row[0] for row in plan)))
+
+    record_args = [ids, [2] * n, [now] * n, [3.0] * n, [200] * n, [None] * n, [None] * n, ["succeeded"] * n,
+                   [False] * n, [None] * n, [None] * n, [hook] * n, ["https://example.com/x"] * n, ["{}"] * n,
+                   ["[]"] * n, 1]
+    assert days_in(await db.fetch("EXPLAIN " + _RECORD_ATTEMPTS_SQL, *record_args), "deliveries") == expected
+    defer_args = [ids, [2] * n, [now] * n, [1] * n, [False] * n, [None] * n]
+    assert days_in(await db.fetch("EXPLAIN " + _DEFER_DELIVERIES_SQL, *defer_args), "deliveries") == expected
+    seqs = [await db.fetchval("SELECT event_seq FROM deliveries WHERE id = $1", i) for i in ids]
+    plan = await db.fetch("EXPLAIN " + _REPLAYED_SQL, seqs, min(seqs) >> DAY_SHIFT << DAY_SHIFT)
+    assert days_in(plan, "events") == {day_name("events", today - DAY), day_name("events", today - 4 * DAY)}
+    # a replay's deliveries are on or after its oldest event's day: the days before it are skipped
+    assert day_name("deliveries", today - 5 * DAY) not in days_in(plan, "deliveries")
