@@ -241,7 +241,10 @@ async def _delivery_of(conn: asyncpg.Connection, org_id: str, webhook_id: str, e
     """The delivery's id, or 404 ``event``; the webhook itself is checked by :func:`log_connection`."""
     delivery_id = await conn.fetchval(
         "SELECT d.id FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id"
-        " WHERE w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3",
+        " WHERE w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3"
+        # (webhook_id, event_id) is not a unique constraint on the day partitions: should a race have
+        # made two deliveries of one event to one webhook, the newest is the one shown and redelivered
+        " ORDER BY d.id DESC LIMIT 1",
         org_id, webhook_id, event_id)
     if delivery_id is None:
         raise not_found("event")
@@ -286,6 +289,7 @@ UPDATE deliveries AS d SET
     manual_due_at = CASE WHEN d.next_attempt_at IS NOT NULL THEN d.manual_due_at ELSE now() END
 FROM webhooks w
 WHERE w.id = d.webhook_id AND w.organization_id = $1 AND d.webhook_id = $2 AND d.event_id = $3
+  AND d.id = (SELECT max(x.id) FROM deliveries x WHERE x.webhook_id = $2 AND x.event_id = $3)  -- see _delivery_of
 RETURNING d.event_id, d.status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at,
           d.next_attempt_at IS NULL AS manual
 """

@@ -150,9 +150,14 @@ def decode_cursor(kind: str, raw: str, types: tuple[type, ...]) -> tuple[Any, ..
             if type(value) is not int:
                 raise bad
             try:
-                position.append(from_micros(value))
+                at = from_micros(value)
             except OverflowError:
                 raise bad from None
+            # asyncpg sends the ends of datetime's range as +-infinity, which no row has (and no
+            # partition bound takes)
+            if at.replace(tzinfo=None) in (dt.datetime.min, dt.datetime.max):
+                raise bad
+            position.append(at)
         elif expected is int:
             if type(value) is not int or not -(2**63) <= value < 2**63:
                 raise bad

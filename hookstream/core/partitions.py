@@ -27,15 +27,18 @@ import asyncio
 import contextlib
 import datetime as dt
 import logging
+import random
 import re
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from typing import TypeVar
 
 import asyncpg
 
 from hookstream.core import metrics
 
 log = logging.getLogger("hookstream.partitions")
+T = TypeVar("T")
 
 DAY_SHIFT = 36
 LEGACY_END = 1 << DAY_SHIFT  # ids below are rows stored before partitioning ("day 0")
@@ -47,7 +50,7 @@ RETRY_AFTER_FAILURE_S = 30.0
 # copy holds the log's tables (every tenant's outcomes wait for it), so its length is bounded; a day
 # with more (a tenant's long ordered queue behind a failing endpoint) is kept whole until they drain.
 REWRITE_MAX_PENDING = 10_000
-LOCK_TIMEOUT = "2s"  # DDL waits no longer for a lock (and queries behind it wait no longer for it)
+LOCK_TIMEOUT = "100ms"  # what any statement of the upkeep may wait for a lock it did not take first
 # Any constant works; it only has to be the same in every hookstream process.
 _KEEPER_LOCK_ID = 0x686F6F6C
 DAY_TABLES = ("events", "deliveries", "attempts")
@@ -126,11 +129,49 @@ async def list_partitions(conn: asyncpg.Connection, table: str) -> list[Partitio
     return found
 
 
-async def _locked_ddl(conn: asyncpg.Connection, statements: list[str]) -> None:
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+# The locks the DDL needs, taken first and without waiting (NOWAIT): a lock request that waits sits in
+# the queue, and every statement of the pipeline behind it waits too (and a wait can deadlock with an
+# outcome flush, which locks attempts before deliveries). Not granted at once, the attempt is given up
+# and tried again a moment later; after LOCK_ATTEMPTS the work is left for the next pass.
+# SHARE ROW EXCLUSIVE: attaching a partition adds its foreign keys (to webhooks, and from attempts to
+# deliveries), which needs that mode on the referenced tables; reads go on, writes wait for
+# milliseconds. Dropping or rewriting a day needs the parents whole (ACCESS EXCLUSIVE).
+_LOCK_FOR_ATTACH = ("LOCK TABLE ONLY events, deliveries, attempts IN SHARE ROW EXCLUSIVE MODE NOWAIT",
+                    "LOCK TABLE ONLY webhooks IN SHARE ROW EXCLUSIVE MODE NOWAIT")
+_LOCK_FOR_DROP = ("LOCK TABLE ONLY events, deliveries, attempts IN ACCESS EXCLUSIVE MODE NOWAIT",
+                  "LOCK TABLE ONLY webhooks IN SHARE ROW EXCLUSIVE MODE NOWAIT")
+_LOCK_FOR_KEYS = ("LOCK TABLE ONLY event_keys IN ACCESS EXCLUSIVE MODE NOWAIT",)
+LOCK_ATTEMPTS = 40
+LOCK_RETRY_S = (0.05, 0.15)
+
+
+class Busy(Exception):
+    """The locks a step of the upkeep needs were not free in LOCK_ATTEMPTS tries."""
+
+
+async def _locked(conn: asyncpg.Connection, locks: tuple[str, ...],
+                  body: Callable[[asyncpg.Connection], Awaitable[T]]) -> T:
+    """``body`` in a transaction holding ``locks``, taken without queueing (see above)."""
+    for attempt in range(LOCK_ATTEMPTS):
+        try:
+            async with conn.transaction():
+                # a backstop for any other lock a statement needs: never queue long
+                await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
+                for lock in locks:
+                    await conn.execute(lock)
+                return await body(conn)
+        except asyncpg.LockNotAvailableError:
+            if attempt + 1 < LOCK_ATTEMPTS:
+                await asyncio.sleep(random.uniform(*LOCK_RETRY_S))
+    raise Busy(", ".join(locks))
+
+
+async def _locked_ddl(conn: asyncpg.Connection, locks: tuple[str, ...], statements: list[str]) -> None:
+    async def run(c: asyncpg.Connection) -> None:
         for statement in statements:
-            await conn.execute(statement)
+            await c.execute(statement)
+
+    await _locked(conn, locks, run)
 
 
 def _attach(table: str, name: str, low: int, high: int) -> list[str]:
@@ -152,14 +193,14 @@ async def ensure_partitions(conn: asyncpg.Connection, now: dt.datetime, ahead_da
             if low in have:
                 continue
             name = f"{table}_{day_start(day):%Y%m%d}"
-            await _locked_ddl(conn, _attach(table, name, low, (day + 1) << DAY_SHIFT))
+            await _locked_ddl(conn, _LOCK_FOR_ATTACH, _attach(table, name, low, (day + 1) << DAY_SHIFT))
             made.append(name)
     existing = await list_partitions(conn, "event_keys")
     for span in range(span_of(now), (today + ahead_days) // SPAN_DAYS + 1):
         if any((p.low is None or p.low <= span) and (p.high is None or span < p.high) for p in existing):
             continue
         name = f"event_keys_{day_start(span * SPAN_DAYS):%Y%m%d}"
-        await _locked_ddl(conn, _attach("event_keys", name, span, span + 1))
+        await _locked_ddl(conn, _LOCK_FOR_KEYS, _attach("event_keys", name, span, span + 1))
         made.append(name)
     return made
 
@@ -191,11 +232,6 @@ async def _legacy_newest_at(conn: asyncpg.Connection, parts: dict[str, Partition
     return _legacy_newest[key]
 
 
-# Outcome flushes and the API reach the partitions through the parents, so holding the parents is
-# holding the day's partitions; always in this order.
-_LOCK_PARENTS = "LOCK TABLE ONLY events, deliveries, attempts IN ACCESS EXCLUSIVE MODE"
-
-
 def _drop_statements(parts: dict[str, Partition]) -> list[str]:
     # attempts first: a deliveries partition is detached only once no attempt refers to it
     statements = []
@@ -205,20 +241,73 @@ def _drop_statements(parts: dict[str, Partition]) -> list[str]:
     return statements
 
 
+@dataclass(frozen=True)
+class _DayState:
+    pending: int  # counted up to REWRITE_MAX_PENDING + 1
+    finished: bool  # the day holds a finished delivery
+    unreferenced: bool  # the day holds an event no pending delivery needs (none of its own, none later)
+    needed_later: bool  # a pending delivery of a later day (a replay's) needs one of the day's events
+
+    @property
+    def action(self) -> str:
+        if self.pending == 0 and not self.needed_later:
+            return "drop"
+        if self.pending > REWRITE_MAX_PENDING:
+            return "keep"  # a copy this long would hold everyone's outcomes
+        if self.finished or self.unreferenced:
+            return "rewrite"
+        return "keep"  # nothing to let go yet
+
+
+def _needed_later_sql(parts: dict[str, Partition]) -> str:
+    """The events of this day that a pending delivery of a later day needs (made by a replay)."""
+    low, high = parts["events"].low, parts["events"].high
+    bounds = [f"d.event_seq >= {low}"] if low is not None else []
+    bounds.append(f"d.event_seq < {high}")
+    return (f"SELECT d.event_seq FROM deliveries d WHERE d.status = 'pending' AND d.id >= {high}"
+            f" AND {' AND '.join(bounds)}")
+
+
+async def _day_state(conn: asyncpg.Connection, parts: dict[str, Partition]) -> _DayState:
+    """What an expired day holds, from indexes and first rows (never a scan of the day)."""
+    pending, finished, unreferenced, needed_later = 0, False, False, False
+    deliveries, events = parts.get("deliveries"), parts.get("events")
+    if deliveries is not None:
+        pending = await conn.fetchval(f"SELECT count(*) FROM (SELECT 1 FROM {deliveries.name} WHERE status = 'pending'"
+                                      f" LIMIT {REWRITE_MAX_PENDING + 1}) AS p")
+        finished = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {deliveries.name} WHERE status <> 'pending')")
+    if events is not None and events.high is not None:
+        needed_later = await conn.fetchval(f"SELECT EXISTS ({_needed_later_sql(parts)})")
+        if not finished and pending <= REWRITE_MAX_PENDING:
+            # an event that neither the day's deliveries (all pending, at most the cap) nor a later
+            # day's pending ones need: found among the first rows of a day not yet rewritten
+            own = (f" AND NOT EXISTS (SELECT 1 FROM {deliveries.name} d WHERE d.event_seq = e.seq)"
+                   if deliveries is not None else "")
+            unreferenced = await conn.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {events.name} e WHERE true{own} AND NOT EXISTS"
+                f" (SELECT 1 FROM deliveries d2 WHERE d2.event_seq = e.seq AND d2.status = 'pending'"
+                f" AND d2.id >= {events.high}))")
+    return _DayState(pending, finished, unreferenced, needed_later)
+
+
 def _rewrite_statements(parts: dict[str, Partition]) -> list[str]:
-    """Rewrite a day's partitions to hold only its pending deliveries, their attempts and events."""
-    deliveries = parts["deliveries"]
-    low = "MINVALUE" if deliveries.low is None else str(deliveries.low)
-    high = "MAXVALUE" if deliveries.high is None else str(deliveries.high)
+    """Rewrite a day's partitions to hold only its pending deliveries, their attempts, and the events
+    they or a later day's pending deliveries need."""
+    any_part = next(iter(parts.values()))
+    low = "MINVALUE" if any_part.low is None else str(any_part.low)
+    high = "MAXVALUE" if any_part.high is None else str(any_part.high)
     new = {t: f"{p.name}_k" for t, p in parts.items()}
     statements = [f"CREATE TABLE {new[t]} (LIKE {t} INCLUDING DEFAULTS INCLUDING CONSTRAINTS)" for t in parts]
-    statements.append(f"INSERT INTO {new['deliveries']} SELECT * FROM {deliveries.name} WHERE status = 'pending'")
-    if "attempts" in parts:
-        statements.append(f"INSERT INTO {new['attempts']} SELECT a.* FROM {parts['attempts'].name} a"
-                          f" WHERE a.delivery_id IN (SELECT id FROM {new['deliveries']})")
+    if "deliveries" in parts:
+        statements.append(f"INSERT INTO {new['deliveries']} SELECT * FROM {parts['deliveries'].name}"
+                          " WHERE status = 'pending'")
+        if "attempts" in parts:
+            statements.append(f"INSERT INTO {new['attempts']} SELECT a.* FROM {parts['attempts'].name} a"
+                              f" WHERE a.delivery_id IN (SELECT id FROM {new['deliveries']})")
     if "events" in parts:
+        own = f"e.seq IN (SELECT event_seq FROM {new['deliveries']}) OR " if "deliveries" in parts else ""
         statements.append(f"INSERT INTO {new['events']} SELECT e.* FROM {parts['events'].name} e"
-                          f" WHERE e.seq IN (SELECT event_seq FROM {new['deliveries']})")
+                          f" WHERE {own}e.seq IN ({_needed_later_sql(parts)})")
     statements += _drop_statements(parts)
     for table in DAY_TABLES:
         if table in parts:
@@ -228,32 +317,27 @@ def _rewrite_statements(parts: dict[str, Partition]) -> list[str]:
 
 
 async def _expire_day(conn: asyncpg.Connection, parts: dict[str, Partition], result: RetentionPass) -> None:
-    """Drop one expired day's partitions, or keep only its pending deliveries: decided under the lock,
-    so a redelivery asked for meanwhile is seen."""
-    async with conn.transaction():
-        await conn.execute(f"SET LOCAL lock_timeout = '{LOCK_TIMEOUT}'")
-        await conn.execute(_LOCK_PARENTS)
-        if "deliveries" not in parts:
-            pending = finished = 0
-        else:
-            # both from an index or the first rows, never a scan of the day under the lock
-            # (deliveries_unfinished: the partial index of pending deliveries)
-            name = parts["deliveries"].name
-            pending = await conn.fetchval(f"SELECT count(*) FROM {name} WHERE status = 'pending'")
-            finished = await conn.fetchval(f"SELECT EXISTS (SELECT 1 FROM {name} WHERE status <> 'pending')")
-        if pending == 0:
+    """Drop one expired day's partitions, or keep only what is unfinished (and the events it needs).
+    Decided first without a lock (a day kept for its unfinished deliveries costs every pass nothing
+    more), then again under the lock, so a redelivery asked for meanwhile is seen."""
+    before = await _day_state(conn, parts)
+    if before.action == "keep":
+        result.kept_unfinished += before.pending
+        return
+
+    async def act(c: asyncpg.Connection) -> None:
+        state = await _day_state(c, parts)
+        result.kept_unfinished += state.pending
+        if state.action == "drop":
             for statement in _drop_statements(parts):
-                await conn.execute(statement)
-            result.dropped += [p.name for p in parts.values()]
-            return
-        result.kept_unfinished += pending
-        if pending > REWRITE_MAX_PENDING:
-            return  # kept whole: a copy this long would hold everyone's outcomes
-        if not finished and not await _has_unreferenced_events(conn, parts):
-            return  # nothing to let go yet
-        for statement in _rewrite_statements(parts):
-            await conn.execute(statement)
-        result.rewritten.append(parts["deliveries"].name)
+                await c.execute(statement)
+            result.dropped.extend(p.name for p in parts.values())
+        elif state.action == "rewrite":
+            for statement in _rewrite_statements(parts):
+                await c.execute(statement)
+            result.rewritten.append(parts.get("deliveries", next(iter(parts.values()))).name)
+
+    await _locked(conn, _LOCK_FOR_DROP, act)
 
 
 async def expire_partitions(conn: asyncpg.Connection, now: dt.datetime, retention_s: float) -> RetentionPass:
@@ -276,30 +360,20 @@ async def expire_partitions(conn: asyncpg.Connection, now: dt.datetime, retentio
             continue
         try:
             await _expire_day(conn, parts, result)
-        except (asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
-            # a long query in the way (or an outcome flush locking in another order): the next pass
-            # tries again, and the other days go on now
+        except (Busy, asyncpg.LockNotAvailableError, asyncpg.DeadlockDetectedError) as exc:
+            # a long query in the way: the next pass tries again, and the other days go on now
             result.busy.append(parts.get("deliveries", sample).name)
             log.warning("partition upkeep: %s is busy, tried again at the next pass (%s)", sample.name, exc)
     for part in await list_partitions(conn, "event_keys"):
         if part.high is not None and day_start(part.high * SPAN_DAYS) <= cutoff:
-            await _locked_ddl(conn, [f"ALTER TABLE event_keys DETACH PARTITION {part.name}", f"DROP TABLE {part.name}"])
+            await _locked_ddl(conn, _LOCK_FOR_KEYS,
+                              [f"ALTER TABLE event_keys DETACH PARTITION {part.name}", f"DROP TABLE {part.name}"])
             result.dropped.append(part.name)
     # Small tables, one row per webhook and hour: deleted by row, away from the hot path.
     await conn.execute("DELETE FROM webhook_stats_hourly WHERE hour < $1", cutoff)
     await conn.execute("DELETE FROM filter_errors WHERE hour < $1", cutoff)
     await conn.execute("DELETE FROM recoveries WHERE finished_at < $1", cutoff)
     return result
-
-
-async def _has_unreferenced_events(conn: asyncpg.Connection, parts: dict[str, Partition]) -> bool:
-    """Whether an expired day whose deliveries are all pending still holds events none of them refers to
-    (events no webhook wanted, kept for idempotency and the explorer)."""
-    if "events" not in parts or "deliveries" not in parts:
-        return False
-    return bool(await conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM {parts['events'].name} e WHERE NOT EXISTS"
-        f" (SELECT 1 FROM {parts['deliveries'].name} d WHERE d.event_seq = e.seq))"))
 
 
 async def run_pass(pool: asyncpg.Pool, now: dt.datetime, retention_s: float) -> RetentionPass | None:

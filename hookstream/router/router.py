@@ -153,6 +153,8 @@ WITH input AS (
     FROM stored s JOIN input i USING (organization_id, event_id)
     WHERE (s.source_topic, s.source_partition, s.source_offset)
         = (i.source_topic, i.source_partition, i.source_offset)
+      -- a replay whose event retention has dropped (its key lives on a little longer) is not routed again
+      AND CASE WHEN s.existed THEN EXISTS (SELECT 1 FROM events e WHERE e.seq = s.seq) ELSE true END
 ), routed AS (
     -- Per (webhook, resource) in the batch's order, the source order of its records: an ordered
     -- webhook's deliveries of one resource are admitted in that order (deliveries_admit_ordered,
@@ -176,14 +178,28 @@ WITH input AS (
 -- ``routable`` here made the planner (which estimates one row for either) loop over both, quadratic
 -- in the batch: 95 of a 1,000-event batch's 143 ms.
 SELECT x.id, x.webhook_id, x.event_id, x.status, x.first_in_flight, x.ordered, NULL::text AS organization_id,
-       NULL::bigint AS replayed_seq
+       NULL::bigint AS replayed_seq, false AS raced
 FROM routed x
 UNION ALL
-SELECT NULL, NULL, s.event_id, NULL, NULL, NULL, s.organization_id, NULL FROM stored s
+SELECT NULL, NULL, s.event_id, NULL, NULL, NULL, s.organization_id, NULL, false FROM stored s
 WHERE NOT EXISTS (SELECT 1 FROM routable r
                   WHERE r.organization_id = s.organization_id AND r.event_id = s.event_id)
 UNION ALL  -- replays of the same source position: their stored deliveries are looked up apart
-SELECT NULL, NULL, r.event_id, NULL, NULL, NULL, r.organization_id, r.seq FROM routable r WHERE r.existed
+SELECT NULL, NULL, r.event_id, NULL, NULL, NULL, r.organization_id, r.seq, false FROM routable r WHERE r.existed
+UNION ALL  -- keyed by another router meanwhile (DO NOTHING): looked up apart once it has committed
+SELECT NULL, NULL, i.event_id, NULL, NULL, NULL, i.organization_id, NULL, true FROM input i
+WHERE NOT EXISTS (SELECT 1 FROM stored s WHERE s.organization_id = i.organization_id AND s.event_id = i.event_id)
+"""
+
+# The keys another router stored while this batch's statement ran (it waited for that router's commit,
+# so a new statement sees them): the same source position is a replay (two routers with one record, in
+# a rebalance: its deliveries are handed back, to be enqueued should the other router die before
+# Kafka took its tasks), another one a second publish.
+_RACED_SQL = """
+SELECT k.event_seq, (k.source_topic, k.source_partition, k.source_offset) = (i.topic, i.part, i.off) AS same
+FROM event_keys k
+JOIN unnest($1::text[], $2::text[], $3::text[], $4::int[], $5::bigint[]) AS i(org, event_id, topic, part, off)
+  ON k.organization_id = i.org AND k.event_id = i.event_id
 """
 
 # A replay (the router crashed after storing a batch, maybe before Kafka took its tasks): every
@@ -233,7 +249,15 @@ async def store_batch(
     )
     deliveries = [row for row in rows if row["id"] is not None]
     replayed = [row["replayed_seq"] for row in rows if row["replayed_seq"] is not None]
-    second_publishes = len(rows) - len(deliveries) - len(replayed)
+    raced = {(row["organization_id"], row["event_id"]) for row in rows if row["raced"]}
+    second_publishes = len(rows) - len(deliveries) - len(replayed) - len(raced)
+    if raced:
+        mine = [(r, e) for r, e, _ in events if (e.organization_id, e.id) in raced]
+        found = await conn.fetch(_RACED_SQL, [e.organization_id for _, e in mine], [e.id for _, e in mine],
+                                 [r.topic for r, _ in mine], [r.partition for r, _ in mine],
+                                 [r.offset for r, _ in mine])
+        replayed += [row["event_seq"] for row in found if row["same"]]
+        second_publishes += sum(1 for row in found if not row["same"])
     if replayed:
         known = {row["id"] for row in deliveries}
         oldest_day = min(replayed) >> DAY_SHIFT << DAY_SHIFT

@@ -241,6 +241,15 @@ async def test_a_redelivery_asked_for_before_the_pass_keeps_its_delivery(db):
 
 
 async def test_a_second_publish_is_left_out_when_the_first_is_in_an_older_key_span(db, hs_settings, spawn):
+    # a database older than its migration's week: no legacy key partition, one per week
+    await db.execute("ALTER TABLE event_keys DETACH PARTITION event_keys_legacy")
+    await db.execute("DROP TABLE event_keys_legacy")
+    await ensure_partitions(db, utc_now() - 7 * DAY, ahead_days=10)
+    this_week = partitions.span_of(utc_now())
+
+    def span_partition(span: int) -> str:
+        return f"event_keys_{day_start(span * partitions.SPAN_DAYS):%Y%m%d}"
+
     async with Receiver() as receiver:
         org, _ = await make_org(db, "Shop", stores=("s1",))
         await make_webhook(db, org, receiver.url("/shop"), event_types=["order.created"], store_ids=["s1"])
@@ -249,11 +258,11 @@ async def test_a_second_publish_is_left_out_when_the_first_is_in_an_older_key_sp
         first = sample_event("order.created", org, "s1", 1, event_id="evt_twice")
         await publish_events(hs_settings, [first])
         await wait_for(lambda: receiver.at("/shop"), timeout_s=60, message="the first publish to arrive")
-        # as if the first publish had come last week: its key moves to the span before this one
-        moved = await db.execute("UPDATE event_keys SET span = span - 1 WHERE event_id = 'evt_twice'")
-        assert moved == "UPDATE 1"
-        assert await db.fetchval("SELECT tableoid::regclass::text FROM event_keys WHERE event_id = 'evt_twice'") \
-            != f"event_keys_{day_start(partitions.span_of(utc_now()) * partitions.SPAN_DAYS):%Y%m%d}"
+        where = "SELECT tableoid::regclass::text FROM event_keys WHERE event_id = 'evt_twice'"
+        assert await db.fetchval(where) == span_partition(this_week)
+        # as if the first publish had come last week: its key moves to last week's partition
+        assert await db.execute("UPDATE event_keys SET span = span - 1 WHERE event_id = 'evt_twice'") == "UPDATE 1"
+        assert await db.fetchval(where) == span_partition(this_week - 1)
         marker = sample_event("order.created", org, "s1", 2, event_id="evt_after")
         await publish_events(hs_settings, [first, marker])
         await wait_for(lambda: any(r.headers["webhook-id"] == "evt_after" for r in receiver.at("/shop")),

@@ -123,9 +123,10 @@ CREATE TABLE event_keys (
     source_offset     bigint NOT NULL,
     PRIMARY KEY (organization_id, event_id, span)
 ) PARTITION BY RANGE (span);
--- The keys of the events stored so far, in the span before this one: kept at least the retention
--- period from now, so every stored event stays deduplicated for at least that long.
-CREATE TABLE event_keys_legacy PARTITION OF event_keys FOR VALUES FROM (MINVALUE) TO (hookstream_span(now()));
+-- The keys of the events stored so far, filed in this span, whose partition (this one) retention drops
+-- only once the span's end is older than the retention: every stored event stays deduplicated for at
+-- least the retention from now. The keys of the rest of this span are added to the same partition.
+CREATE TABLE event_keys_legacy PARTITION OF event_keys FOR VALUES FROM (MINVALUE) TO (hookstream_span(now()) + 1);
 INSERT INTO event_keys (organization_id, event_id, span, event_seq, source_topic, source_partition, source_offset)
-SELECT organization_id, event_id, hookstream_span(now()) - 1, seq, source_topic, source_partition, source_offset
+SELECT organization_id, event_id, hookstream_span(now()), seq, source_topic, source_partition, source_offset
 FROM events;
