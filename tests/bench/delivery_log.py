@@ -172,6 +172,7 @@ class LogDatabase:
     webhooks: list[tuple[str, str]]  # (webhook id, organization id)
     orgs: list[str]
     today: int  # the UTC day the data ends
+    build_wal_bytes: int = 0
 
 
 def _day_name(table: str, day: int) -> str:
@@ -188,6 +189,7 @@ async def build(admin_url: str, template: str, deliveries: int, say: Callable[[s
     started = time.perf_counter()
     conn = await asyncpg.connect(url)
     try:
+        wal_start = await conn.fetchval("SELECT pg_current_wal_lsn()::text")
         t = time.perf_counter()
         await ensure_partitions(conn, day_start(oldest), ahead_days=DAYS - 1 + AHEAD_DAYS)
         phases["partitions"] = time.perf_counter() - t
@@ -261,9 +263,11 @@ async def build(admin_url: str, template: str, deliveries: int, say: Callable[[s
         total = await conn.fetchval("SELECT count(*) FROM deliveries")
         n_events = await conn.fetchval("SELECT count(*) FROM events")
         await conn.execute("CHECKPOINT")
+        # the WAL the build wrote (a bulk insert, no updates: a floor for what the pipeline writes)
+        wal = await conn.fetchval("SELECT pg_wal_lsn_diff(pg_current_wal_lsn(), $1::text::pg_lsn)::bigint", wal_start)
     finally:
         await conn.close()
-    return LogDatabase(url, name, total, n_events, build_s, phases, webhooks, orgs, today)
+    return LogDatabase(url, name, total, n_events, build_s, phases, webhooks, orgs, today, wal)
 
 
 # ----------------------------------------------------------------------------------------- measuring
@@ -406,6 +410,20 @@ async def measure(db: LogDatabase, runs: int, say: Callable[[str], None]) -> tup
         sql, args = build_log_query(busiest["webhook_id"], busiest["organization_id"], dict(one_day), limit)
         details["range_plan"] = await explain_range(conn, sql, args)
         figures["log_range_partitions_scanned"] = details["range_plan"]["auto"]["read"]
+        # the unfiltered first page of a webhook not timed above: what it reads, and from where
+        await conn.execute("SET track_io_timing = on")
+        details["first_page_plans"] = []
+        for webhook_id, org_id in rng.sample(db.webhooks, 3):
+            sql, args = build_log_query(webhook_id, org_id, {}, limit)
+            raw = await conn.fetchval(f"EXPLAIN (ANALYZE, BUFFERS, FORMAT JSON) {sql}", *args)
+            plan = json.loads(raw) if isinstance(raw, str) else raw
+            top = plan[0]["Plan"]
+            _, read = _plan_partitions(plan, "deliveries_")
+            details["first_page_plans"].append({
+                "partitions_read": len(read), "execution_ms": plan[0].get("Execution Time"),
+                "shared_hit": top.get("Shared Hit Blocks"), "shared_read": top.get("Shared Read Blocks"),
+                "io_read_ms": top.get("I/O Read Time")})
+        await conn.execute("RESET track_io_timing")
         per, indexes = await sizes(conn, db.deliveries)
         details["bytes_per_delivery"] = per
         details["indexes"] = indexes
@@ -415,6 +433,21 @@ async def measure(db: LogDatabase, runs: int, say: Callable[[str], None]) -> tup
                                                          + per[f"{table}_indexes"])
         figures["log_deliveries_index_bytes_per_delivery"] = per["deliveries_indexes"]
         details["database_bytes"] = await conn.fetchval("SELECT pg_database_size(current_database())")
+        # what a row is made of (one day in the middle): where the attempt and event bytes go
+        mid_day = db.today - DAYS // 2
+        columns = await conn.fetchrow(
+            "SELECT avg(pg_column_size(a.*)) AS attempt_row, avg(pg_column_size(a.request_headers)) AS request_headers,"
+            " avg(pg_column_size(a.response_headers)) AS response_headers,"
+            " avg(pg_column_size(a.request_url)) AS request_url, avg(pg_column_size(a.response_excerpt)) AS excerpt,"
+            f" count(*)::float8 / (SELECT count(*) FROM {_day_name('deliveries', mid_day)}) AS attempts_per_delivery"
+            f" FROM {_day_name('attempts', mid_day)} a")
+        events_row = await conn.fetchrow(
+            "SELECT avg(pg_column_size(e.*)) AS event_row, avg(pg_column_size(e.body)) AS body,"
+            f" avg(octet_length(e.body)) AS body_bytes FROM {_day_name('events', mid_day)} e")
+        deliveries_row = await conn.fetchval(
+            f"SELECT avg(pg_column_size(d.*)) FROM {_day_name('deliveries', mid_day)} d")
+        details["columns"] = {**{k: float(v) for k, v in columns.items()}, **{k: float(v) for k, v in events_row.items()},
+                              "delivery_row": float(deliveries_row)}
     finally:
         await conn.close()
     figures["log_build_s"] = db.build_s
@@ -422,6 +455,7 @@ async def measure(db: LogDatabase, runs: int, say: Callable[[str], None]) -> tup
     details["build_phases_s"] = db.build_phases
     details["events"] = db.events
     details["deliveries_count"] = db.deliveries
+    details["build_wal_bytes_per_delivery"] = db.build_wal_bytes / db.deliveries
     return figures, details
 
 
@@ -439,6 +473,13 @@ def format_details(details: dict[str, Any]) -> str:
     lines.append("indexes (summed over partitions), bytes per delivery:")
     for table, name, size in details["indexes"]:
         lines.append(f"  {table:<11} {name:<32} {size / details['deliveries_count']:>7.1f}")
+    lines.append(f"WAL written by the build: {details['build_wal_bytes_per_delivery']:.0f} bytes per delivery")
+    if "columns" in details:
+        lines.append("average bytes (one day): " + ", ".join(f"{k} {v:.1f}" for k, v in details["columns"].items()))
+    for p in details.get("first_page_plans", []):
+        lines.append(f"first page (EXPLAIN ANALYZE, another webhook): {p['partitions_read']} partitions read,"
+                     f" {p['execution_ms']} ms, shared buffers hit {p['shared_hit']} read {p['shared_read']}"
+                     f" (I/O {p['io_read_ms']} ms)")
     for mode, plan in details["range_plan"].items():
         lines.append(f"one-day range ({mode}): {plan['planned']} deliveries partitions in the plan, {plan['read']} read"
                      f" ({', '.join(plan['partitions_read'])}); execution {plan['execution_ms']} ms")
