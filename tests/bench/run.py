@@ -10,6 +10,7 @@ its `succeeded` outcome is not in PostgreSQL and on the status topic.
     python -m tests.bench.run --smoke      # tiny counts, 1 run: the harness cannot rot
     python -m tests.bench.run --only e2e,latency --runs 1 --profile
     python -m tests.bench.run --only unordered,ordered,ordered_failing --runs 1   # issue 14
+    python -m tests.bench.run --only log --runs 1 --log-deliveries 200000          # issue 17
 """
 
 from __future__ import annotations
@@ -44,6 +45,7 @@ from hookstream.core.kafka import RenewableProducer, ensure_topics, open_produce
 from hookstream.core.publish import make_event
 from hookstream.core.signing import decode_secret, generate_secret, signature_header
 from hookstream.core.validation import Rejection, validate_event
+from tests.bench import delivery_log
 from tests.support import (
     ROOT,
     HookstreamProcess,
@@ -81,7 +83,13 @@ RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p9
                "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
                "sender_peak_rss_mb", "scale_2_over_1", "cpu_ms_per_delivery", "idle_cpu_pct", "filters_rps",
                "filters_ratio", "unordered_rps", "ordered_rps", "ordered_failing_rps", "ordered_over_unordered",
-               "ordered_failing_over_unordered", "ordered_violations")
+               "ordered_failing_over_unordered", "ordered_violations",
+               # the log scenario (issue 17, tests/bench/delivery_log.py)
+               "log_deliveries", "log_build_s", "log_p50_ms", "log_p99_ms", "log_failed_p50_ms", "log_failed_p99_ms",
+               "log_range_p50_ms", "log_range_p99_ms", "log_deep_p50_ms", "log_deep_p99_ms", "explorer_p50_ms",
+               "explorer_p99_ms", "explorer_range_p50_ms", "explorer_range_p99_ms", "log_range_partitions_scanned",
+               "log_bytes_per_delivery", "log_events_bytes_per_delivery", "log_deliveries_bytes_per_delivery",
+               "log_deliveries_index_bytes_per_delivery", "log_attempts_bytes_per_delivery")
 # How the runs' values of a key are summarised: the median, except where one bad run must show.
 AGGREGATES = {"ordered_violations": max}
 TARGETS = {  # key -> (description, check(results))
@@ -99,7 +107,7 @@ TARGETS = {  # key -> (description, check(results))
     "ordered_violations": ("= 0", lambda r: r["ordered_violations"] == 0),
 }
 SCENARIOS = ("baseline", "e2e", "latency", "latency_200", "floor", "fanout", "isolation", "backlog", "filters", "idle",
-             "unordered", "ordered", "ordered_failing")
+             "unordered", "ordered", "ordered_failing", "log")
 # The ordered scenarios (issue 14): resources x events per resource, published interleaved (event k of
 # every resource, then event k + 1) to one webhook with ordering "per_resource"; ``unordered`` is the
 # same stream to a webhook without ordering. ``ordered_failing`` has the sink refuse (HTTP 500) the
@@ -135,13 +143,15 @@ class Sizes:
     baseline_requests: int = 50_000
     ordered_resources: int = 1_000
     ordered_events: int = 10  # per resource
+    log_deliveries: int = 10_000_000  # the log scenario's database (built once, measured each run)
+    log_query_runs: int = 300  # timed executions of each log/explorer query
     runs: int = 3
 
 
 SMOKE = Sizes(events=200, backlog=300, fanout_events=20, fanout_webhooks=10, latency_s=3.0, latency_rate=50,
               latency_200_s=3.0, latency_200_rate=50, floor_s=3.0, idle_s=3.0,
               isolation_events=30, isolation_webhooks=4, baseline_requests=200, ordered_resources=20,
-              ordered_events=5, runs=1)
+              ordered_events=5, log_deliveries=3_000, log_query_runs=20, runs=1)
 
 
 def log(message: str) -> None:
@@ -545,6 +555,19 @@ class Bench:
     sink: SinkProcess | None = None
     # Kafka's and PostgreSQL's server processes, counted in the CPU figures (found by listening port).
     infra_pids: dict[str, int] = field(default_factory=dict)
+    # The log scenario's database, built in the first run and measured in every run; its plans and sizes.
+    log_db: delivery_log.LogDatabase | None = None
+    log_details: dict = field(default_factory=dict)
+
+    async def log_scenario(self) -> dict[str, float]:
+        if self.log_db is None:  # the build needs no quiet machine; the measuring does (below)
+            log(f"log: building {self.sizes.log_deliveries:,} deliveries over {delivery_log.DAYS} days")
+            self.log_db = await delivery_log.build(self.admin_url, self.template, self.sizes.log_deliveries, log)
+            log(f"log: built {self.log_db.deliveries:,} deliveries ({self.log_db.events:,} events) in"
+                f" {self.log_db.build_s:.0f}s: " + ", ".join(f"{k} {v:.0f}s" for k, v in self.log_db.build_phases.items()))
+        await settle("log")
+        figures, self.log_details = await delivery_log.measure(self.log_db, self.sizes.log_query_runs, log)
+        return figures
 
     async def measure_delivery(self, sc: Scenario, ids: list[str], hooks: list[str], t0: float,
                                status: StatusReader) -> tuple[float, list]:
@@ -1104,6 +1127,10 @@ async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]
         log(f"run {index}: ordered_failing_rps={out['ordered_failing_rps']:.0f} ({violations} order violations)")
         if "unordered_rps" in out:
             out["ordered_failing_over_unordered"] = out["ordered_failing_rps"] / out["unordered_rps"]
+    if "log" in only:
+        out.update(await bench.log_scenario())
+        log(f"run {index}: log p50 {out['log_p50_ms']:.2f}ms p99 {out['log_p99_ms']:.2f}ms,"
+            f" {out['log_bytes_per_delivery']:.0f} bytes per delivery")
     return out
 
 
@@ -1139,7 +1166,8 @@ async def amain(args: argparse.Namespace) -> int:
         "fanout_webhooks": args.fanout_webhooks, "latency_s": args.latency_seconds,
         "latency_rate": args.latency_rate, "isolation_events": args.isolation_events,
         "baseline_requests": args.baseline_requests, "ordered_resources": args.ordered_resources,
-        "ordered_events": args.ordered_events, "runs": args.runs}.items() if v is not None}
+        "ordered_events": args.ordered_events, "log_deliveries": args.log_deliveries,
+        "log_query_runs": args.log_query_runs, "runs": args.runs}.items() if v is not None}
     sizes = dataclasses.replace(sizes, **overrides)
     only = set(args.only.split(",")) if args.only else set(SCENARIOS)
     unknown = only - set(SCENARIOS)
@@ -1180,16 +1208,23 @@ async def amain(args: argparse.Namespace) -> int:
         print(f"bench FAILED: {exc}", file=sys.stderr)
         return 1
     finally:
+        if bench.log_db is not None:
+            await drop_database(admin_url, bench.log_db.name)
         await drop_database(admin_url, bench.template)
 
     results = {key: AGGREGATES.get(key, statistics.median)([r[key] for r in runs])
                for key in RESULT_KEYS if key in runs[0]}
     out_path.write_bytes(orjson.dumps(results, option=orjson.OPT_INDENT_2) + b"\n")
+    if bench.log_details:
+        details_path = out_path.with_name(out_path.stem + ".log-details.json")
+        details_path.write_bytes(orjson.dumps(bench.log_details, option=orjson.OPT_INDENT_2) + b"\n")
+        print(delivery_log.format_details(bench.log_details))
     print(f"hookstream bench: {sizes.runs} run(s), medians; {'smoke sizes' if args.smoke else 'sizes'}: "
           f"events={sizes.events} backlog={sizes.backlog} fanout={sizes.fanout_events}x{sizes.fanout_webhooks} "
           f"latency={sizes.latency_s:g}s@{sizes.latency_rate}/s isolation={sizes.isolation_events}x"
           f"{sizes.isolation_webhooks} baseline={sizes.baseline_requests}"
-          f" ordered={sizes.ordered_resources}x{sizes.ordered_events}")
+          f" ordered={sizes.ordered_resources}x{sizes.ordered_events} log={sizes.log_deliveries}"
+          f"x{sizes.log_query_runs} queries")
     print(format_table(results))
     print(f"written: {out_path}")
     return 0
@@ -1210,6 +1245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ordered-resources", type=int,
                    help="orders in the unordered/ordered/ordered_failing stream (default 1000)")
     p.add_argument("--ordered-events", type=int, help="events per order in that stream (default 10)")
+    p.add_argument("--log-deliveries", type=int,
+                   help="deliveries in the log scenario's database, over 30 days (default 10000000)")
+    p.add_argument("--log-query-runs", type=int, help="timed runs of each log scenario query (default 300)")
     p.add_argument("--endpoint-max-queued", type=int, default=ENDPOINT_MAX_QUEUED,
                    help=f"HOOKSTREAM_ENDPOINT_MAX_QUEUED for the senders (default {ENDPOINT_MAX_QUEUED}, "
                         "hookstream's own default)")
