@@ -17,6 +17,10 @@ _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every hookstream process.
 _MIGRATION_LOCK_ID = 0x686F6F6B
 PARTITIONED_SINCE = 6  # 0006_partitions.sql
+# No JIT: hookstream's statements are short, and over the day partitions the planner's estimates of a
+# join (a day not analyzed yet, the sum over partitions) can exceed jit_above_cost by far, so that a
+# statement finding nothing spent ~40 ms compiling (the retry pump's claim, every pass; BENCHMARKS.md).
+SESSION_SETTINGS = {"jit": "off"}
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -34,7 +38,7 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
     """An asyncpg pool that is closed on exit."""
     pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     reset=_keep_session)
+                                     reset=_keep_session, server_settings=SESSION_SETTINGS)
     try:
         yield pool
     finally:

@@ -133,9 +133,8 @@ async def list_partitions(conn: asyncpg.Connection, table: str) -> list[Partitio
 # the queue, and every statement of the pipeline behind it waits too (and a wait can deadlock with an
 # outcome flush, which locks attempts before deliveries). Not granted at once, the attempt is given up
 # and tried again a moment later; after LOCK_ATTEMPTS the work is left for the next pass.
-# SHARE ROW EXCLUSIVE: attaching a partition adds its foreign keys (to webhooks, and from attempts to
-# deliveries), which needs that mode on the referenced tables; reads go on, writes wait for
-# milliseconds. Dropping or rewriting a day needs the parents whole (ACCESS EXCLUSIVE).
+# SHARE ROW EXCLUSIVE: attaching a deliveries partition adds its foreign key to webhooks, which needs
+# that mode on webhooks; reads go on, writes wait for milliseconds. Dropping or rewriting a day needs the parents whole (ACCESS EXCLUSIVE).
 _LOCK_FOR_ATTACH = ("LOCK TABLE ONLY events, deliveries, attempts IN SHARE ROW EXCLUSIVE MODE NOWAIT",
                     "LOCK TABLE ONLY webhooks IN SHARE ROW EXCLUSIVE MODE NOWAIT")
 _LOCK_FOR_DROP = ("LOCK TABLE ONLY events, deliveries, attempts IN ACCESS EXCLUSIVE MODE NOWAIT",
@@ -233,7 +232,6 @@ async def _legacy_newest_at(conn: asyncpg.Connection, parts: dict[str, Partition
 
 
 def _drop_statements(parts: dict[str, Partition]) -> list[str]:
-    # attempts first: a deliveries partition is detached only once no attempt refers to it
     statements = []
     for table in DAY_TABLES[::-1]:
         if (part := parts.get(table)) is not None:

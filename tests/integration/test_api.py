@@ -433,11 +433,18 @@ async def test_patch_webhook(api):
 
 async def test_delete_webhook(api):
     wh = await api.webhook()
+    other = await api.webhook()
     await insert_deliveries(api.db, api.a.id, wh["id"], 3)
+    await insert_deliveries(api.db, api.a.id, other["id"], 2)
+    await api.db.execute("INSERT INTO attempts (delivery_id, attempt, started_at, duration_ms, http_status, outcome)"
+                         " SELECT id, 1, now(), 1.0, 200, 'succeeded' FROM deliveries")
     await api.call("DELETE", f"/v1/webhooks/{wh['id']}", status=204)
     await api.call("GET", f"/v1/webhooks/{wh['id']}", status=404)
     await api.call("DELETE", f"/v1/webhooks/{wh['id']}", status=404)
-    assert await api.db.fetchval("SELECT count(*) FROM deliveries") == 0
+    # its delivery log goes with it, attempts included; the other webhook's stays
+    assert await api.db.fetchval("SELECT count(*) FROM deliveries WHERE webhook_id = $1", wh["id"]) == 0
+    assert await api.db.fetchval("SELECT count(*) FROM deliveries") == 2
+    assert await api.db.fetchval("SELECT count(*) FROM attempts") == 2
 
 
 async def test_rotate_secret_keeps_the_previous_one_for_24h(api):
