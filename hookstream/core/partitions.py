@@ -89,8 +89,8 @@ def id_range_sql(column: str, since: str | None, until: str | None) -> str:
     parts = []
     if since is not None:
         parts.append(f"{column} >= hookstream_day({since}) << {DAY_SHIFT}")
-    if until is not None:
-        parts.append(f"{column} < (hookstream_day({until}) + 1) << {DAY_SHIFT}")
+    if until is not None:  # exclusive: a range ending at midnight reads nothing of the next day
+        parts.append(f"{column} < (hookstream_day({until}::timestamptz - interval '1 microsecond') + 1) << {DAY_SHIFT}")
     if not parts:
         return "true"
     return f"({' AND '.join(parts)} OR {column} < {LEGACY_END})"

@@ -16,7 +16,7 @@ import pytest
 from tests.bench.run import RESULT_KEYS
 from tests.support import ROOT
 
-pytestmark = pytest.mark.integration
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(480)]
 
 
 def test_bench_smoke_run_writes_every_result(infra_env, tmp_path):
@@ -24,7 +24,7 @@ def test_bench_smoke_run_writes_every_result(infra_env, tmp_path):
     env = {**os.environ, "KAFKA_BOOTSTRAP_SERVERS": infra_env["KAFKA_BOOTSTRAP_SERVERS"],
            "DATABASE_URL": infra_env["DATABASE_URL"]}
     proc = subprocess.run([sys.executable, "-m", "tests.bench.run", "--smoke", "--out", str(out)], cwd=ROOT,
-                          env=env, capture_output=True, text=True, timeout=240)
+                          env=env, capture_output=True, text=True, timeout=420)
     assert proc.returncode == 0, f"bench --smoke failed:\n{proc.stdout}\n{proc.stderr[-4000:]}"
     results = orjson.loads(out.read_bytes())
     assert set(results) == set(RESULT_KEYS)

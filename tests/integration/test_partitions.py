@@ -297,6 +297,10 @@ async def test_the_api_queries_read_only_the_partitions_of_their_time_range(db):
     sql, args = build_log_query(hook, org, window, 50)
     plan = await db.fetch("EXPLAIN " + sql, *args)
     assert scanned_partitions(plan, "deliveries", "d") == expected_days
+    # a whole day, midnight to midnight (until is exclusive): that day only
+    whole_day = {"since": day_start(day_of(target)).isoformat(), "until": day_start(day_of(target) + 1).isoformat()}
+    sql_day, args_day = build_log_query(hook, org, whole_day, 50)
+    assert scanned_partitions(await db.fetch("EXPLAIN " + sql_day, *args_day), "deliveries", "d") == expected_days
     assert [r["event_id"] for r in await db.fetch(sql, *args)] == ["evt_4"]
 
     # the keyset cursor of a later page bounds the ids too: newer days are skipped
