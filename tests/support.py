@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import IO
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 import asyncpg
 import orjson
 from aiokafka import AIOKafkaConsumer
@@ -54,6 +55,32 @@ def load_local_env() -> dict[str, str]:
         if key in os.environ:
             env[key] = os.environ[key]
     return env
+
+
+async def api_ready(api_url: str) -> bool:
+    """Whether the API at ``api_url`` answers ``/readyz`` with 200 (False while it cannot be reached)."""
+    try:
+        async with aiohttp.ClientSession() as session, session.get(f"{api_url}/readyz") as response:
+            return response.status == 200
+    except aiohttp.ClientError:
+        return False
+
+
+async def database_at_version(url: str, version: int) -> None:
+    """Apply hookstream's migrations up to ``version`` to the empty database at ``url`` and record them,
+    as a database that old would be (for migration tests)."""
+    from hookstream.core.db import list_migrations
+
+    conn = await asyncpg.connect(url)
+    try:
+        await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
+                           " applied_at timestamptz NOT NULL DEFAULT now())")
+        for number, name, path in list_migrations():
+            if number <= version:
+                await conn.execute(path.read_text(encoding="utf-8"))
+                await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", number, name)
+    finally:
+        await conn.close()
 
 
 def with_database(url: str, name: str) -> str:

@@ -14,7 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 
 from hookstream.core.kafka import open_producer
 from tests.receiver import Behaviour, Receiver
-from tests.support import free_port, make_org, make_webhook, sample_event, wait_for
+from tests.support import api_ready, free_port, make_org, make_webhook, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -66,7 +66,7 @@ async def test_counters_move_by_the_right_amounts_and_logs_keep_secrets(db, hs_s
         await wait_for(lambda: db.fetchval("SELECT count(*) = 6 FROM deliveries WHERE status <> 'pending'"),
                        timeout_s=60, message="all deliveries final")
         api_url = f"http://{hs_env['HOOKSTREAM_API_LISTEN']}"
-        await wait_for(lambda: _ready(api_url), timeout_s=30, message="api ready")
+        await wait_for(lambda: api_ready(api_url), timeout_s=30, message="api ready")
         async with aiohttp.ClientSession() as session:
             for key, expected in ((api_key, 200), (api_key + "x", 401)):
                 async with session.get(f"{api_url}/v1/webhooks", headers={"Authorization": f"Bearer {key}"}) as r:
@@ -116,13 +116,6 @@ async def test_counters_move_by_the_right_amounts_and_logs_keep_secrets(db, hs_s
     bound = [e for e in parsed if {"event_id", "webhook_id", "attempt"} <= set(e)]
     assert {e["event_id"] for e in bound} >= {ev["id"] for ev in good}
 
-
-async def _ready(api_url: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as session, session.get(f"{api_url}/readyz") as response:
-            return response.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def _scrape_when(url: str):

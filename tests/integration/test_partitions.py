@@ -18,11 +18,12 @@ from hookstream.api.deliveries import build_log_query
 from hookstream.api.explorer import build_events_query
 from hookstream.api.params import encode_cursor
 from hookstream.core import partitions
-from hookstream.core.db import list_migrations, migrate
+from hookstream.core.db import migrate
 from hookstream.core.partitions import DAY_SHIFT, day_of, day_start, ensure_partitions, expire_partitions
 from tests.receiver import Receiver
 from tests.support import (
     create_database,
+    database_at_version,
     drop_database,
     make_org,
     make_webhook,
@@ -81,13 +82,9 @@ async def test_migrating_from_schema_1_keeps_every_row_and_the_log_reads_it(infr
     name = unique_id("hs_v1_")
     url = await create_database(admin_url, name)
     try:
+        await database_at_version(url, 1)
         conn = await asyncpg.connect(url)
         try:
-            [(_, _, v1)] = [m for m in list_migrations() if m[0] == 1]
-            await conn.execute(v1.read_text(encoding="utf-8"))
-            await conn.execute("CREATE TABLE schema_migrations (version integer PRIMARY KEY, name text NOT NULL,"
-                               " applied_at timestamptz NOT NULL DEFAULT now())")
-            await conn.execute("INSERT INTO schema_migrations (version, name) VALUES (1, 'init')")
             await conn.execute("INSERT INTO organizations (id, name) VALUES ('org_v1', 'Old')")
             await conn.execute(
                 "INSERT INTO webhooks (id, organization_id, url, event_types, store_ids, secret)"

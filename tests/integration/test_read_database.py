@@ -16,7 +16,15 @@ import asyncpg
 import pytest
 
 from hookstream.core.db import migrate
-from tests.support import create_database, drop_database, make_org, make_webhook, unique_id, wait_for
+from tests.support import (
+    api_ready,
+    create_database,
+    drop_database,
+    make_org,
+    make_webhook,
+    unique_id,
+    wait_for,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +41,6 @@ async def read_url(infra_env) -> AsyncIterator[str]:
     finally:
         await drop_database(admin_url, name)
 
-
-async def _ready(api: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"{api}/readyz") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def insert_delivery(conn: asyncpg.Connection, org_id: str, webhook_id: str, event_id: str) -> None:
@@ -61,7 +62,7 @@ async def test_the_delivery_log_reads_the_read_database_and_writes_go_to_the_mai
     org_id, key = await make_org(db, "Org", stores=("s1",))
     spawn("api", env={"DATABASE_READ_URL": read_url})
     api = f"http://{hs_env['HOOKSTREAM_API_LISTEN']}"
-    await wait_for(lambda: _ready(api), timeout_s=30, message="api ready")
+    await wait_for(lambda: api_ready(api), timeout_s=30, message="api ready")
     read_db = await asyncpg.connect(read_url)
     try:
         async with aiohttp.ClientSession(headers={"Authorization": f"Bearer {key}"}) as http:

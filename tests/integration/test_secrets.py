@@ -13,17 +13,10 @@ from hookstream.core.publish import publish_event
 from hookstream.core.secretbox import SecretBox, generate_key
 from hookstream.core.signing import generate_secret
 from tests.receiver import Receiver
-from tests.support import make_org, sample_event, wait_for
+from tests.support import api_ready, make_org, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 
-
-async def _ready(api: str) -> bool:
-    try:
-        async with aiohttp.ClientSession() as s, s.get(f"{api}/readyz") as r:
-            return r.status == 200
-    except aiohttp.ClientError:
-        return False
 
 
 async def test_secret_is_encrypted_in_the_database_and_signs_deliveries(db, hs_env, hs_settings, spawn):
@@ -34,7 +27,7 @@ async def test_secret_is_encrypted_in_the_database_and_signs_deliveries(db, hs_e
         spawn("router", env=env)
         spawn("sender", env=env)
         api = f"http://{hs_env['HOOKSTREAM_API_LISTEN']}"
-        await wait_for(lambda: _ready(api), timeout_s=30, message="api ready")
+        await wait_for(lambda: api_ready(api), timeout_s=30, message="api ready")
         auth = {"Authorization": f"Bearer {key}"}
         async with aiohttp.ClientSession(headers=auth) as http:
             async with http.post(f"{api}/v1/webhooks", json={"url": receiver.url("/h"), "event_types": ["order.created"],
