@@ -7,6 +7,7 @@ import asyncio
 import datetime as dt
 
 import asyncpg
+import orjson
 import pytest
 from multidict import MultiDict
 
@@ -15,6 +16,7 @@ from hookstream.api.errors import ApiError
 from hookstream.api.params import encode_cursor
 from hookstream.core.db import migrate
 from hookstream.core.partitions import day_of, day_start, ensure_partitions, expire_partitions
+from hookstream.core.publish import make_event
 from hookstream.router.router import _STORE_BATCH_SQL
 from hookstream.sender.retries import _CLAIM_DUE_RETRIES_SQL
 from tests.support import (
@@ -124,3 +126,37 @@ async def test_a_cursor_at_the_end_of_time_is_not_a_server_error(db):
     cursor = encode_cursor("d", (dt.datetime.max - dt.timedelta(microseconds=1)).replace(tzinfo=dt.UTC), 5)
     sql, args = build_log_query(hook, org, MultiDict({"cursor": cursor}), 10)
     assert await db.fetch(sql, *args) == []
+
+
+@pytest.mark.parametrize("same_record", [True, False])
+async def test_store_batch_hands_back_what_another_router_keyed_meanwhile(database_url, db, same_record):
+    """Through ``store_batch``: router B stores a record while router A, which stored the same event id,
+    has not committed. The same record (a rebalance) comes back to B as a replay, its delivery to be
+    enqueued again; another record with that id (a second publish) is counted as one and routes nothing."""
+    from hookstream.core.validation import validate_event
+    from hookstream.router.router import SourceRecord, store_batch
+
+    org, _ = await make_org(db, "Shop", stores=("s1",))
+    hook, _ = await make_webhook(db, org, "https://example.com/x", store_ids=["s1"])
+    raw = orjson.dumps(make_event("order.created", organization_id=org, store_id="s1", event_id="evt_raced",
+                                  data={"order": {"id": "o1"}}))
+    event = validate_event(raw)
+    a, b = await asyncpg.connect(database_url), await asyncpg.connect(database_url)
+    try:
+        tx = a.transaction()
+        await tx.start()
+        mine, _ = await store_batch(a, [(SourceRecord("aiq.orders", 0, 7, None, raw, ()), event, raw.decode())],
+                                    [(hook, event)])
+        record = SourceRecord("aiq.orders", 0, 7 if same_record else 8, None, raw, ())
+        other = asyncio.create_task(store_batch(b, [(record, event, raw.decode())], [(hook, event)]))
+        await asyncio.sleep(0.3)
+        await tx.commit()
+        rows, second_publishes = await other
+    finally:
+        await a.close()
+        await b.close()
+    if same_record:
+        assert [(r["id"], r["first_in_flight"]) for r in rows] == [(mine[0]["id"], True)] and second_publishes == 0
+    else:
+        assert (rows, second_publishes) == ([], 1)
+    assert await db.fetchval("SELECT count(*) FROM deliveries WHERE event_id = 'evt_raced'") == 1
