@@ -16,7 +16,6 @@ from hookstream import resources
 _MIGRATION_RE = re.compile(r"^(\d{4})_([a-z0-9_]+)\.sql$")
 # Any constant works; it only has to be the same in every hookstream process.
 _MIGRATION_LOCK_ID = 0x686F6F6B
-PARTITIONED_SINCE = 6  # 0006_partitions.sql
 # No JIT: hookstream's statements are short, and over the day partitions the planner's estimates of a
 # join (a day not analyzed yet, the sum over partitions) can exceed jit_above_cost by far, so that a
 # statement finding nothing spent ~40 ms compiling (the retry pump's claim, every pass; BENCHMARKS.md).
@@ -77,13 +76,12 @@ async def migrate(database_url: str) -> list[str]:
                 await conn.execute(path.read_text(encoding="utf-8"))
                 await conn.execute("INSERT INTO schema_migrations (version, name) VALUES ($1, $2)", version, name)
             applied.append(f"{version:04d}_{name}")
-        if any(version >= PARTITIONED_SINCE for version, _, _ in list_migrations()):
-            # The day partitions the services would make at start: a migrated database takes rows at once.
-            # Running services hold the tables so busily that the locks cannot be had: they make them.
-            from hookstream.core.partitions import Busy, ensure_partitions
+        # The day partitions the services would make at start: a migrated database takes rows at once.
+        # Running services hold the tables so busily that the locks cannot be had: they make them.
+        from hookstream.core.partitions import Busy, ensure_partitions
 
-            with contextlib.suppress(Busy):
-                await ensure_partitions(conn, dt.datetime.now(dt.UTC))
+        with contextlib.suppress(Busy):
+            await ensure_partitions(conn, dt.datetime.now(dt.UTC))
     finally:
         with contextlib.suppress(Exception):
             await conn.execute("SELECT pg_advisory_unlock($1)", _MIGRATION_LOCK_ID)

@@ -71,17 +71,6 @@ def span_of(at: dt.datetime) -> int:
     return day_of(at) // SPAN_DAYS
 
 
-def id_floor(at: dt.datetime) -> int:
-    """The smallest id a row created at or after ``at`` can have (rows of earlier days have smaller ids,
-    legacy rows aside)."""
-    return day_of(at) << DAY_SHIFT
-
-
-def id_ceiling(at: dt.datetime) -> int:
-    """An id above every id of a row created before ``at`` (legacy rows aside)."""
-    return (day_of(at) + 1) << DAY_SHIFT
-
-
 def id_range_sql(column: str, since: str | None, until: str | None) -> str:
     """A condition on ``column`` (a day-prefixed id) implied by a time range whose bounds are the SQL
     expressions ``since``/``until``: it adds nothing to the result, and lets PostgreSQL skip the
@@ -323,19 +312,20 @@ async def _expire_day(conn: asyncpg.Connection, parts: dict[str, Partition], res
         result.kept_unfinished += before.pending
         return
 
-    async def act(c: asyncpg.Connection) -> None:
+    async def act(c: asyncpg.Connection) -> _DayState:
         state = await _day_state(c, parts)
-        result.kept_unfinished += state.pending
-        if state.action == "drop":
-            for statement in _drop_statements(parts):
-                await c.execute(statement)
-            result.dropped.extend(p.name for p in parts.values())
-        elif state.action == "rewrite":
-            for statement in _rewrite_statements(parts):
-                await c.execute(statement)
-            result.rewritten.append(parts.get("deliveries", next(iter(parts.values()))).name)
+        statements = {"drop": _drop_statements, "rewrite": _rewrite_statements}.get(state.action)
+        for statement in statements(parts) if statements else ():
+            await c.execute(statement)
+        return state
 
-    await _locked(conn, _LOCK_FOR_DROP, act)
+    # counted once it has committed: a lock wait that runs out inside ``act`` runs it again
+    state = await _locked(conn, _LOCK_FOR_DROP, act)
+    result.kept_unfinished += state.pending
+    if state.action == "drop":
+        result.dropped.extend(p.name for p in parts.values())
+    elif state.action == "rewrite":
+        result.rewritten.append(parts.get("deliveries", next(iter(parts.values()))).name)
 
 
 async def expire_partitions(conn: asyncpg.Connection, now: dt.datetime, retention_s: float) -> RetentionPass:
