@@ -22,7 +22,7 @@ from hookstream.api.deliveries import Conditions, add_type_store_and_time, log_c
 from hookstream.api.errors import ApiError, field_error, json_response
 from hookstream.api.middleware import org_of
 from hookstream.api.params import decode_cursor, encode_cursor, page, parse_limit
-from hookstream.core.partitions import id_range_sql
+from hookstream.core.partitions import id_range_sql, on_or_after_day_of
 
 CURSOR_KIND = "e"
 # The status, event_type and store_id filters walk the organization's events newest first until a
@@ -34,14 +34,14 @@ MAX_EVENT_ID_CHARS = 256
 
 _DELIVERIES_SQL = f"""
 SELECT u.seq, x.*, (SELECT count(*) FROM deliveries c
-                    WHERE c.event_seq = u.seq AND c.id >= (u.seq >> 36) << 36) AS total
+                    WHERE c.event_seq = u.seq AND {on_or_after_day_of("c.id", "u.seq")}) AS total
 FROM unnest($1::bigint[]) AS u(seq)
 CROSS JOIN LATERAL (
     SELECT d.id AS delivery_id, d.webhook_id, w.url AS webhook_url, w.description AS webhook_description, d.status, d.attempts,
            d.last_http_status, LEAST(d.next_attempt_at, d.manual_due_at) AS next_attempt_at, d.finished_at
     FROM deliveries d JOIN webhooks w ON w.id = d.webhook_id
     -- an event's deliveries are made on its day or later (a replay), and ids carry the day
-    WHERE d.event_seq = u.seq AND d.id >= (u.seq >> 36) << 36 AND w.organization_id = $2
+    WHERE d.event_seq = u.seq AND {on_or_after_day_of("d.id", "u.seq")} AND w.organization_id = $2
     ORDER BY d.id
     LIMIT {MAX_DELIVERIES_SHOWN}
 ) AS x
@@ -57,8 +57,8 @@ def build_events_query(org_id: str, query: Any, limit: int) -> tuple[str, list[A
             raise field_error("event_id", f"must be 1-{MAX_EVENT_ID_CHARS} characters")
         where.add("e.event_id = {}", event_id)
     if (status := parse_status(query)) is not None:
-        where.add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq AND d.id >= (e.seq >> 36) << 36"
-                  " AND d.status = {})", status)
+        where.add("EXISTS (SELECT 1 FROM deliveries d WHERE d.event_seq = e.seq"
+                  f" AND {on_or_after_day_of('d.id', 'e.seq')} AND d.status = {{}})", status)
     add_type_store_and_time(query, where.add, "e", "received_at", "seq")
     if (raw := query.get("cursor")) is not None:
         received_at, seq = decode_cursor(CURSOR_KIND, raw, (dt.datetime, int))

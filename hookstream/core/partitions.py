@@ -85,6 +85,12 @@ def id_range_sql(column: str, since: str | None, until: str | None) -> str:
     return f"({' AND '.join(parts)} OR {column} < {LEGACY_END})"
 
 
+def on_or_after_day_of(column: str, other: str) -> str:
+    """A condition: the day-prefixed id ``column`` is of the day of the id ``other``, or later (an event's
+    deliveries are made on its day, or later by a replay): PostgreSQL skips the days before."""
+    return f"{column} >= ({other} >> {DAY_SHIFT}) << {DAY_SHIFT}"
+
+
 @dataclass(frozen=True)
 class Partition:
     table: str  # the partitioned table

@@ -41,7 +41,7 @@ from hookstream.core.kafka import (
 )
 from hookstream.core.model import TASK_ENVELOPE_MAX_BYTES, DeliveryTask
 from hookstream.core.ordering import resource_key
-from hookstream.core.partitions import DAY_SHIFT
+from hookstream.core.partitions import DAY_SHIFT, on_or_after_day_of
 from hookstream.core.settings import Settings
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.text import storable_text
@@ -115,7 +115,7 @@ def dead_letter_headers(record: SourceRecord, rejection: Rejection) -> list[tupl
 # event_id) cannot be a unique constraint). Returns the deliveries (organization_id NULL: the
 # webhook's), then one row with a NULL id per event left out as a second publish, and one per
 # replayed event.
-_STORE_BATCH_SQL = """
+_STORE_BATCH_SQL = f"""
 WITH input AS (
     SELECT * FROM unnest($1::text[], $2::text[], $3::text[], $4::text[], $5::timestamptz[], $6::text[],
                          $7::text[], $8::int[], $9::bigint[])
@@ -169,7 +169,7 @@ WITH input AS (
     -- a replay's stored deliveries are on or after its event's day (ids carry the day)
     WHERE CASE WHEN r.existed THEN NOT EXISTS (
         SELECT 1 FROM deliveries x
-        WHERE x.event_seq = r.seq AND x.webhook_id = m.webhook_id AND x.id >= (r.seq >> 36) << 36) ELSE true END
+        WHERE x.event_seq = r.seq AND x.webhook_id = m.webhook_id AND {on_or_after_day_of("x.id", "r.seq")}) ELSE true END
     ORDER BY m.webhook_id, m.resource_key, m.n
     RETURNING d.id, d.webhook_id, d.event_id, d.status, d.attempts = 0 AND d.in_flight AS first_in_flight,
               d.resource_key IS NOT NULL AS ordered
