@@ -79,7 +79,7 @@ PUBLISH_TICK_S = 0.005
 # stream, so that p50/p99 describe the steady state the issue asks for, not the ramp from idle.
 LATENCY_WARMUP_S = 3.0
 
-RESULT_KEYS = ("baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "latency_200_p50_ms",
+RESULT_KEYS = ("host_cpu_ref_ms", "host_rtt_ms", "baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "latency_200_p50_ms",
                "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
                "sender_peak_rss_mb", "scale_2_over_1", "cpu_ms_per_delivery", "idle_cpu_pct", "filters_rps",
                "filters_ratio", "unordered_rps", "ordered_rps", "ordered_failing_rps", "ordered_over_unordered",
@@ -106,6 +106,12 @@ TARGETS = {  # key -> (description, check(results))
     "filters_ratio": ("≥ 0.9", lambda r: r["filters_ratio"] >= 0.9),
     "ordered_violations": ("= 0", lambda r: r["ordered_violations"] == 0),
 }
+# The host's speed, measured at the start of every run with the stack idle (``host_reference``): this
+# machine's speed varies from day to day (and its CPU per delivery and latencies with it), so figures
+# of different days are compared with these beside them.
+HOST_REF_ROUNDS = 5
+HOST_REF_ITERATIONS = 2000
+HOST_RTT_REQUESTS = 300
 SCENARIOS = ("baseline", "e2e", "latency", "latency_200", "floor", "fanout", "isolation", "backlog", "filters", "idle",
              "unordered", "ordered", "ordered_failing", "log")
 # The ordered scenarios (issue 14): resources x events per resource, published interleaved (event k of
@@ -583,6 +589,35 @@ class Bench:
         measured_hooks = set(hooks)
         await sc.verify(expected, status, [r for r in records if r[0].removeprefix("/h/") in measured_hooks])
         return len(expected) / (end - t0), records
+
+    async def host_reference(self) -> tuple[float, float]:
+        """(CPU ms of a fixed piece of a sender's work, median of ``HOST_REF_ROUNDS``; ms of one HTTP
+        round trip to the sink over loopback, median of ``HOST_RTT_REQUESTS``), on the settled machine.
+
+        The work (decode an event, sign a body, encode a record) is timed in this thread's CPU time,
+        so it tells the host's speed, not how busy the machine is; the round trip includes waking
+        another process, which is what every hop of the pipeline pays."""
+        await settle("host")
+        _, value, _ = event_bytes("org_host", 1)
+        key = decode_secret(generate_secret())
+        rounds = []
+        for _ in range(HOST_REF_ROUNDS):
+            began = time.thread_time()
+            for i in range(HOST_REF_ITERATIONS):
+                event = orjson.loads(value)
+                body = orjson.dumps(event["data"])
+                signature_header([key], event["id"], i, body)
+                orjson.dumps({"id": event["id"], "status": "succeeded", "attempt": i, "body": body.decode()})
+            rounds.append((time.thread_time() - began) * 1000)
+        rtts = []
+        async with aiohttp.ClientSession() as session:
+            url = self.sink.url("/_control/count")
+            for _ in range(HOST_RTT_REQUESTS):
+                began = time.perf_counter()
+                async with session.get(url) as resp:
+                    await resp.read()
+                rtts.append((time.perf_counter() - began) * 1000)
+        return statistics.median(rounds), statistics.median(rtts)
 
     async def baseline(self) -> float:
         """A bare aiohttp client, same payload and concurrency as one sender toward one webhook."""
@@ -1064,6 +1099,9 @@ def read_vm_hwm_kb(pid: int) -> int:
 
 async def run_once(bench: Bench, only: set[str], index: int) -> dict[str, float]:
     out: dict[str, float] = {}
+    out["host_cpu_ref_ms"], out["host_rtt_ms"] = await bench.host_reference()
+    log(f"run {index}: host reference: {out['host_cpu_ref_ms']:.1f} CPU ms of fixed work,"
+        f" {out['host_rtt_ms']:.3f} ms a loopback HTTP round trip")
     if "baseline" in only:
         out["baseline_rps"] = await bench.baseline()
         log(f"run {index}: baseline_rps={out['baseline_rps']:.0f}")
