@@ -79,8 +79,8 @@ PUBLISH_TICK_S = 0.005
 # stream, so that p50/p99 describe the steady state the issue asks for, not the ramp from idle.
 LATENCY_WARMUP_S = 3.0
 
-RESULT_KEYS = ("host_cpu_ref_ms", "host_rtt_ms", "baseline_rps", "e2e_rps", "ratio", "latency_p50_ms", "latency_p99_ms", "latency_200_p50_ms",
-               "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
+RESULT_KEYS = ("host_cpu_ref_ms", "host_rtt_ms", "baseline_rps", "e2e_rps", "ratio", "latency_p50_ms",
+               "latency_p99_ms", "latency_200_p50_ms", "latency_200_p99_ms", "floor_p50_ms", "latency_200_over_floor", "fanout_rps", "isolation_ratio",
                "sender_peak_rss_mb", "scale_2_over_1", "cpu_ms_per_delivery", "idle_cpu_pct", "filters_rps",
                "filters_ratio", "unordered_rps", "ordered_rps", "ordered_failing_rps", "ordered_over_unordered",
                "ordered_failing_over_unordered", "ordered_violations",
