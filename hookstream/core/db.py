@@ -20,6 +20,11 @@ _MIGRATION_LOCK_ID = 0x686F6F6B
 # join (a day not analyzed yet, the sum over partitions) can exceed jit_above_cost by far, so that a
 # statement finding nothing spent ~40 ms compiling (the retry pump's claim, every pass; BENCHMARKS.md).
 SESSION_SETTINGS = {"jit": "off"}
+# For a statement whose every call has the same shape (the router's store, ``router.store_batch``):
+# its one generic plan is made once and kept. Left to choose, PostgreSQL plans a one-event batch anew
+# on every call (its custom plan, knowing the array holds one row, looks cheaper than the generic
+# one), which costs more CPU than running it: 1.2-1.6 ms against 0.35 ms (BENCHMARKS.md).
+GENERIC_PLAN_SETTINGS = {**SESSION_SETTINGS, "plan_cache_mode": "force_generic_plan"}
 
 
 async def _init_connection(conn: asyncpg.Connection) -> None:
@@ -34,10 +39,11 @@ async def _keep_session(conn: asyncpg.Connection) -> None:
 
 
 @contextlib.asynccontextmanager
-async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10) -> AsyncIterator[asyncpg.Pool]:
-    """An asyncpg pool that is closed on exit."""
+async def open_pool(database_url: str, *, min_size: int = 1, max_size: int = 10,
+                    settings: dict[str, str] = SESSION_SETTINGS) -> AsyncIterator[asyncpg.Pool]:
+    """An asyncpg pool that is closed on exit; its sessions run with ``settings``."""
     pool = await asyncpg.create_pool(database_url, min_size=min_size, max_size=max_size, init=_init_connection,
-                                     reset=_keep_session, server_settings=SESSION_SETTINGS)
+                                     reset=_keep_session, server_settings=settings)
     try:
         yield pool
     finally:

@@ -28,6 +28,7 @@ from aiokafka import AIOKafkaConsumer, ConsumerRebalanceListener, TopicPartition
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError
 
 from hookstream.core import liveness, metrics
+from hookstream.core.db import GENERIC_PLAN_SETTINGS, open_pool
 from hookstream.core.deliveries import fail_undeliverable
 from hookstream.core.errors import Stopped, describe, is_transient, isolate_poison, retry_transient
 from hookstream.core.filters import FilterFailure, evaluate, make_context, webhook_payload
@@ -125,7 +126,12 @@ WITH input AS (
     -- keys of every span kept (each partition's primary key leads with these two columns)
     SELECT k.organization_id, k.event_id, k.event_seq AS seq, k.source_topic, k.source_partition,
            k.source_offset, true AS existed
-    FROM event_keys k JOIN input i USING (organization_id, event_id)
+    -- probed by its index for each input row (OFFSET 0 keeps the subquery from being turned into a
+    -- join): the plan is generic, cached, and one made while the keys were few (or trusting unnest's
+    -- guess of 10 rows) would otherwise hash every key of the span, or of the organization, per batch
+    FROM input i CROSS JOIN LATERAL (
+        SELECT * FROM event_keys x WHERE x.organization_id = i.organization_id AND x.event_id = i.event_id
+        OFFSET 0) k
 ), keyed AS (
     -- DO NOTHING: a router storing the same id at this moment (not committed yet, so not in
     -- ``earlier``) stores and routes it; this record is left out, as a second publish (were it the
@@ -367,9 +373,11 @@ class Router:
     """One router replica. ``run()`` until ``stop`` is set; then it finishes the batch in hand and commits."""
 
     def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
-                 producer: RenewableProducer) -> None:
+                 producer: RenewableProducer, *, store_pool: asyncpg.Pool | None = None) -> None:
         self._settings = settings
         self._pool = pool
+        # where the batches are stored: sessions with generic plans (run_router; db.GENERIC_PLAN_SETTINGS)
+        self._store_pool = store_pool or pool
         self._directory = directory
         self._producer = producer
         self._batch_lock = asyncio.Lock()
@@ -632,7 +640,7 @@ class Router:
             keys = {(event.organization_id, event.id) for _, event, _ in part}
             matches = all_matches if len(part) == len(good) else [
                 (hook_id, event) for hook_id, event in all_matches if (event.organization_id, event.id) in keys]
-            rows, duplicates = await store_batch(self._pool, part, matches, self._ordered(matches))
+            rows, duplicates = await store_batch(self._store_pool, part, matches, self._ordered(matches))
             if duplicates:
                 metrics.EVENTS_DUPLICATE.inc(duplicates)
             tasks.extend(self._tasks_for(part, matches, rows))
@@ -705,5 +713,8 @@ async def run_router(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
         await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in specs if not s.owned])
     except KafkaError as exc:
         log.warning("could not create missing source topics (%s); waiting for them to appear", exc)
-    async with open_producer(settings.kafka_bootstrap_servers) as producer:
-        await Router(settings, pool, directory, producer).run(stop)
+    # min_size 0: connected on first use, so a PostgreSQL outage at start-up is waited out like any
+    # other (store calls are retried); one batch is stored at a time, halved ones included.
+    async with open_producer(settings.kafka_bootstrap_servers) as producer, \
+            open_pool(settings.database_url, min_size=0, max_size=2, settings=GENERIC_PLAN_SETTINGS) as store_pool:
+        await Router(settings, pool, directory, producer, store_pool=store_pool).run(stop)

@@ -409,3 +409,29 @@ async def test_the_pipelines_batch_statements_read_only_the_partitions_of_their_
     assert days_in(plan, "events") == {day_name("events", today - DAY), day_name("events", today - 4 * DAY)}
     # a replay's deliveries are on or after its oldest event's day: the days before it are skipped
     assert day_name("deliveries", today - 5 * DAY) not in days_in(plan, "deliveries")
+
+
+async def test_the_routers_store_statement_probes_the_event_keys_by_index_whatever_it_was_planned_on(db):
+    """The router stores every batch with one generic plan, made once per session and kept (its pool
+    forces it: ``db.GENERIC_PLAN_SETTINGS``). That plan must look each input event's key up by the
+    primary key. Planned while the keys were few, a join of the batch with ``event_keys`` became a
+    sequential scan and a hash of every key, kept for the session's life: the store statement's CPU
+    grew with the table (0.65 to 3.5 ms per one-event batch over 6,000 batches; BENCHMARKS.md)."""
+    from hookstream.core.db import GENERIC_PLAN_SETTINGS
+    from hookstream.router.router import _STORE_BATCH_SQL
+
+    for name, value in GENERIC_PLAN_SETTINGS.items():
+        await db.execute(f"SET {name} = '{value}'")
+    # a session's first plan, on the fresh database's empty key partitions
+    await db.execute("PREPARE store AS " + _STORE_BATCH_SQL)
+    text_array = "ARRAY['x']::text[]"
+    args = ", ".join([text_array] * 4 + ["ARRAY[now()]", text_array, text_array, "ARRAY[0]", "ARRAY[0::bigint]"]
+                     + [text_array] * 4)
+    plan = "\n".join(row[0] for row in await db.fetch(f"EXPLAIN (VERBOSE) EXECUTE store({args})"))
+    assert "unnest($1), unnest($2)" in plan, plan  # the generic plan: parameters, not the values above
+    key_scans = re.findall(r"(\w+(?: Only)? Scan)(?: using \w+)? on public\.(event_keys_\w+)", plan)
+    assert key_scans, plan
+    assert {scan for scan, _ in key_scans} <= {"Index Scan", "Index Only Scan"}, plan
+    # each probe is bounded by the input row's organization and event id
+    assert re.search(r"Index Cond: \(\(\w+\.organization_id = i\w*\.organization_id\)"
+                     r" AND \(\w+\.event_id = i\w*\.event_id\)\)", plan), plan
