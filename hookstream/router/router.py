@@ -230,6 +230,8 @@ async def store_batch(
     events: Sequence[tuple[SourceRecord, DomainEvent, str]],
     matches: Sequence[tuple[str, DomainEvent]],
     ordered: Collection[str] = (),
+    *,
+    lookups: asyncpg.Connection | asyncpg.Pool | None = None,
 ) -> tuple[list[asyncpg.Record], int]:
     """Store events idempotently and the deliveries of ``matches`` (webhook id, event) for the events
     this record may route; returns (delivery rows, number of events left out as second publishes).
@@ -237,8 +239,11 @@ async def store_batch(
     order (:mod:`hookstream.core.ordering`).
 
     An event is routed when this record is the one that first carried its id (new, or a replay of
-    the same source position after a crash); a second publish of the id is left out.
+    the same source position after a crash); a second publish of the id is left out. The rare
+    look-ups of raced and replayed events run on ``lookups`` (default ``conn``): sessions planning
+    each call, so that the replayed ids' partitions are pruned by their values.
     """
+    lookups = lookups or conn
     rows = await conn.fetch(
         _STORE_BATCH_SQL,
         [e.organization_id for _, e, _ in events],
@@ -261,15 +266,15 @@ async def store_batch(
     second_publishes = len(rows) - len(deliveries) - len(replayed) - len(raced)
     if raced:
         mine = [(r, e) for r, e, _ in events if (e.organization_id, e.id) in raced]
-        found = await conn.fetch(_RACED_SQL, [e.organization_id for _, e in mine], [e.id for _, e in mine],
-                                 [r.topic for r, _ in mine], [r.partition for r, _ in mine],
-                                 [r.offset for r, _ in mine])
+        found = await lookups.fetch(_RACED_SQL, [e.organization_id for _, e in mine], [e.id for _, e in mine],
+                                    [r.topic for r, _ in mine], [r.partition for r, _ in mine],
+                                    [r.offset for r, _ in mine])
         replayed += [row["event_seq"] for row in found if row["same"]]
         second_publishes += sum(1 for row in found if not row["same"])
     if replayed:
         known = {row["id"] for row in deliveries}
         oldest_day = min(replayed) >> DAY_SHIFT << DAY_SHIFT
-        deliveries += [row for row in await conn.fetch(_REPLAYED_SQL, replayed, oldest_day) if row["id"] not in known]
+        deliveries += [row for row in await lookups.fetch(_REPLAYED_SQL, replayed, oldest_day) if row["id"] not in known]
     return deliveries, second_publishes
 
 
@@ -640,7 +645,8 @@ class Router:
             keys = {(event.organization_id, event.id) for _, event, _ in part}
             matches = all_matches if len(part) == len(good) else [
                 (hook_id, event) for hook_id, event in all_matches if (event.organization_id, event.id) in keys]
-            rows, duplicates = await store_batch(self._store_pool, part, matches, self._ordered(matches))
+            rows, duplicates = await store_batch(self._store_pool, part, matches, self._ordered(matches),
+                                                 lookups=self._pool)
             if duplicates:
                 metrics.EVENTS_DUPLICATE.inc(duplicates)
             tasks.extend(self._tasks_for(part, matches, rows))
