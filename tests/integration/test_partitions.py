@@ -429,9 +429,9 @@ async def test_the_routers_store_statement_probes_the_event_keys_by_index_whatev
                      + [text_array] * 4)
     plan = "\n".join(row[0] for row in await db.fetch(f"EXPLAIN (VERBOSE) EXECUTE store({args})"))
     assert "unnest($1), unnest($2)" in plan, plan  # the generic plan: parameters, not the values above
-    key_scans = re.findall(r"(\w+(?: Only)? Scan)(?: using \w+)? on public\.(event_keys_\w+)", plan)
+    key_scans = re.findall(r"(\w+(?: Only)? Scan)(?: using \w+)? on public\.event_keys_\w+", plan)
     assert key_scans, plan
-    assert {scan for scan, _ in key_scans} <= {"Index Scan", "Index Only Scan"}, plan
+    assert set(key_scans) <= {"Index Scan", "Index Only Scan"}, plan
     # each probe is bounded by the input row's organization and event id
     assert re.search(r"Index Cond: \(\(\w+\.organization_id = i\w*\.organization_id\)"
                      r" AND \(\w+\.event_id = i\w*\.event_id\)\)", plan), plan
