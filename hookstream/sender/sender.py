@@ -12,8 +12,9 @@ the status topic. Commits run every ``COMMIT_INTERVAL_S`` and on partition revoc
 revoked partitions' in-flight attempts finish. A crash replays from the last commit; records that
 predate this replica's assignment of their partition are checked against the attempt counts in
 PostgreSQL (one query per fetch), so attempts already recorded are skipped and only those in
-flight at the crash are made again: duplicates are possible, losses are not. Records written
-after the assignment cannot be replays and skip the check.
+flight at the crash are made again: duplicates are possible, losses are not. Records at or past
+the partition's high watermark as first seen after the assignment were never fetched by the previous
+owner (it stopped before this replica got the partition), so they skip the check.
 """
 
 from __future__ import annotations
@@ -65,9 +66,6 @@ log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.2
 HEARTBEAT = "sender"
-# Records stamped up to this long after a partition's assignment are still checked for replays,
-# to allow for clock differences between the producing router and this sender.
-REPLAY_CLOCK_SKEW_MS = 10_000
 FETCH_MAX_RECORDS = 500
 # Failed attempts that will be retried are logged at INFO at most this often per sender; the rest at
 # DEBUG, with one line saying how many were suppressed (a failing endpoint cannot fill the disk).
@@ -166,7 +164,10 @@ class Sender:
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
         self._capacity = asyncio.Event()
         self._capacity.set()
-        self._assigned_at_ms: dict[TopicPartition, float] = {}
+        # Per assigned partition: the offset below which a record may have been fetched by the
+        # partition's previous owner (the high watermark first seen after the assignment).
+        self._replay_horizon: dict[TopicPartition, int] = {}
+        self._horizons_unknown = False
 
     async def run(self, stop: asyncio.Event) -> None:
         consumer = make_sender_consumer(self._settings)
@@ -198,18 +199,20 @@ class Sender:
                     await asyncio.wait_for(self._capacity.wait(), 0.5)
                 continue
             batches = await consumer.getmany(timeout_ms=100, max_records=min(room, FETCH_MAX_RECORDS))
+            if self._horizons_unknown:
+                self._note_horizons(consumer)
             fetched: list[tuple[TopicPartition, int, DeliveryTask]] = []
             maybe_replayed: list[DeliveryTask] = []
             for tp, messages in batches.items():
-                # Only a record written before this replica got the partition can have been worked on
-                # by its previous owner (a replay); newer ones need no database check.
-                replay_horizon_ms = self._assigned_at_ms.get(tp, float("inf")) + REPLAY_CLOCK_SKEW_MS
+                # Only a record the partition's previous owner could have fetched can have been worked
+                # on already (a replay); newer ones need no database check.
+                horizon = self._replay_horizon.get(tp)
                 for message in messages:
                     self._tracker.started(tp, message.offset)
                     try:
                         task = DeliveryTask.decode(message.value)
                         fetched.append((tp, message.offset, task))
-                        if message.timestamp < replay_horizon_ms:
+                        if horizon is None or message.offset < horizon:
                             maybe_replayed.append(task)
                     except BadTaskError as exc:
                         log.error("skipping unreadable delivery task at %s[%d]@%d: %s",
@@ -227,6 +230,24 @@ class Sender:
                 self._tasks[job] = tp
                 job.add_done_callback(self._job_done)
             metrics.INFLIGHT.set(len(self._tasks))
+
+    def _note_horizons(self, consumer: AIOKafkaConsumer) -> None:
+        """Note, for each assigned partition, the offset from which its records cannot be replays.
+
+        The partition's previous owner stopped fetching before this replica was assigned it, so it
+        fetched nothing at or past any high watermark this replica sees afterwards (every fetch
+        response carries one, records or not); the first seen is kept until the next assignment.
+        Until a partition's is known, all its records are checked. A zombie (an owner that lost the
+        group but still fetches) can still duplicate an attempt: a duplicate, never a loss."""
+        unknown = False
+        for tp in consumer.assignment():
+            if tp not in self._replay_horizon:
+                highwater = consumer.highwater(tp)
+                if highwater is None:
+                    unknown = True
+                else:
+                    self._replay_horizon[tp] = highwater
+        self._horizons_unknown = unknown
 
     async def _already_attempted(self, tasks: list[DeliveryTask]) -> set[tuple[int, int]]:
         """Tasks whose attempt is already durably recorded (a replay after a crash or rebalance).
@@ -384,6 +405,8 @@ class Sender:
         await self._wait_for_tasks(tasks, self._settings.drain_timeout_s)
         await self._commit(consumer, revoked)
         self._tracker.forget(revoked)
+        for tp in revoked:
+            self._replay_horizon.pop(tp, None)
         metrics.forget_lag(self._settings.sender_group, revoked)
 
     async def _commit(self, consumer: AIOKafkaConsumer, partitions) -> None:
@@ -421,9 +444,9 @@ class _DrainOnRevoke(ConsumerRebalanceListener):
         # One line per rebalance: which partitions of the delivery topic this replica now works on.
         log.info("sender assigned partitions %s", ",".join(str(p) for p in sorted(tp.partition for tp in assigned))
                  or "(none)")
-        now_ms = time.time() * 1000
-        for tp in assigned:
-            self._sender._assigned_at_ms[tp] = now_ms
+        for tp in assigned:  # a new assignment: the high watermark is seen afresh
+            self._sender._replay_horizon.pop(tp, None)
+        self._sender._horizons_unknown = bool(assigned)
 
 
 async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.Pool,

@@ -6,12 +6,14 @@ import asyncio
 import collections
 import signal
 
+import aiohttp
 import orjson
 import pytest
 
 from hookstream.core.kafka import open_producer
+from tests.integration.test_observability import scrape, value
 from tests.receiver import Behaviour, Receiver
-from tests.support import make_org, make_webhook, sample_event, wait_for
+from tests.support import free_port, make_org, make_webhook, sample_event, wait_for
 
 pytestmark = pytest.mark.integration
 
@@ -54,6 +56,45 @@ async def test_sender_sigkill_mid_run_loses_nothing(db, hs_settings, spawn):
 
 async def _all_done(db, n):
     return await db.fetchval("SELECT count(*) FROM deliveries WHERE status = 'succeeded'") == n
+
+
+async def test_a_sender_reading_the_delivery_topic_again_skips_the_attempts_already_recorded(db, hs_settings, spawn):
+    """A replica that gets a partition reads again what its previous owner fetched but did not commit
+    (it crashed, or its commit lagged). Attempts already recorded are not made a second time; what is
+    written after the new replica got the partition is delivered as usual, once."""
+    async with Receiver() as receiver:
+        org, _ = await make_org(db, "Org", stores=("s1",))
+        await make_webhook(db, org, receiver.url("/a"), event_types=["order.created"], store_ids=["s1"])
+        before = [sample_event("order.created", org, "s1", n) for n in range(20)]
+        after = [sample_event("order.created", org, "s1", n) for n in range(20, 30)]
+        spawn("router")
+        first = spawn("sender")
+        await _publish(hs_settings, before)
+        await wait_for(lambda: _all_done(db, len(before)), timeout_s=60, message="the first deliveries")
+        await asyncio.to_thread(first.stop)
+        # A sender of a new group has no committed offset: it reads the delivery topic from its start,
+        # as a replica does after a predecessor that crashed before committing anything.
+        port = free_port()
+        spawn("sender", env={"HOOKSTREAM_SENDER_GROUP": f"{hs_settings.sender_group}.again",
+                             "HOOKSTREAM_METRICS_LISTEN": f"127.0.0.1:{port}"})
+
+        async def skipped() -> float:
+            return value(await scrape(f"http://127.0.0.1:{port}/metrics"), "hookstream_replayed_attempts_skipped_total")
+
+        await wait_for(lambda: _at_least(skipped, len(before)), timeout_s=60, message="the replays skipped")
+        await _publish(hs_settings, after)
+        await wait_for(lambda: _all_done(db, len(before) + len(after)), timeout_s=60, message="the later deliveries")
+        received = collections.Counter(orjson.loads(r.body)["id"] for r in receiver.requests)
+        assert received == {e["id"]: 1 for e in before + after}
+        assert await skipped() == len(before)
+        assert await db.fetchval("SELECT count(*) FROM attempts") == len(before) + len(after)
+
+
+async def _at_least(read, n: int) -> bool:
+    try:
+        return await read() >= n
+    except aiohttp.ClientConnectionError:  # the new sender's metrics server is not listening yet
+        return False
 
 
 async def test_router_sigkill_mid_stream_loses_nothing(db, hs_settings, spawn):
