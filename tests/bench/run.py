@@ -779,9 +779,10 @@ class Bench:
                 await delete_topics(self.bootstrap, [hop_topic])
             timed = set(ids[len(ids) - int(seconds * rate):])
             latencies = latencies_ms(records, timed)
+            p50 = percentile(latencies, 0.50)
             # p99 only logged: what a machine's stalls add to the bare path, next to latency_200's p99
-            log(f"floor: p50={percentile(latencies, 0.50):.1f}ms p99={percentile(latencies, 0.99):.1f}ms")
-            return percentile(latencies, 0.50)
+            log(f"floor: p50={p50:.1f}ms p99={percentile(latencies, 0.99):.1f}ms")
+            return p50
 
     async def wait_sink(self, sc: Scenario, ids: set[str]) -> list:
         """Sink records until every one of ``ids`` has arrived (the floor has no status topic)."""
