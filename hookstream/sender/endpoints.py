@@ -7,7 +7,9 @@ A webhook that hangs or fails every time must not slow the others:
   (:class:`Deferred` with ``breaker`` set), put back in the durable schedule in PostgreSQL until
   the probe, without using up an attempt or a retry; its ``last_error`` says it waits for the
   probe, and until when. After the open period the first delivery to arrive is the probe: success
-  closes the breaker, failure opens it again. While probes keep failing, held deliveries come back
+  closes the breaker, failure opens it again. Whenever the breaker closes (a probe succeeds, or an
+  attempt already in flight does), ``on_close`` is told, and the sender makes the deliveries it held
+  due at once: they wait for the endpoint to recover, not for a probe time. While probes keep failing, held deliveries come back
   spread over a few more open periods (``HOLD_SPREAD_MAX_PERIODS``), so a large backlog for a dead
   endpoint does not cycle through PostgreSQL and Kafka all at once every period. The hold is
   bounded by the retry schedule's window (``decide_outcome`` in sender.py): a dead endpoint never
@@ -51,6 +53,8 @@ QUEUE_RECHECK_S = 0.25
 # After n failed probes in a row a held delivery waits for the probe plus min(n, this) open periods:
 # the backlog of a dead endpoint comes back spread out instead of all at each probe.
 HOLD_SPREAD_MAX_PERIODS = 3
+# How every hold's reason (and so the held delivery's last_error) starts.
+HOLD_NOTE_PREFIX = "circuit breaker "
 
 
 @dataclass(slots=True)
@@ -82,8 +86,10 @@ class EndpointGate:
 
 class EndpointGates:
     def __init__(self, *, max_concurrency: int, max_queued: int, failure_threshold: int, open_s: float,
-                 max_in_flight: int | None = None, clock: Callable[[], float] = time.monotonic) -> None:
+                 max_in_flight: int | None = None, clock: Callable[[], float] = time.monotonic,
+                 on_close: Callable[[str], None] | None = None) -> None:
         self._gates: dict[str, EndpointGate] = {}
+        self._on_close = on_close
         # No webhook holds more than a quarter of the sender's in-flight slots while unhealthy.
         share = max(1, max_in_flight // 4) if max_in_flight is not None else max_concurrency + max_queued
         self._max_concurrency = min(max_concurrency, share)
@@ -110,6 +116,8 @@ class EndpointGates:
             log.warning("circuit breaker opened; deliveries wait for its probe in %gs", self._open_s, extra=extra)
         elif state == BreakerState.CLOSED:
             log.info("circuit breaker closed", extra=extra)
+            if self._on_close is not None:
+                self._on_close(gate.webhook_id)
         else:
             log.debug("circuit breaker half-open: one probe", extra=extra)
 
@@ -117,9 +125,9 @@ class EndpointGates:
         """The hold when the breaker says no, else None (no state change)."""
         now = self._clock()
         if gate.state == BreakerState.OPEN and now < gate.open_until:
-            return self._hold(gate, "circuit breaker open: endpoint is failing; not sent", gate.open_until - now)
+            return self._hold(gate, HOLD_NOTE_PREFIX + "open: endpoint is failing; not sent", gate.open_until - now)
         if gate.state == BreakerState.HALF_OPEN and gate.probe_in_flight:
-            return self._hold(gate, "circuit breaker half-open: probe in flight; not sent", self._open_s)
+            return self._hold(gate, HOLD_NOTE_PREFIX + "half-open: probe in flight; not sent", self._open_s)
         return None
 
     def _hold(self, gate: EndpointGate, reason: str, until_probe_s: float) -> Deferred:

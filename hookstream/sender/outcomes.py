@@ -214,6 +214,7 @@ class OutcomeSink:
         self._flush_max = flush_max
         self._on_ordered_finished = on_ordered_finished
         self._buffer: list[tuple[AttemptRecord, asyncio.Future]] = []
+        self._flushing: list[tuple[AttemptRecord, asyncio.Future]] = []  # the batch being made durable
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -243,6 +244,10 @@ class OutcomeSink:
             self._full.set()
         await future
 
+    def unflushed(self) -> list[asyncio.Future]:
+        """A future per outcome recorded so far that is not durable yet (each done once it is)."""
+        return [future for _, future in self._flushing + self._buffer if not future.done()]
+
     async def _run(self) -> None:
         while True:
             liveness.beat(HEARTBEAT)
@@ -263,7 +268,11 @@ class OutcomeSink:
             return
         records = [r for r, _ in batch]
         started = time.perf_counter()
-        await self._make_durable(records)
+        self._flushing = batch
+        try:
+            await self._make_durable(records)
+        finally:
+            self._flushing = []
         if self._on_ordered_finished is not None and any(finishes_ordered(r) for r in records):
             self._on_ordered_finished()
         metrics.FLUSH_BATCH_SIZE.observe(len(records))

@@ -26,6 +26,7 @@ import datetime as dt
 import logging
 import random
 import time
+from collections.abc import Callable
 
 import aiohttp
 import asyncpg
@@ -56,7 +57,7 @@ from hookstream.core.states import AttemptStatus
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.topics import apply_topic_specs, topic_specs
 from hookstream.core.webhooks import Webhook, WebhookDirectory
-from hookstream.sender.endpoints import EndpointGates
+from hookstream.sender.endpoints import HOLD_NOTE_PREFIX, EndpointGates
 from hookstream.sender.http import make_session, post_webhook, storable_error
 from hookstream.sender.offsets import OffsetTracker
 from hookstream.sender.outcomes import OutcomeSink
@@ -80,6 +81,19 @@ UPDATE deliveries SET sending_attempt = $2, sending_until = now() + make_interva
 WHERE id = $1 AND status = 'pending' AND NOT ordered_waiting AND attempts < $2
   AND (sending_attempt IS DISTINCT FROM $2 OR sending_until < now())
 RETURNING id
+"""
+
+
+# Breakers that closed release their webhooks' deliveries held for the probe (their last_error is
+# the hold's note, which starts so; endpoints.py): due now, rather than at the probe time.
+_RELEASE_HELD_SQL = """
+WITH released AS (
+    UPDATE deliveries SET next_attempt_at = now()
+    WHERE webhook_id = ANY($1::text[]) AND status = 'pending' AND NOT in_flight AND next_attempt_at > now()
+      AND last_error LIKE $2 || '%'
+    RETURNING webhook_id
+)
+SELECT webhook_id, count(*) AS n FROM released GROUP BY webhook_id ORDER BY webhook_id
 """
 
 
@@ -148,7 +162,8 @@ def make_sender_consumer(settings: Settings) -> AIOKafkaConsumer:
 
 class Sender:
     def __init__(self, settings: Settings, pool: asyncpg.Pool, directory: WebhookDirectory,
-                 session: aiohttp.ClientSession, sink: OutcomeSink) -> None:
+                 session: aiohttp.ClientSession, sink: OutcomeSink,
+                 wake_pump: Callable[[], None] | None = None) -> None:
         self._settings = settings
         self._pool = pool
         self._directory = directory
@@ -158,7 +173,11 @@ class Sender:
         self._gates = EndpointGates(
             max_concurrency=settings.endpoint_max_concurrency, max_queued=settings.endpoint_max_queued,
             failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
-            max_in_flight=settings.sender_max_in_flight)
+            max_in_flight=settings.sender_max_in_flight, on_close=self._breaker_closed)
+        self._wake_pump = wake_pump
+        # Breakers closed since the last release: (webhook id, its holds not yet durable then).
+        self._closed: list[tuple[str, list[asyncio.Future]]] = []
+        self._closed_signal = asyncio.Event()
         self._tracker = OffsetTracker()
         self._retry_lines = LogSampler(RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
@@ -174,6 +193,7 @@ class Sender:
         consumer.subscribe([self._settings.delivery_topic], listener=_DrainOnRevoke(self, consumer))
         await consumer.start()
         committer = asyncio.create_task(self._commit_periodically(consumer, stop), name="sender-commit")
+        releaser = asyncio.create_task(self._release_held(), name="sender-release-held")
         try:
             await self._consume(consumer, stop)
             # Drain: no more fetching; let what is in flight finish and be recorded, then commit.
@@ -183,6 +203,7 @@ class Sender:
             liveness.forget(HEARTBEAT)
             liveness.forget("sender-commit")
             await cancel_and_wait(committer)
+            await cancel_and_wait(releaser)
             for task in list(self._tasks):
                 task.cancel()
             await asyncio.gather(*self._tasks, return_exceptions=True)
@@ -321,6 +342,38 @@ class Sender:
         return decide_outcome(task, result, self._policy, started_at, duration_ms,
                               hold_slack_s=self._settings.breaker_open_s)
 
+    def _breaker_closed(self, webhook_id: str) -> None:
+        """A webhook's breaker closed: its held deliveries are released once their holds are durable.
+
+        Every hold made before this moment is already among the sink's outcomes (a refusal reaches
+        ``record`` without yielding to the loop), so the release waits for exactly those."""
+        self._closed.append((webhook_id, self._sink.unflushed()))
+        self._closed_signal.set()
+
+    async def _release_held(self) -> None:
+        """Make the deliveries held by breakers that closed due now, one statement for all the breakers
+        closed meanwhile, and wake the retry pump. A release that fails is not retried: those holds come
+        back at their probe time, as they would have without it."""
+        while True:
+            await self._closed_signal.wait()
+            self._closed_signal.clear()
+            closed, self._closed = self._closed, []
+            holds = [future for _, futures in closed for future in futures if not future.done()]
+            if holds:
+                await asyncio.wait(holds)
+            webhook_ids = sorted({webhook_id for webhook_id, _ in closed})
+            try:
+                rows = await self._pool.fetch(_RELEASE_HELD_SQL, webhook_ids, HOLD_NOTE_PREFIX)
+            except Exception as exc:
+                log.warning("could not release the deliveries held by %d closed breakers (%s); they wait"
+                            " for their probe time", len(webhook_ids), describe(exc))
+                continue
+            for row in rows:
+                log.info("%d deliveries held by the circuit breaker are due now (it closed)", row["n"],
+                         extra={"webhook_id": row["webhook_id"]})
+            if rows and self._wake_pump is not None:
+                self._wake_pump()
+
     @property
     def _claim_lease_s(self) -> float:
         return self._settings.request_timeout_s + 5.0
@@ -455,8 +508,9 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
     await apply_topic_specs(settings.kafka_bootstrap_servers, [s for s in topic_specs(settings) if s.owned])
     async with open_producer(settings.kafka_bootstrap_servers) as producer, \
             make_session(allow_private_networks=settings.allow_private_networks) as session:
-        # An ordered delivery that finished released the next one of its resource (made due now):
-        # the pump is woken instead of waiting out its idle delay.
+        # An ordered delivery that finished released the next one of its resource, or a breaker that
+        # closed released its held deliveries (made due now): the pump is woken instead of waiting
+        # out its idle delay.
         released = asyncio.Event()
         async with OutcomeSink(pool, producer, settings.status_topic,
                                flush_interval_ms=settings.outcome_flush_interval_ms,
@@ -464,6 +518,6 @@ async def run_sender(settings: Settings, stop: asyncio.Event, *, pool: asyncpg.P
             pump = asyncio.create_task(run_retry_pump(pool, producer, settings.delivery_topic, stop, wake=released),
                                        name="retry-pump")
             try:
-                await Sender(settings, pool, directory, session, sink).run(stop)
+                await Sender(settings, pool, directory, session, sink, wake_pump=released.set).run(stop)
             finally:
                 await cancel_and_wait(pump)

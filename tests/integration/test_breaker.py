@@ -93,6 +93,41 @@ async def test_refusals_while_open_use_no_retry_and_deliver_once_the_endpoint_re
         assert not log_lines(sender, "delivery failed")
 
 
+async def test_deliveries_held_when_the_breaker_closes_go_out_then_not_at_the_probe_time(db, hs_settings, spawn):
+    """Five quick failures open the breaker while a slow attempt is still in flight; that attempt then
+    succeeds and closes it. The deliveries held in between are sent at once, not two minutes later at
+    the probe time the open breaker had given them."""
+    open_s = 120
+    async with Receiver() as receiver:
+        shop, other, flaky, healthy = await failing_and_healthy(db, receiver, "/flaky")
+        # the first request answers 200 after 3 s; the ones after it fail (the default) and open the breaker
+        receiver.script("/flaky", Behaviour(status=200, delay_s=3.0))
+        env = {"HOOKSTREAM_BREAKER_OPEN": f"{open_s}s", "HOOKSTREAM_RETRY_DELAYS": "1s,1s,1s",
+               "HOOKSTREAM_ENDPOINT_MAX_CONCURRENCY": "6"}
+        spawn("router", env=env)
+        sender = spawn("sender", env=env)
+        events = [sample_event("order.created", shop, "s1", n, event_id=f"evt_held_{n}") for n in range(60)]
+        await publish_events(hs_settings, events)
+        await wait_for(lambda: log_lines(sender, "circuit breaker opened"), timeout_s=60, message="the breaker opened")
+        receiver.set("/flaky", Behaviour(status=200))  # the endpoint has recovered
+        fine = [sample_event("order.created", other, "s1", n, event_id=f"evt_fine_{n}") for n in range(10)]
+        await publish_events(hs_settings, fine)
+        await wait_for(lambda: log_lines(sender, "circuit breaker closed"), timeout_s=30, message="the breaker closed")
+        # well before the probe time (open_s after the opening): each held delivery went out on the close
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 60 FROM deliveries WHERE webhook_id = $1"
+                                           " AND status = 'succeeded'", flaky),
+                       timeout_s=open_s / 2, message="the held deliveries delivered after the breaker closed")
+        assert log_lines(sender, "deliveries held by the circuit breaker are due now")
+        # a hold used up no attempt: what was held (never sent before the close) succeeded on its first
+        sent = await requests_per_event(receiver, "/flaky")
+        rows = await db.fetch("SELECT event_id, attempts FROM deliveries WHERE webhook_id = $1", flaky)
+        assert {r["event_id"]: r["attempts"] for r in rows} == dict(sent)
+        assert sum(1 for n in sent.values() if n == 1) >= 40
+        await wait_for(lambda: db.fetchval("SELECT count(*) = 10 FROM deliveries WHERE webhook_id = $1"
+                                           " AND status = 'succeeded' AND attempts = 1", healthy),
+                       timeout_s=60, message="the healthy tenant's deliveries")
+
+
 async def test_a_dead_endpoint_fails_its_deliveries_once_the_retry_window_is_over(db, hs_settings, spawn):
     delays_s = (1.0, 1.0, 1.0)
     open_s = 1.0

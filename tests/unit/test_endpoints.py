@@ -219,6 +219,27 @@ async def test_probe_success_closes_the_breaker() -> None:
     assert after.calls == 1
 
 
+async def test_the_close_callback_hears_each_close_once_whatever_closed_it() -> None:
+    clock, closed = FakeClock(), []
+    gates = EndpointGates(max_concurrency=4, max_queued=16, failure_threshold=2, open_s=30, clock=clock,
+                          on_close=closed.append)
+    slow = BlockingEndpoint(OK)
+    in_flight = asyncio.create_task(gates.call(WH, slow))
+    await wait_until(lambda: slow.running == 1)
+    await call_n(gates, Endpoint(HTTP_500), 2)  # opens while the slow attempt is still running
+    assert gates.state_of(WH) == BreakerState.OPEN and closed == []
+    assert_refused(await gates.call(WH, Endpoint(OK)), "open")  # held for the probe, 30 s on
+    slow.release.set()
+    assert await in_flight is OK  # the attempt already in flight succeeds: closed at once, and told
+    assert gates.state_of(WH) == BreakerState.CLOSED and closed == [WH]
+    await call_n(gates, Endpoint(OK), 3)  # staying closed is no news
+    assert closed == [WH]
+    await call_n(gates, Endpoint(HTTP_500), 2)
+    clock.advance(30)
+    assert await gates.call(WH, Endpoint(OK)) is OK  # a probe's success closes it: told again
+    assert closed == [WH, WH]
+
+
 async def test_probe_failure_reopens_for_a_new_open_period() -> None:
     clock = FakeClock()
     gates = make_gates(clock, threshold=3, open_s=30)
