@@ -66,6 +66,8 @@ from hookstream.sender.retries import run_retry_pump
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.2
+# A webhook's deliveries held by its circuit breaker are released (made due) at most this often.
+RELEASE_MIN_INTERVAL_S = 5.0
 HEARTBEAT = "sender"
 FETCH_MAX_RECORDS = 500
 # Failed attempts that will be retried are logged at INFO at most this often per sender; the rest at
@@ -175,9 +177,10 @@ class Sender:
             failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
             max_in_flight=settings.sender_max_in_flight, on_close=self._breaker_closed)
         self._wake_pump = wake_pump
-        # Breakers closed since the last release: (webhook id, its holds not yet durable then).
-        self._closed: list[tuple[str, list[asyncio.Future]]] = []
+        # Per webhook whose breaker closed since its last release, the holds not yet durable then.
+        self._closed: dict[str, list[asyncio.Future]] = {}
         self._closed_signal = asyncio.Event()
+        self._released_at: dict[str, float] = {}  # per webhook, when its holds were last released
         self._tracker = OffsetTracker()
         self._retry_lines = LogSampler(RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
@@ -347,21 +350,32 @@ class Sender:
 
         Every hold made before this moment is already among the sink's outcomes (a refusal reaches
         ``record`` without yielding to the loop), so the release waits for exactly those."""
-        self._closed.append((webhook_id, self._sink.unflushed()))
+        self._closed.setdefault(webhook_id, []).extend(self._sink.unflushed())
         self._closed_signal.set()
 
     async def _release_held(self) -> None:
-        """Make the deliveries held by breakers that closed due now, one statement for all the breakers
-        closed meanwhile, and wake the retry pump. A release that fails is not retried: those holds come
-        back at their probe time, as they would have without it."""
+        """Make the deliveries held by breakers that closed due now, in one statement for every
+        breaker closed meanwhile, and wake the retry pump. A webhook's holds are released at most once
+        per ``RELEASE_MIN_INTERVAL_S`` (an endpoint that makes its breaker flap costs PostgreSQL one
+        scan of its pending deliveries per interval); a later close waits for the interval's end. A
+        release that fails is not retried: those holds come back at their probe time, as without it."""
+        clock = asyncio.get_running_loop().time
         while True:
-            await self._closed_signal.wait()
-            self._closed_signal.clear()
-            closed, self._closed = self._closed, []
-            holds = [future for _, futures in closed for future in futures if not future.done()]
+            now = clock()
+            self._released_at = {w: at for w, at in self._released_at.items() if now - at < RELEASE_MIN_INTERVAL_S}
+            ready = [w for w in self._closed if w not in self._released_at]
+            if not ready:
+                self._closed_signal.clear()
+                waits = [self._released_at[w] + RELEASE_MIN_INTERVAL_S - now for w in self._closed]
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._closed_signal.wait(), min(waits) if waits else None)
+                continue
+            webhook_ids = sorted(ready)
+            holds = [future for w in webhook_ids for future in self._closed.pop(w) if not future.done()]
             if holds:
                 await asyncio.wait(holds)
-            webhook_ids = sorted({webhook_id for webhook_id, _ in closed})
+            for webhook_id in webhook_ids:
+                self._released_at[webhook_id] = clock()
             try:
                 rows = await self._pool.fetch(_RELEASE_HELD_SQL, webhook_ids, HOLD_NOTE_PREFIX)
             except Exception as exc:
