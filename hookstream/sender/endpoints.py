@@ -117,7 +117,10 @@ class EndpointGates:
         elif state == BreakerState.CLOSED:
             log.info("circuit breaker closed", extra=extra)
             if self._on_close is not None:
-                self._on_close(gate.webhook_id)
+                try:
+                    self._on_close(gate.webhook_id)
+                except Exception:  # the attempt that closed it succeeded all the same
+                    log.exception("circuit breaker close hook failed", extra=extra)
         else:
             log.debug("circuit breaker half-open: one probe", extra=extra)
 

@@ -214,7 +214,11 @@ class OutcomeSink:
         self._flush_max = flush_max
         self._on_ordered_finished = on_ordered_finished
         self._buffer: list[tuple[AttemptRecord, asyncio.Future]] = []
-        self._flushing: list[tuple[AttemptRecord, asyncio.Future]] = []  # the batch being made durable
+        # Outcomes are made durable in the order they are recorded: the first ``_durable`` of the
+        # ``_recorded`` so far are (waiters: durable_through).
+        self._recorded = 0
+        self._durable = 0
+        self._durable_waiters: list[tuple[int, asyncio.Future]] = []
         self._has_work = asyncio.Event()
         self._full = asyncio.Event()
         self._task: asyncio.Task | None = None
@@ -239,14 +243,36 @@ class OutcomeSink:
     async def record(self, record: AttemptRecord) -> None:
         future = asyncio.get_running_loop().create_future()
         self._buffer.append((record, future))
+        self._recorded += 1
         self._has_work.set()
         if len(self._buffer) >= self._flush_max:
             self._full.set()
         await future
 
-    def unflushed(self) -> list[asyncio.Future]:
-        """A future per outcome recorded so far that is not durable yet (each done once it is)."""
-        return [future for _, future in self._flushing + self._buffer if not future.done()]
+    @property
+    def recorded(self) -> int:
+        """How many outcomes have been recorded so far (durable or not)."""
+        return self._recorded
+
+    async def durable_through(self, count: int) -> None:
+        """Return once the first ``count`` outcomes ever recorded are durable."""
+        if self._durable >= count:
+            return
+        waiter = asyncio.get_running_loop().create_future()
+        self._durable_waiters.append((count, waiter))
+        await waiter
+
+    def _made_durable(self, n: int) -> None:
+        self._durable += n
+        waiting = []
+        for count, waiter in self._durable_waiters:
+            if waiter.done():  # its waiter was cancelled
+                continue
+            if count > self._durable:
+                waiting.append((count, waiter))
+            else:
+                waiter.set_result(None)
+        self._durable_waiters = waiting
 
     async def _run(self) -> None:
         while True:
@@ -268,11 +294,8 @@ class OutcomeSink:
             return
         records = [r for r, _ in batch]
         started = time.perf_counter()
-        self._flushing = batch
-        try:
-            await self._make_durable(records)
-        finally:
-            self._flushing = []
+        await self._make_durable(records)
+        self._made_durable(len(batch))
         if self._on_ordered_finished is not None and any(finishes_ordered(r) for r in records):
             self._on_ordered_finished()
         metrics.FLUSH_BATCH_SIZE.observe(len(records))

@@ -66,8 +66,9 @@ from hookstream.sender.retries import run_retry_pump
 log = logging.getLogger(__name__)
 
 COMMIT_INTERVAL_S = 0.2
-# A webhook's deliveries held by its circuit breaker are released (made due) at most this often.
-RELEASE_MIN_INTERVAL_S = 5.0
+# A webhook's breaker holds are released on its first close; a close soon after a release waits this
+# long, doubling with each release of the streak, up to the open period (Sender._release_held).
+RELEASE_BACKOFF_START_S = 1.0
 HEARTBEAT = "sender"
 FETCH_MAX_RECORDS = 500
 # Failed attempts that will be retried are logged at INFO at most this often per sender; the rest at
@@ -86,13 +87,17 @@ RETURNING id
 """
 
 
+# How a hold's note (the held delivery's last_error) goes on after the breaker's reason: a manual
+# attempt the breaker refused fails with the reason alone, so its delivery's waiting retry keeps its time.
+HOLD_WAITING = ", waiting for its probe; next try at "
 # Breakers that closed release their webhooks' deliveries held for the probe (their last_error is
-# the hold's note, which starts so; endpoints.py): due now, rather than at the probe time.
+# a hold's note, HELD_PATTERN): due now, rather than at the probe time.
+HELD_PATTERN = f"{HOLD_NOTE_PREFIX}%{HOLD_WAITING}%"
 _RELEASE_HELD_SQL = """
 WITH released AS (
     UPDATE deliveries SET next_attempt_at = now()
     WHERE webhook_id = ANY($1::text[]) AND status = 'pending' AND NOT in_flight AND next_attempt_at > now()
-      AND last_error LIKE $2 || '%'
+      AND last_error LIKE $2
     RETURNING webhook_id
 )
 SELECT webhook_id, count(*) AS n FROM released GROUP BY webhook_id ORDER BY webhook_id
@@ -149,8 +154,8 @@ def _decide_hold(task: DeliveryTask, held: Deferred, policy: RetryPolicy, starte
     finished_at = started_at + dt.timedelta(milliseconds=duration_ms)
     due = min(finished_at + dt.timedelta(seconds=held.delay_s + random.uniform(0, held.delay_s / 2)), deadline)
     which = f"retry {task.retry_index} of {policy.max_retries}" if task.retry_index else "the first attempt"
-    shown = dataclasses.replace(held, reason=f"{held.reason}, waiting for its probe; next try at"
-                                             f" {format_rfc3339(due, timespec='milliseconds')}, still {which}")
+    shown = dataclasses.replace(held, reason=f"{held.reason}{HOLD_WAITING}"
+                                             f"{format_rfc3339(due, timespec='milliseconds')}, still {which}")
     return AttemptRecord(task, started_at, duration_ms, shown, AttemptStatus.DEFERRED, next_attempt_at=due)
 
 
@@ -177,10 +182,14 @@ class Sender:
             failure_threshold=settings.breaker_failure_threshold, open_s=settings.breaker_open_s,
             max_in_flight=settings.sender_max_in_flight, on_close=self._breaker_closed)
         self._wake_pump = wake_pump
-        # Per webhook whose breaker closed since its last release, the holds not yet durable then.
-        self._closed: dict[str, list[asyncio.Future]] = {}
+        # Per webhook whose breaker closed since its last release, how many outcomes had been recorded
+        # by its latest close (its holds are among them).
+        self._closed: dict[str, int] = {}
         self._closed_signal = asyncio.Event()
-        self._released_at: dict[str, float] = {}  # per webhook, when its holds were last released
+        # Per webhook released lately: when, and how many releases in a row followed one another
+        # closely (the back-off's exponent).
+        self._released: dict[str, tuple[float, int]] = {}
+        self._open_s = settings.breaker_open_s
         self._tracker = OffsetTracker()
         self._retry_lines = LogSampler(RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
@@ -348,45 +357,65 @@ class Sender:
     def _breaker_closed(self, webhook_id: str) -> None:
         """A webhook's breaker closed: its held deliveries are released once their holds are durable.
 
-        Every hold made before this moment is already among the sink's outcomes (a refusal reaches
-        ``record`` without yielding to the loop), so the release waits for exactly those."""
-        self._closed.setdefault(webhook_id, []).extend(self._sink.unflushed())
+        Every hold made before this moment is already among the sink's recorded outcomes (a refusal
+        reaches ``record`` without yielding to the loop), so the release waits for those to be durable."""
+        self._closed[webhook_id] = self._sink.recorded
         self._closed_signal.set()
 
     async def _release_held(self) -> None:
         """Make the deliveries held by breakers that closed due now, in one statement for every
-        breaker closed meanwhile, and wake the retry pump. A webhook's holds are released at most once
-        per ``RELEASE_MIN_INTERVAL_S`` (an endpoint that makes its breaker flap costs PostgreSQL one
-        scan of its pending deliveries per interval); a later close waits for the interval's end. A
-        release that fails is not retried: those holds come back at their probe time, as without it."""
+        breaker closed meanwhile, and wake the retry pump.
+
+        A webhook's first close releases at once. A close soon after a release waits for a gap that
+        starts at ``RELEASE_BACKOFF_START_S`` and doubles with each release in the streak, up to the
+        open period; an open period of quiet past the next allowed release ends the streak. An endpoint
+        that makes its breaker flap (quick failures, then a slow success) so soon brings its held
+        backlog back no more often than the probes would have. A release that fails is not retried:
+        those holds come back at their probe time, as without it."""
         clock = asyncio.get_running_loop().time
         while True:
             now = clock()
-            self._released_at = {w: at for w, at in self._released_at.items() if now - at < RELEASE_MIN_INTERVAL_S}
-            ready = [w for w in self._closed if w not in self._released_at]
+            # a webhook that stayed quiet for an open period past its next allowed release starts over
+            self._released = {w: (at, streak) for w, (at, streak) in self._released.items()
+                              if now < at + self._release_gap_s(streak) + self._open_s}
+            due = {w: self._next_release_at(w) for w in self._closed}
+            ready = sorted(w for w, at in due.items() if at <= now)
             if not ready:
                 self._closed_signal.clear()
-                waits = [self._released_at[w] + RELEASE_MIN_INTERVAL_S - now for w in self._closed]
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._closed_signal.wait(), min(waits) if waits else None)
+                # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+                # arrives as the wait ends, and the sender's shutdown cancels this task
+                signal = asyncio.ensure_future(self._closed_signal.wait())
+                try:
+                    await asyncio.wait([signal], timeout=max(0.0, min(due.values()) - now) if due else None)
+                finally:
+                    signal.cancel()
                 continue
-            webhook_ids = sorted(ready)
-            holds = [future for w in webhook_ids for future in self._closed.pop(w) if not future.done()]
-            if holds:
-                await asyncio.wait(holds)
-            for webhook_id in webhook_ids:
-                self._released_at[webhook_id] = clock()
+            await self._sink.durable_through(max(self._closed.pop(w) for w in ready))
+            released_at = clock()
+            for webhook_id in ready:
+                previous = self._released.get(webhook_id)
+                self._released[webhook_id] = (released_at, previous[1] + 1 if previous else 0)
             try:
-                rows = await self._pool.fetch(_RELEASE_HELD_SQL, webhook_ids, HOLD_NOTE_PREFIX)
+                rows = await self._pool.fetch(_RELEASE_HELD_SQL, ready, HELD_PATTERN)
             except Exception as exc:
                 log.warning("could not release the deliveries held by %d closed breakers (%s); they wait"
-                            " for their probe time", len(webhook_ids), describe(exc))
+                            " for their probe time", len(ready), describe(exc))
                 continue
             for row in rows:
                 log.info("%d deliveries held by the circuit breaker are due now (it closed)", row["n"],
                          extra={"webhook_id": row["webhook_id"]})
             if rows and self._wake_pump is not None:
                 self._wake_pump()
+
+    def _release_gap_s(self, streak: int) -> float:
+        return min(self._open_s, RELEASE_BACKOFF_START_S * 2 ** min(streak, 30))
+
+    def _next_release_at(self, webhook_id: str) -> float:
+        previous = self._released.get(webhook_id)
+        if previous is None:
+            return float("-inf")
+        at, streak = previous
+        return at + self._release_gap_s(streak)
 
     @property
     def _claim_lease_s(self) -> float:

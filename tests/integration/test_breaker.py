@@ -6,6 +6,7 @@ when a breaker opens and closes, and which deliveries failed."""
 from __future__ import annotations
 
 import collections
+import dataclasses
 import datetime as dt
 
 import orjson
@@ -16,6 +17,7 @@ from hookstream.core.model import AttemptRecord, Deferred, DeliveryTask, Failed,
 from hookstream.core.publish import make_event
 from hookstream.core.retry import RetryPolicy
 from hookstream.sender import retries
+from hookstream.sender import sender as sender_module
 from hookstream.sender.outcomes import write_outcomes
 from hookstream.sender.sender import decide_outcome
 from tests.receiver import Behaviour, Receiver
@@ -100,10 +102,10 @@ async def test_deliveries_held_when_the_breaker_closes_go_out_then_not_at_the_pr
     open_s = 120
     async with Receiver() as receiver:
         shop, other, flaky, healthy = await failing_and_healthy(db, receiver, "/flaky")
-        # the first request answers 200 after 3 s; the ones after it fail (the default) and open the breaker
-        receiver.script("/flaky", Behaviour(status=200, delay_s=3.0))
+        # the first request answers 200 after 5 s; the ones after it fail (the default) and open the breaker
+        receiver.script("/flaky", Behaviour(status=200, delay_s=5.0))
         env = {"HOOKSTREAM_BREAKER_OPEN": f"{open_s}s", "HOOKSTREAM_RETRY_DELAYS": "1s,1s,1s",
-               "HOOKSTREAM_ENDPOINT_MAX_CONCURRENCY": "6"}
+               "HOOKSTREAM_ENDPOINT_MAX_CONCURRENCY": "6", "HOOKSTREAM_REQUEST_TIMEOUT": "15s"}
         spawn("router", env=env)
         sender = spawn("sender", env=env)
         events = [sample_event("order.created", shop, "s1", n, event_id=f"evt_held_{n}") for n in range(60)]
@@ -283,3 +285,42 @@ async def test_a_hold_is_recorded_without_an_attempt_and_the_log_says_until_when
         row = await db.fetchrow("SELECT * FROM deliveries WHERE id = $1", tried.delivery_id)
         assert (row["status"], row["attempts"], row["next_attempt_at"]) == ("failed", 2, None)
         assert row["last_error"].startswith("circuit breaker stayed open past the retry window")
+
+
+async def test_a_release_makes_only_the_closed_webhooks_held_deliveries_due(db, database_url):
+    """Against PostgreSQL: the release statement a closed breaker runs moves the webhook's holds to now
+    and nothing else: not a real retry waiting out its backoff, not the waiting retry of a delivery whose
+    manual redelivery the breaker refused (its last_error is the refusal), not a hold in flight again,
+    not another webhook's hold."""
+    org, _ = await make_org(db, "Org", stores=("s1",))
+    hook, _ = await make_webhook(db, org, "https://example.com/hook", store_ids=["s1"])
+    other, _ = await make_webhook(db, org, "https://example.com/other", store_ids=["s1"])
+    policy = RetryPolicy((30.0, 300.0, 1800.0))
+    now = dt.datetime.now(dt.UTC)
+    hold = Deferred("circuit breaker open: endpoint is failing; not sent", 60.0, breaker=True)
+    held, retrying, refused, in_flight = [await _routed_delivery(db, org, hook, f"evt_{n}")
+                                          for n in ("held", "retrying", "refused", "in_flight")]
+    elsewhere = await _routed_delivery(db, org, other, "evt_elsewhere")
+    async with open_pool(database_url, max_size=2) as pool:
+        await write_outcomes(pool, [
+            decide_outcome(held, hold, policy, now, 0.0, hold_slack_s=30.0),
+            decide_outcome(in_flight, hold, policy, now, 0.0, hold_slack_s=30.0),
+            decide_outcome(elsewhere, hold, policy, now, 0.0, hold_slack_s=30.0),
+            decide_outcome(retrying, Failed(True, "HTTP 500", http_status=500), policy, now, 0.0),
+            decide_outcome(refused, Failed(True, "HTTP 500", http_status=500), policy, now, 0.0)])
+        # a redelivery of ``refused`` while its retry waits: the open breaker refuses it (it fails, not held)
+        await db.execute("UPDATE deliveries SET in_flight = true, issued_attempt = 2 WHERE id = $1", refused.delivery_id)
+        manual = dataclasses.replace(refused, attempt=2, manual=True)
+        await write_outcomes(pool, [decide_outcome(manual, hold, policy, now, 0.0, hold_slack_s=30.0)])
+        await db.execute("UPDATE deliveries SET in_flight = true WHERE id = $1", in_flight.delivery_id)  # pumped
+        before = {r["id"]: r for r in await db.fetch("SELECT id, status, last_error, next_attempt_at FROM deliveries")}
+        assert before[refused.delivery_id]["status"] == "pending"
+        assert before[refused.delivery_id]["last_error"] == "circuit breaker open: endpoint is failing; not sent"
+        assert all(r["next_attempt_at"] > now for r in before.values())
+
+        rows = await db.fetch(sender_module._RELEASE_HELD_SQL, [hook], sender_module.HELD_PATTERN)
+        assert [(r["webhook_id"], r["n"]) for r in rows] == [(hook, 1)]
+        after = {r["id"]: r["next_attempt_at"] for r in await db.fetch("SELECT id, next_attempt_at FROM deliveries")}
+        assert after[held.delivery_id] <= await db.fetchval("SELECT now()")
+        for unchanged in (retrying, refused, in_flight, elsewhere):
+            assert after[unchanged.delivery_id] == before[unchanged.delivery_id]["next_attempt_at"]
