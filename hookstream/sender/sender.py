@@ -53,7 +53,7 @@ from hookstream.core.model import (
 )
 from hookstream.core.retry import RetryPolicy
 from hookstream.core.settings import Settings
-from hookstream.core.states import AttemptStatus
+from hookstream.core.states import AttemptStatus, BreakerState
 from hookstream.core.tasks import cancel_and_wait
 from hookstream.core.topics import apply_topic_specs, topic_specs
 from hookstream.core.webhooks import Webhook, WebhookDirectory
@@ -374,38 +374,51 @@ class Sender:
         those holds come back at their probe time, as without it."""
         clock = asyncio.get_running_loop().time
         while True:
-            now = clock()
-            # a webhook that stayed quiet for an open period past its next allowed release starts over
-            self._released = {w: (at, streak) for w, (at, streak) in self._released.items()
-                              if now < at + self._release_gap_s(streak) + self._open_s}
-            due = {w: self._next_release_at(w) for w in self._closed}
-            ready = sorted(w for w, at in due.items() if at <= now)
-            if not ready:
-                self._closed_signal.clear()
-                # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
-                # arrives as the wait ends, and the sender's shutdown cancels this task
-                signal = asyncio.ensure_future(self._closed_signal.wait())
-                try:
-                    await asyncio.wait([signal], timeout=max(0.0, min(due.values()) - now) if due else None)
-                finally:
-                    signal.cancel()
-                continue
-            await self._sink.durable_through(max(self._closed.pop(w) for w in ready))
-            released_at = clock()
-            for webhook_id in ready:
-                previous = self._released.get(webhook_id)
-                self._released[webhook_id] = (released_at, previous[1] + 1 if previous else 0)
             try:
-                rows = await self._pool.fetch(_RELEASE_HELD_SQL, ready, HELD_PATTERN)
-            except Exception as exc:
-                log.warning("could not release the deliveries held by %d closed breakers (%s); they wait"
-                            " for their probe time", len(ready), describe(exc))
-                continue
-            for row in rows:
-                log.info("%d deliveries held by the circuit breaker are due now (it closed)", row["n"],
-                         extra={"webhook_id": row["webhook_id"]})
-            if rows and self._wake_pump is not None:
-                self._wake_pump()
+                await self._release_once(clock)
+            except Exception:  # a bug here must not end the releases for good
+                log.exception("releasing the deliveries held by closed breakers failed; trying again in 1 s")
+                await asyncio.sleep(1.0)
+
+    async def _release_once(self, clock: Callable[[], float]) -> None:
+        """Wait for a close whose release is due, then release every webhook that is due."""
+        now = clock()
+        # a webhook that stayed quiet for an open period past its next allowed release starts over
+        self._released = {w: (at, streak) for w, (at, streak) in self._released.items()
+                          if now < at + self._release_gap_s(streak) + self._open_s}
+        due = {w: self._next_release_at(w) for w in self._closed}
+        ready = sorted(w for w, at in due.items() if at <= now)
+        if not ready:
+            self._closed_signal.clear()
+            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
+            # arrives as the wait ends, and the sender's shutdown cancels this task
+            signal = asyncio.ensure_future(self._closed_signal.wait())
+            try:
+                await asyncio.wait([signal], timeout=max(0.0, min(due.values()) - now) if due else None)
+            finally:
+                signal.cancel()
+            return
+        await self._sink.durable_through(max(self._closed.pop(w) for w in ready))
+        # A breaker that opened again meanwhile is left alone: its holds wait for its probe (and its
+        # next close), rather than cycle through the pump only to be held again.
+        ready = [w for w in ready if self._gates.state_of(w) == BreakerState.CLOSED]
+        if not ready:
+            return
+        try:
+            rows = await self._pool.fetch(_RELEASE_HELD_SQL, ready, HELD_PATTERN)
+        except Exception as exc:
+            log.warning("could not release the deliveries held by %d closed breakers (%s); they wait"
+                        " for their probe time", len(ready), describe(exc))
+            return
+        released_at = clock()
+        for webhook_id in ready:
+            previous = self._released.get(webhook_id)
+            self._released[webhook_id] = (released_at, previous[1] + 1 if previous else 0)
+        for row in rows:
+            log.info("%d deliveries held by the circuit breaker are due now (it closed)", row["n"],
+                     extra={"webhook_id": row["webhook_id"]})
+        if rows and self._wake_pump is not None:
+            self._wake_pump()
 
     def _release_gap_s(self, streak: int) -> float:
         return min(self._open_s, RELEASE_BACKOFF_START_S * 2 ** min(streak, 30))

@@ -14,7 +14,9 @@ import time
 
 import pytest
 
+from hookstream.core.model import Failed
 from hookstream.core.settings import Settings
+from hookstream.core.states import BreakerState
 from hookstream.sender import sender as sender_module
 from hookstream.sender.outcomes import OutcomeSink
 from hookstream.sender.sender import Sender
@@ -28,12 +30,14 @@ class Pool:
 
     def __init__(self) -> None:
         self.calls: list[list[str]] = []
+        self.times: list[float] = []  # time.monotonic() of each statement
         self.fail_next = False
 
     async def fetch(self, sql: str, webhook_ids: list[str], pattern: str) -> list[dict]:
         assert "UPDATE deliveries SET next_attempt_at = now()" in sql
         assert pattern == "circuit breaker %, waiting for its probe; next try at %"
         self.calls.append(list(webhook_ids))
+        self.times.append(time.monotonic())
         if self.fail_next:
             self.fail_next = False
             raise ConnectionError("connection refused")
@@ -88,13 +92,11 @@ async def test_a_release_waits_until_the_holds_recorded_before_the_close_are_dur
 async def test_a_flapping_breaker_backs_off_to_one_release_per_open_period_and_others_are_not_held_up(
         running) -> None:
     sender, _, pool, _, _ = running
-    releases: list[float] = []
     deadline = time.monotonic() + 4 * OPEN_S
     while time.monotonic() < deadline:  # it closes again and again, every few milliseconds
         sender._breaker_closed("wh_flaps")
-        if len(pool.calls) > len(releases):
-            releases.append(time.monotonic())
         await asyncio.sleep(0.005)
+    releases = list(pool.times)
     assert all(call == ["wh_flaps"] for call in pool.calls) and len(releases) >= 3
     gaps = [b - a for a, b in itertools.pairwise(releases)]
     for i, gap in enumerate(gaps):  # 0.05, 0.1, 0.2, then one per open period (0.4 s)
@@ -118,9 +120,26 @@ async def test_a_failed_release_is_logged_and_later_closes_are_still_released(ru
     sender._breaker_closed("wh_1")
     await until(lambda: any("could not release" in r.getMessage() for r in caplog.records))
     assert wakes == []
-    sender._breaker_closed("wh_2")
-    await until(lambda: pool.calls == [["wh_1"], ["wh_2"]])
-    assert wakes == [1]
+    sender._breaker_closed("wh_1")  # a failed release does not count: the next close releases at once
+    await until(lambda: pool.calls == [["wh_1"], ["wh_1"]])
+    assert sender._released["wh_1"][1] == 0 and wakes == [1]  # the first release of a streak
+
+
+async def test_a_breaker_open_again_when_its_release_is_due_is_left_for_its_next_close(running) -> None:
+    sender, _, pool, _, _ = running
+    failing = Failed(retryable=True, error="HTTP 500", http_status=500)
+
+    async def fail() -> Failed:
+        return failing
+
+    for _ in range(Settings().breaker_failure_threshold):
+        await sender._gates.call("wh_open", fail)
+    assert sender._gates.state_of("wh_open") == BreakerState.OPEN
+    sender._breaker_closed("wh_open")  # closed a moment ago, open again by the time its release is due
+    sender._breaker_closed("wh_closed")
+    await until(lambda: pool.calls == [["wh_closed"]])
+    await asyncio.sleep(0.05)
+    assert pool.calls == [["wh_closed"]]  # its holds wait for its probe rather than cycle to be held again
 
 
 async def test_the_releaser_stops_when_cancelled_while_a_webhook_waits_out_its_period(running) -> None:
