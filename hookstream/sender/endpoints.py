@@ -9,9 +9,10 @@ A webhook that hangs or fails every time must not slow the others:
   probe, and until when. After the open period the first delivery to arrive is the probe: success
   closes the breaker, failure opens it again. Whenever the breaker closes (a probe succeeds, or an
   attempt already in flight does), ``on_close`` is told, and the sender makes the deliveries it held
-  due at once: they wait for the endpoint to recover, not for a probe time. While probes keep failing, held deliveries come back
-  spread over a few more open periods (``HOLD_SPREAD_MAX_PERIODS``), so a large backlog for a dead
-  endpoint does not cycle through PostgreSQL and Kafka all at once every period. The hold is
+  due at once: they wait for the endpoint to recover, not for a probe time. While probes keep
+  failing, held deliveries come back spread over a few more open periods
+  (``HOLD_SPREAD_MAX_PERIODS``), so a large backlog for a dead endpoint does not cycle through
+  PostgreSQL and Kafka all at once every period. The hold is
   bounded by the retry schedule's window (``decide_outcome`` in sender.py): a dead endpoint never
   keeps a delivery for ever. Opening and closing are logged (webhook id and why).
 - Fair capacity: a webhook runs at most ``min(max_concurrency, max_in_flight // 4)`` attempts at

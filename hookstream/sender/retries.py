@@ -24,6 +24,7 @@ from hookstream.core.errors import Stopped, describe, retry_transient
 from hookstream.core.kafka import RenewableProducer, send_isolated
 from hookstream.core.logs import loggable
 from hookstream.core.model import DeliveryTask, format_rfc3339
+from hookstream.core.tasks import wait_for_any
 
 log = logging.getLogger(__name__)
 
@@ -176,12 +177,7 @@ async def run_retry_pump(pool: asyncpg.Pool, producer: RenewableProducer, delive
             raise
         idle_s = PUMP_IDLE_S if moved else min(idle_s * 2, PUMP_IDLE_MAX_S)
         if moved < PUMP_BATCH and not wake.is_set():
-            waits = [asyncio.ensure_future(stop.wait()), asyncio.ensure_future(wake.wait())]
-            try:
-                await asyncio.wait(waits, timeout=idle_s, return_when=asyncio.FIRST_COMPLETED)
-            finally:
-                for waiter in waits:
-                    waiter.cancel()
+            await wait_for_any(stop, wake, within_s=idle_s)
         if wake.is_set():
             wake.clear()
             idle_s = PUMP_IDLE_S

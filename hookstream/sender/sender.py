@@ -54,7 +54,7 @@ from hookstream.core.model import (
 from hookstream.core.retry import RetryPolicy
 from hookstream.core.settings import Settings
 from hookstream.core.states import AttemptStatus, BreakerState
-from hookstream.core.tasks import cancel_and_wait
+from hookstream.core.tasks import cancel_and_wait, wait_for_any
 from hookstream.core.topics import apply_topic_specs, topic_specs
 from hookstream.core.webhooks import Webhook, WebhookDirectory
 from hookstream.sender.endpoints import HOLD_NOTE_PREFIX, EndpointGates
@@ -189,7 +189,6 @@ class Sender:
         # Per webhook released lately: when, and how many releases in a row followed one another
         # closely (the back-off's exponent).
         self._released: dict[str, tuple[float, int]] = {}
-        self._open_s = settings.breaker_open_s
         self._tracker = OffsetTracker()
         self._retry_lines = LogSampler(RETRY_LOG_LIMIT, RETRY_LOG_INTERVAL_S)
         self._tasks: dict[asyncio.Task, TopicPartition] = {}
@@ -385,18 +384,12 @@ class Sender:
         now = clock()
         # a webhook that stayed quiet for an open period past its next allowed release starts over
         self._released = {w: (at, streak) for w, (at, streak) in self._released.items()
-                          if now < at + self._release_gap_s(streak) + self._open_s}
+                          if now < at + self._release_gap_s(streak) + self._settings.breaker_open_s}
         due = {w: self._next_release_at(w) for w in self._closed}
         ready = sorted(w for w, at in due.items() if at <= now)
         if not ready:
             self._closed_signal.clear()
-            # asyncio.wait, not wait_for: Python 3.11's wait_for can swallow a cancellation that
-            # arrives as the wait ends, and the sender's shutdown cancels this task
-            signal = asyncio.ensure_future(self._closed_signal.wait())
-            try:
-                await asyncio.wait([signal], timeout=max(0.0, min(due.values()) - now) if due else None)
-            finally:
-                signal.cancel()
+            await wait_for_any(self._closed_signal, within_s=max(0.0, min(due.values()) - now) if due else None)
             return
         await self._sink.durable_through(max(self._closed.pop(w) for w in ready))
         # A breaker that opened again meanwhile is left alone: its holds wait for its probe (and its
@@ -421,7 +414,7 @@ class Sender:
             self._wake_pump()
 
     def _release_gap_s(self, streak: int) -> float:
-        return min(self._open_s, RELEASE_BACKOFF_START_S * 2 ** min(streak, 30))
+        return min(self._settings.breaker_open_s, RELEASE_BACKOFF_START_S * 2 ** min(streak, 30))
 
     def _next_release_at(self, webhook_id: str) -> float:
         previous = self._released.get(webhook_id)
